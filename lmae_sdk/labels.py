@@ -1,0 +1,214 @@
+"""Reading and writing images and labels, label planes, propagation prior, resizing.
+
+Everything here is numpy / OpenCV / Pillow on the host; nothing knows about models.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+UNKNOWN = 255
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LABEL_RESIZE_MODES = ("soft", "nearest")
+
+
+class InputError(ValueError):
+    """A bad input file; the message names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike | None, problem: str) -> None:
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}" if path is not None else problem)
+
+
+# --------------------------------------------------------------------------------------
+# files
+# --------------------------------------------------------------------------------------
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """RGB uint8 (H, W, 3)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, "image file not found")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            rgb = np.asarray(im.convert("RGB"))
+    except Exception as e:  # Pillow raises many types for truncated / non-image files
+        raise InputError(p, f"unreadable or truncated image ({type(e).__name__}: {e})") from None
+    return rgb
+
+
+def read_label(path: str | os.PathLike) -> tuple[np.ndarray, list[list[int]] | None]:
+    """Class-id label (H, W) uint8 and its palette (if the PNG was a palette image).
+
+    Refuses RGB (colour-coded) and 16-bit labels with the reason.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, "label file not found")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            mode = im.mode
+            if mode == "P":
+                arr = np.asarray(im)
+                flat = im.getpalette() or []
+                palette = [flat[i: i + 3] for i in range(0, len(flat), 3)]
+                return arr.astype(np.uint8), palette
+            if mode in ("I;16", "I;16B", "I;16L", "I", "I;32"):
+                raise InputError(p, f"16/32-bit label (mode {mode}); expected 8-bit class ids")
+            if mode in ("RGB", "RGBA"):
+                raise InputError(p, f"{mode} colour label; expected single-channel class ids or a palette PNG")
+            if mode != "L":
+                raise InputError(p, f"unsupported label mode {mode}; expected 8-bit grey or palette")
+            return np.asarray(im).astype(np.uint8), None
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(p, f"unreadable or truncated label ({type(e).__name__}: {e})") from None
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def encode_png(label: np.ndarray, palette: list[list[int]] | None = None) -> bytes:
+    import io
+
+    im = Image.fromarray(np.ascontiguousarray(label.astype(np.uint8)), mode="L")
+    if palette is not None:
+        im = im.convert("P")
+        flat = [int(v) for rgb in palette for v in rgb]
+        im.putpalette(flat + [0] * (768 - len(flat)))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_label(path: str | os.PathLike, label: np.ndarray, palette: list[list[int]] | None = None) -> None:
+    atomic_write_bytes(path, encode_png(label, palette))
+
+
+def check_label_ids(label: np.ndarray, num_classes: int, unknown: int = UNKNOWN,
+                    path: str | os.PathLike | None = None) -> None:
+    bad = (label >= num_classes) & (label != unknown)
+    if bad.any():
+        ids = sorted(set(np.unique(label[bad]).tolist()))[:5]
+        raise InputError(path, f"class ids {ids} >= num_classes {num_classes} (unknown index is {unknown})")
+
+
+# --------------------------------------------------------------------------------------
+# model-side tensors
+# --------------------------------------------------------------------------------------
+def normalize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> float32 (3, h, w), bilinear resize, ImageNet normalization."""
+    h, w = size
+    x = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
+    x = (x - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def one_hot(label: np.ndarray, num_classes: int, unknown: int = UNKNOWN) -> np.ndarray:
+    """(H, W) ids -> (H, W, N) float32; unknown (and any id >= N) -> all zero."""
+    eye = np.zeros((256, num_classes), np.float32)
+    eye[np.arange(num_classes), np.arange(num_classes)] = 1.0
+    if unknown < num_classes:
+        raise ValueError("unknown index collides with a class id")
+    return eye[label]
+
+
+def _resize_planes(planes_hwc: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+    h, w = size
+    n = planes_hwc.shape[2]
+    out = np.empty((h, w, n), np.float32)
+    for s in range(0, n, 4):  # OpenCV resizes at most 4 channels at once for every mode
+        part = cv2.resize(np.ascontiguousarray(planes_hwc[:, :, s: s + 4]), (w, h), interpolation=interpolation)
+        out[:, :, s: s + 4] = part.reshape(h, w, -1)
+    return out
+
+
+def label_planes(label: np.ndarray, num_classes: int, size: tuple[int, int], mode: str = "soft",
+                 unknown: int = UNKNOWN) -> np.ndarray:
+    """(H, W) ids -> (N, h, w) float32 planes at model size; unknown pixels are all zero.
+
+    soft: per-class area fractions (soft labelling for label down-sampling), so thin
+    objects survive as partial mass; nearest: nearest-neighbour ids then one-hot.
+    """
+    if mode == "nearest":
+        small = cv2.resize(label, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+        return np.ascontiguousarray(one_hot(small, num_classes, unknown).transpose(2, 0, 1))
+    if mode != "soft":
+        raise ValueError(f"label resize mode must be one of {LABEL_RESIZE_MODES}")
+    planes = _resize_planes(one_hot(label, num_classes, unknown), size, cv2.INTER_AREA)
+    return np.ascontiguousarray(planes.transpose(2, 0, 1))
+
+
+def nearest_known(label: np.ndarray, unknown: int = UNKNOWN) -> tuple[np.ndarray, np.ndarray]:
+    """Label propagation's answer: (nearest known class id (H, W), distance in px (H, W)).
+
+    With no known pixel at all, ids are ``unknown`` and distances are +inf.
+    """
+    unknown_mask = label == unknown
+    if unknown_mask.all():
+        return np.full_like(label, unknown), np.full(label.shape, np.inf, np.float32)
+    if not unknown_mask.any():
+        return label.copy(), np.zeros(label.shape, np.float32)
+    # distance to the nearest zero pixel; DIST_LABEL_PIXEL numbers every zero pixel
+    dist, idx = cv2.distanceTransformWithLabels(unknown_mask.astype(np.uint8), cv2.DIST_L2, 5,
+                                                labelType=cv2.DIST_LABEL_PIXEL)
+    lut = np.zeros(int(idx.max()) + 1, np.uint8)
+    lut[idx[~unknown_mask]] = label[~unknown_mask]
+    return lut[idx], dist.astype(np.float32)
+
+
+def prior_planes(label: np.ndarray, num_classes: int, size: tuple[int, int], unknown: int = UNKNOWN,
+                 distance_scale: float = 8.0) -> np.ndarray:
+    """(N + 1, h, w): nearest-known-label planes (area-resized) and a distance plane.
+
+    The distance plane is 1 - exp(-d / distance_scale) with d in model pixels: 0 on known
+    pixels, towards 1 far inside a hole, so the model knows how far to trust the copy.
+    """
+    nearest, dist = nearest_known(label, unknown)
+    h, w = size
+    scale = h / label.shape[0]
+    dfeat = 1.0 - np.exp(-np.minimum(dist * scale, 1e4) / distance_scale)
+    stacked = np.concatenate([one_hot(nearest, num_classes, unknown), dfeat[:, :, None].astype(np.float32)], axis=2)
+    planes = _resize_planes(stacked, size, cv2.INTER_AREA)
+    return np.ascontiguousarray(planes.transpose(2, 0, 1))
+
+
+def resize_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, h, w) -> (N, H, W), bilinear (smooth class boundaries; never nearest on labels)."""
+    H, W = size
+    if logits.shape[1:] == (H, W):
+        return logits
+    hwc = np.ascontiguousarray(logits.transpose(1, 2, 0).astype(np.float32))
+    return np.ascontiguousarray(_resize_planes(hwc, (H, W), cv2.INTER_LINEAR).transpose(2, 0, 1))
+
+
+def softmax_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, H, W) logits -> argmax ids (H, W) uint8 and max softmax probability (H, W)."""
+    m = logits.max(axis=0)
+    s = np.exp(logits - m).sum(axis=0)
+    return logits.argmax(axis=0).astype(np.uint8), (1.0 / s).astype(np.float32)

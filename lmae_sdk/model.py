@@ -1,0 +1,376 @@
+"""L-MAE: Label Masked Autoencoder for label completion.
+
+Layout follows MAE's ``models_mae.py``: patch embed + fixed 2D sin-cos position
+embedding, an encoder over the K visible tokens only, a lighter decoder over all L
+tokens.  Two things differ from MAE:
+
+* Stack Fuse: the encoder input is the label (N class planes, unknown = all zero)
+  stacked with the RGB image, not the image alone.
+* Image Patch Supplement (IPS): a masked position enters the decoder as the embedding
+  of its *image* patch instead of a shared learned mask token.
+
+Our presets add two levers that the paper does not have (both switchable, off in the
+``paper`` preset):
+
+* ``prior``: propagation planes (nearest-known-label one-hot + distance to the nearest
+  known pixel) computed on the host, fed next to the image; they reach masked positions
+  through IPS, so the model starts from what label propagation knows.
+* ``refine``: a light full-resolution conv stage over (coarse logits, image, label,
+  prior) that restores thin structures the 16x16 patch head blurs.
+
+All index tensors (``ids_keep``, ``ids_mask``, ``ids_restore``) are computed on the
+host (see ``masking.py``) so nothing data dependent lives in the graph.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+FUSE_MODES = ("layer", "concat", "insert")
+
+
+@dataclass(frozen=True)
+class LMAEConfig:
+    num_classes: int
+    img_size: tuple[int, int] = (224, 288)  # (H, W), multiples of patch_size
+    patch_size: int = 16
+    embed_dim: int = 192
+    depth: int = 4
+    num_heads: int = 3
+    decoder_embed_dim: int = 128
+    decoder_depth: int = 2
+    decoder_num_heads: int = 4
+    mlp_ratio: float = 4.0
+    ips: bool = True  # Image Patch Supplement; False = learned mask token
+    fuse: str = "layer"  # Stack Fuse mode: layer | concat | insert
+    prior: bool = True  # propagation planes as extra input (ours)
+    prior_gain: float = 2.0  # initial weight of the nearest-label logit bias
+    refine_width: int = 32  # 0 disables the full-resolution refinement stage
+    refine_depth: int = 4
+    preset: str = "custom"
+
+    def __post_init__(self) -> None:
+        h, w = self.img_size
+        p = self.patch_size
+        if h % p or w % p:
+            raise ValueError(f"img_size {self.img_size} must be multiples of patch_size {p}")
+        if self.fuse not in FUSE_MODES:
+            raise ValueError(f"fuse must be one of {FUSE_MODES}, got {self.fuse!r}")
+        if self.num_classes < 2:
+            raise ValueError("num_classes must be >= 2")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.grid
+        return gh * gw
+
+    @property
+    def prior_channels(self) -> int:
+        return self.num_classes + 1 if self.prior else 0
+
+    def num_visible(self, mask_ratio: float) -> int:
+        """Static K for a mask ratio: K = L - round(m * L)."""
+        return self.num_patches - int(round(mask_ratio * self.num_patches))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["img_size"] = list(self.img_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LMAEConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown LMAEConfig fields: {sorted(unknown)}")
+        d = dict(d)
+        d["img_size"] = tuple(d["img_size"])
+        return cls(**d)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CI scale: trains in seconds on synthetic data.
+    "tiny": dict(embed_dim=64, depth=2, num_heads=2, decoder_embed_dim=64, decoder_depth=1,
+                 decoder_num_heads=2, refine_width=16, refine_depth=2),
+    # Trains usefully on 2 CPU cores within two hours.
+    "small": dict(embed_dim=192, depth=4, num_heads=3, decoder_embed_dim=128, decoder_depth=2,
+                  decoder_num_heads=4, refine_width=32, refine_depth=4),
+    "base": dict(embed_dim=384, depth=8, num_heads=6, decoder_embed_dim=256, decoder_depth=4,
+                 decoder_num_heads=8, refine_width=48, refine_depth=4),
+    # The paper's model: EB=8, DB=6, ED=1440, DD=720, no prior, no refinement.
+    "paper": dict(embed_dim=1440, depth=8, num_heads=16, decoder_embed_dim=720, decoder_depth=6,
+                  decoder_num_heads=16, prior=False, refine_width=0),
+}
+
+
+def make_config(preset: str, num_classes: int, **overrides: Any) -> LMAEConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    kw = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    return LMAEConfig(num_classes=num_classes, preset=preset, **kw)
+
+
+# --------------------------------------------------------------------------------------
+# position embedding (MAE's util/pos_embed.py, rectangular grids)
+# --------------------------------------------------------------------------------------
+def _sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    out = np.einsum("m,d->md", pos.reshape(-1), omega)  # (M, D/2)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
+    """(grid_h * grid_w, dim) fixed 2D sin-cos embedding, row-major like the patches."""
+    if dim % 4:
+        raise ValueError("embedding dim must be a multiple of 4 for 2D sin-cos")
+    gw, gh = np.meshgrid(np.arange(grid_w, dtype=np.float64), np.arange(grid_h, dtype=np.float64))
+    emb_h = _sincos_1d(dim // 2, gh)
+    emb_w = _sincos_1d(dim // 2, gw)
+    return np.concatenate([emb_h, emb_w], axis=1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------
+# timm-style pre-norm ViT block
+# --------------------------------------------------------------------------------------
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, N, head_dim)
+        attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
+        x = attn.softmax(dim=-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+# --------------------------------------------------------------------------------------
+# pieces
+# --------------------------------------------------------------------------------------
+class StackFuse(nn.Module):
+    """Builds the encoder's fuse map from image, label planes and (optional) prior.
+
+    layer : [label planes (N), RGB (3)]                     -> N + 3 channels
+    concat: [label as one channel (id+1)/N, 0 = unknown, RGB] -> 4 channels
+    insert: [R, L, G, L, B, L] with L the one-channel label  -> 6 channels
+    The prior planes (N + 1), when enabled, are appended in every mode.
+    """
+
+    def __init__(self, cfg: LMAEConfig) -> None:
+        super().__init__()
+        self.mode = cfg.fuse
+        n = cfg.num_classes
+        # (1, N, 1, 1) class code for the one-channel modes; soft planes give soft codes
+        self.register_buffer("class_code", (torch.arange(n, dtype=torch.float32) + 1).div(n).view(1, n, 1, 1),
+                             persistent=False)
+        base = {"layer": n + 3, "concat": 4, "insert": 6}[self.mode]
+        self.out_channels = base + cfg.prior_channels
+
+    def forward(self, image: torch.Tensor, label_planes: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+        if self.mode == "layer":
+            parts = [label_planes, image]
+        else:
+            code = (label_planes * self.class_code).sum(dim=1, keepdim=True)  # (B, 1, H, W)
+            if self.mode == "concat":
+                parts = [code, image]
+            else:
+                parts = [image[:, 0:1], code, image[:, 1:2], code, image[:, 2:3], code]
+        if prior is not None:
+            parts.append(prior)
+        return torch.cat(parts, dim=1)
+
+
+class PatchEmbed(nn.Module):
+    """Conv2d stride-p patch embedding -> (B, L, D) tokens in row-major order."""
+
+    def __init__(self, in_chans: int, dim: int, patch: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch, stride=patch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class RefineHead(nn.Module):
+    """Residual full-resolution correction of the patch head's logits."""
+
+    def __init__(self, in_chans: int, num_classes: int, width: int, depth: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_chans
+        for i in range(depth):
+            dilation = 1 if i % 2 == 0 else 2  # widen the receptive field cheaply
+            layers += [nn.Conv2d(c, width, 3, padding=dilation, dilation=dilation), nn.GELU()]
+            c = width
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Conv2d(width, num_classes, 1)
+        nn.init.zeros_(self.out.weight)  # start as identity on the coarse logits
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x))
+
+
+def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """x (B, L, D), ids (B, M) -> (B, M, D)."""
+    return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+# --------------------------------------------------------------------------------------
+# the model
+# --------------------------------------------------------------------------------------
+class LMAE(nn.Module):
+    def __init__(self, cfg: LMAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n, p = cfg.num_classes, cfg.patch_size
+        gh, gw = cfg.grid
+
+        # encoder
+        self.fuse = StackFuse(cfg)
+        self.patch_embed = PatchEmbed(self.fuse.out_channels, cfg.embed_dim, p)
+        self.register_buffer("pos_embed", torch.from_numpy(sincos_pos_embed_2d(cfg.embed_dim, gh, gw))[None],
+                             persistent=False)  # (1, L, E)
+        self.blocks = nn.ModuleList(Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
+
+        # decoder
+        dd = cfg.decoder_embed_dim
+        self.decoder_embed = nn.Linear(cfg.embed_dim, dd)
+        if cfg.ips:
+            # image (+ prior) only: the label of a masked patch is what we complete
+            self.ips_embed = PatchEmbed(3 + cfg.prior_channels, dd, p)
+        else:
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
+        self.register_buffer("decoder_pos_embed", torch.from_numpy(sincos_pos_embed_2d(dd, gh, gw))[None],
+                             persistent=False)  # (1, L, DD)
+        self.decoder_blocks = nn.ModuleList(
+            Block(dd, cfg.decoder_num_heads, cfg.mlp_ratio) for _ in range(cfg.decoder_depth))
+        self.decoder_norm = nn.LayerNorm(dd, eps=1e-6)
+        self.decoder_pred = nn.Linear(dd, n * p * p)
+        self.pixel_shuffle = nn.PixelShuffle(p)
+
+        if cfg.prior:
+            self.prior_gain = nn.Parameter(torch.tensor(float(cfg.prior_gain)))
+        if cfg.refine_width > 0:
+            self.refine = RefineHead(n + 3 + n + cfg.prior_channels, n, cfg.refine_width, cfg.refine_depth)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # as MAE: xavier for linear layers and the patch projections, zero biases
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for pe in [self.patch_embed] + ([self.ips_embed] if self.cfg.ips else []):
+            w = pe.proj.weight.data
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        if not self.cfg.ips:
+            nn.init.normal_(self.mask_token, std=0.02)
+
+    def _check_prior(self, prior: torch.Tensor | None) -> None:
+        if self.cfg.prior and prior is None:
+            raise ValueError("this model was built with prior=True: pass the propagation planes")
+        if not self.cfg.prior and prior is not None:
+            raise ValueError("this model was built with prior=False: prior must be None")
+
+    def encode(self, image: torch.Tensor, label_planes: torch.Tensor, ids_keep: torch.Tensor,
+               prior: torch.Tensor | None = None) -> torch.Tensor:
+        """image (B,3,H,W), label_planes (B,N,H,W), ids_keep (B,K) -> latent (B,K,E)."""
+        self._check_prior(prior)
+        x = self.patch_embed(self.fuse(image, label_planes, prior))  # (B, L, E)
+        x = gather_tokens(x + self.pos_embed, ids_keep)  # (B, K, E): the encoder sees visible tokens only
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def supplement_tokens(self, image: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+        """IPS: decoder-dim embedding of every image patch, (B, L, DD)."""
+        src = image if prior is None else torch.cat([image, prior], dim=1)
+        return self.ips_embed(src)
+
+    def decode(self, latent: torch.Tensor, image: torch.Tensor, ids_mask: torch.Tensor, ids_restore: torch.Tensor,
+               label_planes: torch.Tensor | None = None, prior: torch.Tensor | None = None) -> torch.Tensor:
+        """latent (B,K,E) + masked-position fill -> logits (B,N,H,W).
+
+        ``label_planes`` is needed only by the refinement stage (refine_width > 0).
+        """
+        self._check_prior(prior)
+        b = latent.shape[0]
+        x = self.decoder_embed(latent)  # (B, K, DD)
+        if self.cfg.ips:
+            masked = gather_tokens(self.supplement_tokens(image, prior), ids_mask)  # (B, L-K, DD)
+        else:
+            masked = self.mask_token.expand(b, ids_mask.shape[1], -1)
+        x = torch.cat([x, masked], dim=1)  # (B, L, DD) in [keep, mask] order
+        x = gather_tokens(x, ids_restore)  # back to row-major patch order
+        x = x + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        x = self.decoder_pred(self.decoder_norm(x))  # (B, L, N*p*p)
+        gh, gw = self.cfg.grid
+        x = x.transpose(1, 2).reshape(b, -1, gh, gw)  # (B, N*p*p, gh, gw)
+        logits = self.pixel_shuffle(x)  # (B, N, H, W)
+        if self.cfg.prior:
+            nearest = prior[:, : self.cfg.num_classes]  # nearest-known-label one-hot
+            logits = logits + self.prior_gain * nearest
+        if self.cfg.refine_width > 0:
+            if label_planes is None:
+                raise ValueError("the refinement stage needs label_planes")
+            parts = [logits, image, label_planes] + ([prior] if prior is not None else [])
+            logits = logits + self.refine(torch.cat(parts, dim=1))
+        return logits
+
+    def forward(self, image: torch.Tensor, label_planes: torch.Tensor, ids_keep: torch.Tensor,
+                ids_mask: torch.Tensor, ids_restore: torch.Tensor,
+                prior: torch.Tensor | None = None) -> torch.Tensor:
+        latent = self.encode(image, label_planes, ids_keep, prior)
+        return self.decode(latent, image, ids_mask, ids_restore, label_planes, prior)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

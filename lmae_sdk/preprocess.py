@@ -1,0 +1,61 @@
+"""One completion's host side: inputs at model size, the routing plan, and the
+post-processing that fills unknown pixels (known pixels are never changed)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .labels import UNKNOWN, label_planes, normalize_image, prior_planes, resize_logits, softmax_confidence
+from .masking import (DEFAULT_UNKNOWN_THRESHOLD, MaskPlan, num_masked, patch_class_share, plan_masks,
+                      strategy_scores, unknown_share)
+from .model import LMAEConfig
+
+
+@dataclass
+class ModelInputs:
+    image: np.ndarray  # (3, h, w) float32, normalized
+    label_planes: np.ndarray  # (N, h, w) float32, unknown = 0
+    prior: np.ndarray | None  # (N + 1, h, w) float32 or None
+
+    @staticmethod
+    def stack(items: list["ModelInputs"]) -> "ModelInputs":
+        pri = None if items[0].prior is None else np.stack([i.prior for i in items])
+        return ModelInputs(np.stack([i.image for i in items]), np.stack([i.label_planes for i in items]), pri)
+
+
+def prepare(image: np.ndarray, partial: np.ndarray, cfg: LMAEConfig, label_resize: str = "soft",
+            unknown: int = UNKNOWN) -> ModelInputs:
+    """RGB uint8 (H, W, 3) + partial ids (H, W) -> model-size inputs."""
+    size = cfg.img_size
+    planes = label_planes(partial, cfg.num_classes, size, label_resize, unknown)
+    prior = prior_planes(partial, cfg.num_classes, size, unknown) if cfg.prior else None
+    return ModelInputs(normalize_image(image, size), planes, prior)
+
+
+def route(inputs: ModelInputs, cfg: LMAEConfig, mask_ratio: float, strategy: str = "background_first",
+          threshold: float = DEFAULT_UNKNOWN_THRESHOLD, background_index: int | None = None,
+          rng: np.random.Generator | None = None) -> MaskPlan:
+    """Patches needing completion first, topped up to L - K by ``strategy`` (inference:
+    Background-First)."""
+    rng = rng or np.random.default_rng(0)
+    share = patch_class_share(inputs.label_planes, cfg.patch_size)
+    scores = strategy_scores(strategy, share, rng, background_index)
+    return plan_masks(unknown_share(share), scores, num_masked(cfg.num_patches, mask_ratio), threshold)
+
+
+def finish(logits: np.ndarray, partial: np.ndarray, unknown: int = UNKNOWN,
+           min_confidence: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Model-size logits (N, h, w) -> (completed label (H, W) uint8, confidence (H, W)).
+
+    Known pixels keep their label and confidence 1; unknown pixels take the argmax; with
+    ``min_confidence`` the unreliable ones stay unknown.
+    """
+    full = resize_logits(logits, partial.shape)
+    pred, conf = softmax_confidence(full)
+    hole = partial == unknown
+    out = np.where(hole, pred, partial).astype(np.uint8)
+    conf = np.where(hole, conf, 1.0).astype(np.float32)
+    if min_confidence > 0:
+        out[hole & (conf < min_confidence)] = unknown
+    return out, conf

@@ -1,0 +1,1 @@
+"""Training L-MAE completers (import name ``lmae_sdk.training``)."""

@@ -1,0 +1,135 @@
+"""Training samples: random crop -> resize to model size -> h-flip -> a partial label
+(realistic ragged holes) -> the mask plan of the training mix.  Each sample is a pure
+function of (seed, epoch, index), so runs are deterministic whatever the worker count."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lmae_sdk.degrade import degrade
+from lmae_sdk.labels import UNKNOWN, InputError, check_label_ids, read_image, read_label
+from lmae_sdk.masking import DEFAULT_MIX, DEFAULT_UNKNOWN_THRESHOLD, sample_strategy
+from lmae_sdk.model import LMAEConfig
+from lmae_sdk.preprocess import ModelInputs, prepare, route
+
+# how training holes are made (ours): share of each degrade strategy; "none" = the
+# paper's setting, where the only unknown region is the masked patches themselves
+DEFAULT_HOLE_MIX = {"random": 0.5, "blocks": 0.15, "objects": 0.15, "background": 0.1, "label": 0.1}
+
+
+def load_pairs(pairs: list, num_classes: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for img_path, lab_path in pairs:
+        img = read_image(img_path)
+        lab, _ = read_label(lab_path)
+        if img.shape[:2] != lab.shape:
+            raise InputError(lab_path, f"label size {lab.shape[::-1]} != image size {img.shape[1::-1]}")
+        check_label_ids(lab, num_classes, UNKNOWN, lab_path)
+        out.append((img, lab))
+    return out
+
+
+@dataclass
+class SampleSpec:
+    mask_ratios: tuple[float, ...]  # one K per batch is drawn from these
+    holes: str = "mixed"  # mixed | none (paper)
+    hole_ratio: tuple[float, float] = (0.2, 0.8)
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    label_resize: str = "soft"
+    mask_mix: dict | None = None
+    threshold: float = DEFAULT_UNKNOWN_THRESHOLD
+    background_index: int | None = None
+
+
+def make_sample(img: np.ndarray, lab: np.ndarray, cfg: LMAEConfig, spec: SampleSpec, mask_ratio: float,
+                rng: np.random.Generator) -> dict[str, np.ndarray]:
+    h, w = lab.shape
+    mh, mw = cfg.img_size
+    # random crop with the model's aspect ratio, then resize (paper: crop 448 -> 224)
+    s = rng.uniform(*spec.crop_scale)
+    ch = int(min(h, w * mh / mw) * s)
+    cw = int(ch * mw / mh)
+    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    img, lab = img[y: y + ch, x: x + cw], lab[y: y + ch, x: x + cw]
+    if rng.random() < 0.5:
+        img, lab = img[:, ::-1], lab[:, ::-1]
+    img, lab = np.ascontiguousarray(img), np.ascontiguousarray(lab)
+    if spec.holes == "mixed":
+        kinds = list(DEFAULT_HOLE_MIX)
+        kind = kinds[int(rng.choice(len(kinds), p=np.asarray([DEFAULT_HOLE_MIX[k] for k in kinds])))]
+        patch = int(rng.choice([12, 16, 24, 32, 48, 64]) * ch / h)
+        partial = degrade(lab, float(rng.uniform(*spec.hole_ratio)), kind, rng, patch=max(patch, 4),
+                          background_index=spec.background_index)
+    else:
+        partial = lab
+    inputs = prepare(img, partial, cfg, spec.label_resize)
+    plan = route(inputs, cfg, mask_ratio, sample_strategy(rng, spec.mask_mix or DEFAULT_MIX), spec.threshold,
+                 spec.background_index, rng)
+    target = cv2.resize(lab, (mw, mh), interpolation=cv2.INTER_NEAREST)
+    hole = cv2.resize((partial == UNKNOWN).astype(np.uint8), (mw, mh), interpolation=cv2.INTER_NEAREST) > 0
+    # the loss counts pixels to complete: unknown ones and every pixel of a masked patch
+    masked = np.kron(plan.masked_grid(cfg.grid)[0], np.ones((cfg.patch_size,) * 2, bool))
+    sample = {"image": inputs.image, "label_planes": inputs.label_planes, "target": target.astype(np.int64),
+              "complete": (hole | masked), "ids_keep": plan.ids_keep[0], "ids_mask": plan.ids_mask[0],
+              "ids_restore": plan.ids_restore[0]}
+    if inputs.prior is not None:
+        sample["prior"] = inputs.prior
+    return sample
+
+
+class CompletionTrainSet(Dataset):
+    """Index i of epoch e: a fresh crop/degrade/mask, seeded by (seed, epoch, i).
+
+    All samples of one batch share a mask ratio (static K), so the ratio is drawn per
+    batch index: ``batch_size`` consecutive indices use the same ratio."""
+
+    def __init__(self, data: list[tuple[np.ndarray, np.ndarray]], cfg: LMAEConfig, spec: SampleSpec,
+                 batch_size: int, seed: int = 0, world_size: int = 1) -> None:
+        self.data, self.cfg, self.spec, self.seed = data, cfg, spec, seed
+        # DistributedSampler (no shuffle) hands rank r the indices r, r + world, ...: a
+        # block of batch_size * world consecutive indices makes one batch on every rank
+        self.block = batch_size * world_size
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        batch_rng = np.random.default_rng([self.seed, self.epoch, i // self.block, 7])
+        ratio = float(batch_rng.choice(self.spec.mask_ratios))
+        order = np.random.default_rng([self.seed, self.epoch, 11]).permutation(len(self.data))
+        img, lab = self.data[int(order[i])]
+        return make_sample(img, lab, self.cfg, self.spec, ratio, rng)
+
+
+def collate(items: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    k = {it["ids_keep"].shape[0] for it in items}
+    if len(k) != 1:  # different K in one batch cannot happen with per-batch ratios
+        raise RuntimeError(f"mixed K in one batch: {k}")
+    return {key: torch.from_numpy(np.stack([it[key] for it in items])) for key in items[0]}
+
+
+class ValSet:
+    """Fixed partial labels for validation: full-resolution GT, partial and model inputs."""
+
+    def __init__(self, data: list[tuple[np.ndarray, np.ndarray]], cfg: LMAEConfig, strategy: str, ratio: float,
+                 label_resize: str, seed: int = 0, patch: int = 32, background_index: int | None = None) -> None:
+        self.items = []
+        for i, (img, lab) in enumerate(data):
+            partial = degrade(lab, ratio, strategy, np.random.default_rng([seed, i]), patch=patch,
+                              background_index=background_index)
+            self.items.append((lab, partial, prepare(img, partial, cfg, label_resize)))
+        self.strategy, self.ratio = strategy, ratio
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def batches(self, batch_size: int):
+        for s in range(0, len(self.items), batch_size):
+            chunk = self.items[s: s + batch_size]
+            yield [c[0] for c in chunk], [c[1] for c in chunk], ModelInputs.stack([c[2] for c in chunk])

@@ -1,0 +1,134 @@
+"""Dataset layouts on disk -> lists of (image, label) file pairs, class names, palette.
+
+Supported: folder pairs ``ROOT/{split}/{images,labels}`` (same stem, optional
+``classes.json``), Pascal VOC (``JPEGImages``, ``SegmentationClass``,
+``ImageSets/Segmentation/{split}.txt``) and Cityscapes (``leftImg8bit/{split}``,
+``gtFine/{split}/*_labelTrainIds.png``).  255 = void / unknown everywhere.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+               "tvmonitor"]
+CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+                      "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
+                      "bicycle"]
+
+
+class DatasetError(ValueError):
+    pass
+
+
+@dataclass
+class DatasetInfo:
+    root: Path
+    layout: str
+    class_names: list[str]
+    palette: list[list[int]] | None = None
+    background_index: int | None = None  # the class named background (VOC: 0), else None
+    pairs: dict[str, list[tuple[Path, Path]]] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _voc_palette(n: int = 256) -> list[list[int]]:
+    pal = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal.append([r, g, b])
+    return pal
+
+
+def detect_layout(root: Path) -> str:
+    if (root / "JPEGImages").is_dir() and (root / "SegmentationClass").is_dir():
+        return "voc"
+    if (root / "leftImg8bit").is_dir() and (root / "gtFine").is_dir():
+        return "cityscapes"
+    return "folder"
+
+
+def pair_folder(images_dir: Path, labels_dir: Path) -> list[tuple[Path, Path]]:
+    """Pairs by stem; unpaired files are an error that lists a few of them."""
+    if not images_dir.is_dir():
+        raise DatasetError(f"{images_dir}: missing images folder")
+    if not labels_dir.is_dir():
+        raise DatasetError(f"{labels_dir}: missing labels folder")
+    imgs = {p.stem: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
+    labs = {p.stem: p for p in sorted(labels_dir.iterdir()) if p.suffix.lower() == ".png"}
+    no_label = sorted(set(imgs) - set(labs))
+    no_image = sorted(set(labs) - set(imgs))
+    if no_label or no_image:
+        raise DatasetError(f"{images_dir.parent}: unpaired files: images without label {no_label[:5]}"
+                           f"{'...' if len(no_label) > 5 else ''}, labels without image {no_image[:5]}"
+                           f"{'...' if len(no_image) > 5 else ''}")
+    if not imgs:
+        raise DatasetError(f"{images_dir}: no images")
+    return [(imgs[s], labs[s]) for s in sorted(imgs)]
+
+
+def load_dataset(root: str | Path, splits: tuple[str, ...] = ("train", "val"), layout: str = "auto") -> DatasetInfo:
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder not found")
+    layout = detect_layout(root) if layout == "auto" else layout
+    if layout == "folder":
+        names, palette = None, None
+        cj = root / "classes.json"
+        if cj.is_file():
+            meta = json.loads(cj.read_text())
+            names, palette = meta.get("classes"), meta.get("palette")
+        info = DatasetInfo(root, layout, names or [], palette)
+        for s in splits:
+            if not (root / s).is_dir():
+                raise DatasetError(f"{root}: missing split folder {s!r} (expected {root / s / 'images'})")
+            info.pairs[s] = pair_folder(root / s / "images", root / s / "labels")
+        if not info.class_names:
+            raise DatasetError(f"{root}: no classes.json; write one with a 'classes' list")
+        bg = [i for i, n in enumerate(info.class_names) if n.lower() == "background"]
+        info.background_index = bg[0] if bg else None
+        return info
+    if layout == "voc":
+        info = DatasetInfo(root, layout, list(VOC_CLASSES), _voc_palette()[:21], background_index=0)
+        for s in splits:
+            lst = root / "ImageSets" / "Segmentation" / f"{s}.txt"
+            if not lst.is_file():
+                raise DatasetError(f"{lst}: missing split list")
+            stems = [ln.strip() for ln in lst.read_text().splitlines() if ln.strip()]
+            pairs = [(root / "JPEGImages" / f"{t}.jpg", root / "SegmentationClass" / f"{t}.png") for t in stems]
+            missing = [str(p) for pr in pairs for p in pr if not p.is_file()]
+            if missing:
+                raise DatasetError(f"{lst}: {len(missing)} listed files missing, e.g. {missing[:3]}")
+            info.pairs[s] = pairs
+        return info
+    if layout == "cityscapes":
+        info = DatasetInfo(root, layout, list(CITYSCAPES_CLASSES), None)
+        for s in splits:
+            idir = root / "leftImg8bit" / s
+            if not idir.is_dir():
+                raise DatasetError(f"{idir}: missing split folder")
+            pairs = []
+            for img in sorted(idir.rglob("*_leftImg8bit.png")):
+                stem = img.name[: -len("_leftImg8bit.png")]
+                lab = root / "gtFine" / s / img.parent.name / f"{stem}_gtFine_labelTrainIds.png"
+                if not lab.is_file():
+                    raise DatasetError(f"{img}: no label {lab} (run cityscapesscripts createTrainIdLabelImgs)")
+                pairs.append((img, lab))
+            if not pairs:
+                raise DatasetError(f"{idir}: no images")
+            info.pairs[s] = pairs
+        return info
+    raise DatasetError(f"unknown dataset layout {layout!r}")

@@ -1,0 +1,283 @@
+"""The training loop: ``train(TrainConfig) -> checkpoint paths``.
+
+Single process, or DistributedDataParallel under ``torchrun`` (gloo on CPU, nccl on
+CUDA).  Every epoch: val PA-mIoU / global mIoU with Background-First routing (the
+inference strategy) and with random top-up; CSV + JSON log; best and last checkpoints;
+``resume`` continues from the last one.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from lmae_sdk.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from lmae_sdk.masking import DEFAULT_UNKNOWN_THRESHOLD
+from lmae_sdk.metrics import CompletionMeter
+from lmae_sdk.model import LMAE, count_parameters, make_config
+from lmae_sdk.preprocess import finish, route
+
+from .data import CompletionTrainSet, SampleSpec, ValSet, collate, load_pairs
+from .datasets import load_dataset
+from .loss import class_frequencies, class_weights, completion_loss
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    mask_ratios: tuple[float, ...] = (0.5,)  # several = one model over all of them
+    preset: str = "small"
+    image_size: tuple[int, int] = (224, 288)
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw-cosine"  # or "adam-plateau" (the paper's)
+    warmup_epochs: float = 1.0
+    holes: str = "mixed"
+    label_resize: str = "soft"
+    visible_weight: float = 0.1
+    class_weighting: bool = True
+    threshold: float = DEFAULT_UNKNOWN_THRESHOLD
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0  # 0 = leave torch's default
+    workers: int = 1
+    val_limit: int = 0  # 0 = the whole val split
+    val_every: int = 1
+    time_budget_min: float = 0.0  # stop after this many minutes (0 = none)
+    resume: bool = False
+    layout: str = "auto"
+    model_overrides: dict = field(default_factory=dict)
+    progress: bool = True
+    max_train_items: int = 0  # 0 = all (tests use a few)
+
+
+def _is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank() -> int:
+    return dist.get_rank() if _is_dist() else 0
+
+
+def evaluate(model: LMAE, valset: ValSet, mask_ratio: float, strategy: str, threshold: float,
+             class_names: list[str], device: str = "cpu", batch_size: int = 16,
+             background_index: int | None = None) -> dict:
+    """Complete the val partial labels the way the runtime does; pooled metrics."""
+    cfg = model.cfg
+    meter = CompletionMeter(cfg.num_classes)
+    model.eval()
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for gts, partials, inp in valset.batches(batch_size):
+            plans = [route(_one(inp, j), cfg, mask_ratio, strategy, threshold, background_index, rng)
+                     for j in range(len(gts))]
+            keep = torch.from_numpy(np.concatenate([p.ids_keep for p in plans])).to(device)
+            mask = torch.from_numpy(np.concatenate([p.ids_mask for p in plans])).to(device)
+            rest = torch.from_numpy(np.concatenate([p.ids_restore for p in plans])).to(device)
+            prior = None if inp.prior is None else torch.from_numpy(inp.prior).to(device)
+            logits = model(torch.from_numpy(inp.image).to(device), torch.from_numpy(inp.label_planes).to(device),
+                           keep, mask, rest, prior).float().cpu().numpy()
+            for j, (gt, partial) in enumerate(zip(gts, partials)):
+                completed, _ = finish(logits[j], partial)
+                meter.update(completed, gt, partial)
+    return meter.summary(class_names)
+
+
+def _one(inp, j):
+    from lmae_sdk.preprocess import ModelInputs
+
+    return ModelInputs(inp.image[j], inp.label_planes[j], None if inp.prior is None else inp.prior[j])
+
+
+def _paths(out: str) -> dict[str, Path]:
+    p = Path(out)
+    stem = p.with_suffix("")
+    return {"best": p, "last": Path(f"{stem}.last.pt"), "csv": Path(f"{stem}.log.csv"),
+            "json": Path(f"{stem}.log.json")}
+
+
+def train(tc: TrainConfig) -> Path:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not _is_dist():
+        dist.init_process_group("nccl" if tc.device.startswith("cuda") else "gloo")
+    rank = _rank()
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    import cv2
+
+    cv2.setNumThreads(1)  # OpenCV's own pool oversubscribes small CPUs next to torch
+    torch.manual_seed(tc.seed)
+    device = tc.device
+    if device.startswith("cuda") and world > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+
+    info = load_dataset(tc.data, ("train", "val"), tc.layout)
+    train_pairs, val_pairs = info.pairs["train"], info.pairs["val"]
+    if tc.max_train_items:
+        train_pairs = train_pairs[: tc.max_train_items]
+    if tc.val_limit:
+        val_pairs = val_pairs[: tc.val_limit]
+    n = info.num_classes
+    train_data = load_pairs(train_pairs, n)
+    val_data = load_pairs(val_pairs, n)
+    cfg = make_config(tc.preset, n, img_size=tuple(tc.image_size), **tc.model_overrides)
+    model = LMAE(cfg).to(device)
+    spec = SampleSpec(mask_ratios=tuple(tc.mask_ratios), holes=tc.holes, label_resize=tc.label_resize,
+                      threshold=tc.threshold, background_index=info.background_index)
+    trainset = CompletionTrainSet(train_data, cfg, spec, tc.batch_size, tc.seed, world)
+    sampler = DistributedSampler(trainset, shuffle=False) if world > 1 else None
+    # order is shuffled inside each batch-ratio block by the dataset seed; keep batches aligned
+    loader = DataLoader(trainset, batch_size=tc.batch_size, sampler=sampler, shuffle=False, collate_fn=collate,
+                        num_workers=tc.workers, drop_last=True, persistent_workers=False)
+    eval_ratio = float(np.median(tc.mask_ratios))
+    val_bg = ValSet(val_data, cfg, "background", eval_ratio, tc.label_resize, background_index=info.background_index)
+    val_rand = ValSet(val_data, cfg, "random", eval_ratio, tc.label_resize)
+
+    cw = None
+    if tc.class_weighting:
+        cw = torch.from_numpy(class_weights(class_frequencies([lab for _, lab in train_data], n))).to(device)
+
+    steps_per_epoch = max(len(loader), 1)
+    total_steps = steps_per_epoch * tc.epochs
+    if tc.optimizer == "adam-plateau":
+        opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", patience=5, threshold=1e-3,
+                                                             factor=0.8)
+        step_sched = None
+    elif tc.optimizer == "adamw-cosine":
+        opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=0.05)
+        warm = max(int(tc.warmup_epochs * steps_per_epoch), 1)
+        t_start = time.time()
+
+        def lr_factor(s: int) -> float:
+            progress = min(s, total_steps) / total_steps
+            if tc.time_budget_min:  # a time-boxed run decays by the end of its budget
+                progress = max(progress, min(1.0, (time.time() - t_start) / 60 / tc.time_budget_min))
+            return min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        step_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+        plateau = None
+    else:
+        raise ValueError(f"unknown optimizer {tc.optimizer!r}")
+
+    paths = _paths(tc.out)
+    start_epoch, best, history = 0, -1.0, []
+    if tc.resume and paths["last"].is_file():
+        last = load_checkpoint(paths["last"])
+        model.load_state_dict(last["state_dict"])
+        opt.load_state_dict(last["train_state"]["optimizer"])
+        if step_sched is not None:
+            step_sched.load_state_dict(last["train_state"]["scheduler"])
+        if plateau is not None:
+            plateau.load_state_dict(last["train_state"]["scheduler"])
+        start_epoch = int(last["train_state"]["epoch"]) + 1
+        best = float(last["train_state"]["best"])
+        history = json.loads(last["train_state"]["history"])
+        if rank == 0:
+            print(f"resumed from {paths['last']} at epoch {start_epoch}", flush=True)
+
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=None if device == "cpu" else [device])
+    if rank == 0:
+        print(f"L-MAE {cfg.preset}: {count_parameters(model) / 1e6:.2f}M params, L={cfg.num_patches}, "
+              f"K={[cfg.num_visible(m) for m in tc.mask_ratios]}, {len(train_data)} train / {len(val_data)} val, "
+              f"{steps_per_epoch} steps/epoch x {tc.epochs} epochs, world={world}", flush=True)
+
+    t0 = time.time()
+    args_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(tc).items()}
+    for epoch in range(start_epoch, tc.epochs):
+        trainset.epoch = epoch
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        model.train()
+        losses = []
+        te = time.time()
+        it = loader
+        if tc.progress and rank == 0:
+            from tqdm import tqdm
+
+            it = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, mininterval=5)
+        for batch in it:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = ddp_model(batch["image"], batch["label_planes"], batch["ids_keep"], batch["ids_mask"],
+                               batch["ids_restore"], batch.get("prior"))
+            loss = completion_loss(logits, batch["target"], batch["complete"], cw, tc.visible_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            if step_sched is not None:
+                step_sched.step()
+            losses.append(float(loss.detach()))
+        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+               "lr": opt.param_groups[0]["lr"], "epoch_s": time.time() - te, "elapsed_s": time.time() - t0}
+        out_of_time = tc.time_budget_min and (time.time() - t0) / 60 >= tc.time_budget_min
+        do_val = ((epoch + 1) % tc.val_every == 0) or epoch + 1 == tc.epochs or out_of_time
+        if rank == 0 and do_val:
+            m_bg = evaluate(model, val_bg, eval_ratio, "background_first", tc.threshold, info.class_names, device,
+                            background_index=info.background_index)
+            m_rand = evaluate(model, val_rand, eval_ratio, "background_first", tc.threshold, info.class_names,
+                              device, background_index=info.background_index)
+            row.update({"val_pa_miou_background": m_bg["pa_miou"], "val_global_miou_background": m_bg["global_miou"],
+                        "val_pa_miou_random": m_rand["pa_miou"], "val_global_miou_random": m_rand["global_miou"],
+                        "val_pa_acc_random": m_rand["pa_pixel_acc"]})
+            score = m_rand["pa_miou"]
+            if plateau is not None:
+                plateau.step(score)
+            metrics = {"epoch": epoch + 1, "val_random": m_rand, "val_background": m_bg}
+            ck_kw = dict(class_names=info.class_names, palette=info.palette, mask_ratios=list(tc.mask_ratios),
+                         label_resize=tc.label_resize, unknown_threshold=tc.threshold, train_args=args_dict,
+                         background_index=info.background_index)
+            if score > best:
+                best = score
+                save_checkpoint(make_checkpoint(model, metrics=metrics, **ck_kw), paths["best"])
+            history.append(row)
+            last = make_checkpoint(model, metrics=metrics, **ck_kw)
+            last["train_state"] = {"optimizer": opt.state_dict(),
+                                   "scheduler": (step_sched or plateau).state_dict(),
+                                   "epoch": epoch, "best": best, "history": json.dumps(history)}
+            save_checkpoint(last, paths["last"])
+            _write_logs(history, paths)
+            print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  val PA-mIoU random {m_rand['pa_miou']:.2f} "
+                  f"(acc {m_rand['pa_pixel_acc']:.1f})  background-first {m_bg['pa_miou']:.2f}  "
+                  f"global {m_rand['global_miou']:.2f}  [{row['epoch_s']:.0f}s, {row['elapsed_s'] / 60:.1f} min]",
+                  flush=True)
+        elif rank == 0:
+            history.append(row)
+            print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f} [{row['epoch_s']:.0f}s]", flush=True)
+        if out_of_time:
+            if rank == 0:
+                print(f"time budget of {tc.time_budget_min} min reached after epoch {epoch + 1}", flush=True)
+            break
+    if _is_dist():
+        dist.barrier()
+        dist.destroy_process_group()
+    return paths["best"]
+
+
+def _write_logs(history: list[dict], paths: dict[str, Path]) -> None:
+    from lmae_sdk.labels import atomic_write_bytes
+
+    keys = sorted({k for r in history for k in r}, key=lambda k: (k != "epoch", k))
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_bytes(paths["csv"], buf.getvalue().encode())
+    atomic_write_bytes(paths["json"], json.dumps(history, indent=1).encode())
