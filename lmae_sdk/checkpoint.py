@@ -44,7 +44,7 @@ def make_checkpoint(model: LMAE, *, class_names: list[str], palette: list[list[i
         "background_index": background_index,
         "metrics": metrics or {},
         "train_args": train_args or {},
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "state_dict": state,
     }
 

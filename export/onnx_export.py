@@ -1,0 +1,168 @@
+"""One graph of an L-MAE checkpoint -> one ONNX file.
+
+``torch.onnx.export(..., dynamo=True)`` at opset 18 by default (int64 index inputs;
+ONNX Runtime matches torch to ~1e-6); ``dynamo=False`` is the legacy TorchScript
+exporter, kept as a fallback (``lmae-export --legacy``).  Only axis 0 ("batch") is
+dynamic: K, L, H, W, N are fixed per file.  The model config, mask ratio, K, L and
+class names go into ``metadata_props`` (keys ``lmae.*``).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from lmae_sdk.model import LMAE
+
+from .graphs import example_inputs, input_names, make_graph, output_names
+
+DEFAULT_OPSET = 18
+BATCH_AXIS = "batch"
+MAX_BATCH_TRACE = 4096
+# protobuf's hard limit is 2 GiB; keep a margin for graph structure
+SINGLE_FILE_LIMIT = 1_900_000_000
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def _param_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def graph_metadata(model: LMAE, part: str, mask_ratio: float, precision: str, class_names: list[str] | None,
+                   exporter: str, opset: int) -> dict[str, str]:
+    cfg = model.cfg
+    return {
+        "lmae.part": part,
+        "lmae.model_config": json.dumps(cfg.to_dict()),
+        "lmae.mask_ratio": repr(float(mask_ratio)),
+        "lmae.num_visible": str(cfg.num_visible(mask_ratio)),
+        "lmae.num_patches": str(cfg.num_patches),
+        # largest value any int64 index input can hold (ids < L): proves int32 range
+        "lmae.index_max": str(cfg.num_patches - 1),
+        "lmae.class_names": json.dumps(list(class_names) if class_names is not None else None),
+        "lmae.precision": precision,
+        "lmae.inputs": json.dumps(input_names(cfg, part)),
+        "lmae.outputs": json.dumps(output_names(part)),
+        "lmae.exporter": exporter,
+        "lmae.opset": str(opset),
+    }
+
+
+def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:
+    keep = [p for p in proto.metadata_props if p.key not in meta]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for k, v in meta.items():
+        p = proto.metadata_props.add()
+        p.key, p.value = k, v
+
+
+def read_metadata(path_or_proto: str | os.PathLike | onnx.ModelProto) -> dict[str, str]:
+    proto = path_or_proto if isinstance(path_or_proto, onnx.ModelProto) else onnx.load(
+        str(path_or_proto), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def export_onnx(model: LMAE, path: str | os.PathLike, part: str, mask_ratio: float, opset: int = DEFAULT_OPSET,
+                dynamo: bool = True, fp16: bool = False, class_names: list[str] | None = None,
+                verbose: bool = False) -> Path:
+    """Export the ``part`` ("encoder" | "decoder") graph of ``model`` at ``mask_ratio``.
+
+    ``fp16``: weights and compute in float16 (LayerNorm float32), graph I/O float32.
+    Returns ``path``; the file is a single self-contained ``.onnx`` when the weights fit
+    under 2 GB, else it has external data next to it (``<name>.data``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    cfg = model.cfg
+    graph = make_graph(model, part, half=fp16)
+    inputs = example_inputs(cfg, part, mask_ratio, batch=2)
+    names, outs = list(inputs), output_names(part)
+    args = tuple(inputs.values())
+    big = _param_bytes(graph) >= SINGLE_FILE_LIMIT
+    precision = "fp16" if fp16 else "fp32"
+    sink = io.StringIO()
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(sink)
+    try:
+        with quiet, warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if dynamo:
+                batch = torch.export.Dim(BATCH_AXIS, min=1, max=MAX_BATCH_TRACE)
+                dyn = {n: {0: batch} for n in names}
+                prog = torch.onnx.export(graph, args, dynamo=True, opset_version=opset, input_names=names,
+                                         output_names=outs, dynamic_shapes=dyn, verbose=verbose,
+                                         optimize=True)
+                if prog is None:
+                    raise ExportError("torch.onnx.export(dynamo=True) returned no program")
+                prog.save(str(path), external_data=big)
+            else:
+                torch.onnx.export(graph, args, str(path), dynamo=False, opset_version=opset, input_names=names,
+                                  output_names=outs, dynamic_axes={n: {0: BATCH_AXIS} for n in names + outs},
+                                  do_constant_folding=True)
+    except ExportError:
+        raise
+    except Exception as e:
+        hint = "" if not dynamo else " (try --legacy for the TorchScript exporter)"
+        raise ExportError(f"{part} export to ONNX failed: {type(e).__name__}: {e}{hint}") from e
+
+    proto = onnx.load(str(path), load_external_data=True)
+    # name the batch axis "batch" everywhere (dynamo may name it s0 / s1)
+    for vi in list(proto.graph.input) + list(proto.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = BATCH_AXIS
+    set_metadata(proto, graph_metadata(model, part, mask_ratio, precision, class_names,
+                                       "dynamo" if dynamo else "legacy", opset))
+    got = [i.name for i in proto.graph.input]
+    if got != names:
+        raise ExportError(f"{part}: exported inputs {got} differ from the contract {names}")
+    if [o.name for o in proto.graph.output] != outs:
+        raise ExportError(f"{part}: exported outputs {[o.name for o in proto.graph.output]} differ from {outs}")
+    _save(proto, path)
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:
+        raise ExportError(f"{path.name}: onnx.checker rejects the graph: {e}") from e
+    return path
+
+
+def _save(proto: onnx.ModelProto, path: Path) -> None:
+    data = path.with_name(path.name + ".data")
+    if proto.ByteSize() < SINGLE_FILE_LIMIT:
+        onnx.save_model(proto, str(path), save_as_external_data=False)
+        # a stale external-data file from the dynamo writer is no longer referenced
+        for cand in (data, path.with_suffix(".onnx.data")):
+            if cand.exists():
+                cand.unlink()
+    else:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+
+
+def op_list(path_or_proto: Any) -> list[str]:
+    proto = path_or_proto if isinstance(path_or_proto, onnx.ModelProto) else onnx.load(
+        str(path_or_proto), load_external_data=False)
+    return sorted({n.op_type for n in proto.graph.node})
+
+
+def external_files(path: str | os.PathLike) -> list[Path]:
+    """External-data files a saved ONNX model refers to (empty for a single file)."""
+    path = Path(path)
+    proto = onnx.load(str(path), load_external_data=False)
+    locs = set()
+    for t in proto.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                locs.add(e.value)
+    return [path.parent / x for x in sorted(locs)]

@@ -1,0 +1,69 @@
+"""One interface for every runtime: numpy in, numpy out, one object per engine (mask ratio)."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+ENCODER_INPUTS = ("image", "label_planes", "prior", "ids_keep")
+DECODER_INPUTS = ("latent", "image", "ids_mask", "ids_restore", "label_planes", "prior")
+
+
+class BackendError(RuntimeError):
+    """A backend cannot be built here (missing package, no GPU, wrong bundle)."""
+
+
+class Backend(ABC):
+    """Runs one engine: ``encode(feed) -> latent`` and ``decode(feed) -> logits``.
+
+    ``feed`` maps graph input names to numpy arrays; a backend takes exactly the names in
+    ``input_names[part]`` (the manifest's ``inputs``) and ignores the rest.
+    """
+
+    name: str = "backend"
+
+    def __init__(self, mask_ratio: float, num_visible: int, input_names: dict[str, list[str]]) -> None:
+        self.mask_ratio = float(mask_ratio)
+        self.num_visible = int(num_visible)
+        self.input_names = {k: list(v) for k, v in input_names.items()}
+
+    @property
+    @abstractmethod
+    def providers(self) -> list[str]:
+        """What actually runs the graph (ORT execution providers, torch device, ...)."""
+
+    @abstractmethod
+    def encode(self, feed: dict[str, np.ndarray]) -> np.ndarray: ...
+
+    @abstractmethod
+    def decode(self, feed: dict[str, np.ndarray]) -> np.ndarray: ...
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """Encoder then decoder; ``feed`` holds every input either graph may need."""
+        if feed["ids_keep"].shape[1] != self.num_visible:
+            raise ValueError(f"engine m={self.mask_ratio} takes K={self.num_visible} visible patches, "
+                             f"got {feed['ids_keep'].shape[1]}")
+        latent = self.encode(feed)
+        return self.decode({**feed, "latent": latent})
+
+    def select(self, part: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = self.input_names[part]
+        missing = [n for n in names if feed.get(n) is None]
+        if missing:
+            raise ValueError(f"{self.name} {part}: missing inputs {missing}")
+        return {n: feed[n] for n in names}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(m={self.mask_ratio}, K={self.num_visible}, providers={self.providers})"
+
+
+def graph_inputs(model_config: dict) -> dict[str, list[str]]:
+    """The input names export writes for a model config (used for .pt checkpoints)."""
+    prior = bool(model_config.get("prior", False))
+    enc = ["image", "label_planes"] + (["prior"] if prior else []) + ["ids_keep"]
+    dec = ["latent", "image", "ids_mask", "ids_restore"]
+    if int(model_config.get("refine_width", 0)) > 0:
+        dec.append("label_planes")
+    if prior:
+        dec.append("prior")
+    return {"encoder": enc, "decoder": dec}

@@ -1,0 +1,93 @@
+"""ONNX Runtime backend: CPU execution provider, CUDA when onnxruntime-gpu sees a GPU."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .base import Backend, BackendError
+
+log = logging.getLogger("lmae_sdk.runtime")
+
+
+def ort_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def ort_cuda_available() -> bool:
+    try:
+        import onnxruntime as ort
+    except Exception:
+        return False
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+class OrtBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, encoder: str | os.PathLike, decoder: str | os.PathLike, mask_ratio: float, num_visible: int,
+                 input_names: dict[str, list[str]], device: str = "cpu", threads: int = 0,
+                 precision: str = "fp32") -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise BackendError("onnxruntime is not installed: pip install 'lmae-sdk[cpu]' "
+                               "(or [gpu] for onnxruntime-gpu)") from e
+        super().__init__(mask_ratio, num_visible, input_names)
+        self.precision = precision
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads) if threads else max(1, os.cpu_count() or 1)
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        want = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BackendError("onnxruntime: CUDA asked for but this onnxruntime has no CUDAExecutionProvider "
+                                   "(install onnxruntime-gpu)")
+            dev_id = int(device.split(":")[1]) if ":" in device else 0
+            want = [("CUDAExecutionProvider", {"device_id": dev_id}), "CPUExecutionProvider"]
+        self.sessions = {}
+        for part, path in (("encoder", encoder), ("decoder", decoder)):
+            sess = ort.InferenceSession(str(Path(path)), sess_options=opts, providers=want)
+            got = sess.get_providers()
+            # the GPU wheel silently falls back to CPU when CUDA/cuDNN cannot load: check
+            if device.startswith("cuda") and "CUDAExecutionProvider" not in got:
+                raise BackendError(f"onnxruntime: CUDAExecutionProvider failed to load for {Path(path).name} "
+                                   f"(session runs on {got}); check the CUDA/cuDNN libraries")
+            names = {i.name for i in sess.get_inputs()}
+            if set(self.input_names[part]) != names:
+                raise BackendError(f"{Path(path).name}: graph inputs {sorted(names)} differ from the manifest's "
+                                   f"{sorted(self.input_names[part])}")
+            self.sessions[part] = sess
+        self.device = device
+        self._dtypes = {part: {i.name: i.type for i in s.get_inputs()} for part, s in self.sessions.items()}
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.sessions["encoder"].get_providers())
+
+    def _feed(self, part: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        for k, v in self.select(part, feed).items():
+            t = self._dtypes[part][k]
+            if t == "tensor(float16)":
+                v = v.astype(np.float16)
+            elif t == "tensor(float)":
+                v = v.astype(np.float32, copy=False)
+            elif t == "tensor(int64)":
+                v = v.astype(np.int64, copy=False)
+            out[k] = np.ascontiguousarray(v)
+        return out
+
+    def encode(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.sessions["encoder"].run(None, self._feed("encoder", feed))[0]
+
+    def decode(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.sessions["decoder"].run(None, self._feed("decoder", feed))[0].astype(np.float32, copy=False)

@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+import torch
+
+from lmae_sdk.masking import plan_masks
+from lmae_sdk.model import LMAE, LMAEConfig, count_parameters, make_config, sincos_pos_embed_2d
+
+
+def _plan(L, n_mask, b, seed=0):
+    from lmae_sdk.masking import MaskPlan
+
+    rng = np.random.default_rng(seed)
+    return MaskPlan.stack([plan_masks(np.zeros(L), rng.random(L), n_mask) for _ in range(b)])
+
+
+def _inputs(cfg, b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h, w = cfg.img_size
+    image = torch.randn(b, 3, h, w, generator=g)
+    planes = torch.nn.functional.one_hot(torch.randint(0, cfg.num_classes, (b, h, w), generator=g),
+                                         cfg.num_classes).permute(0, 3, 1, 2).float()
+    prior = torch.rand(b, cfg.num_classes + 1, h, w, generator=g) if cfg.prior else None
+    return image, planes, prior
+
+
+@pytest.mark.parametrize("fuse", ["layer", "concat", "insert"])
+@pytest.mark.parametrize("ips,prior,refine", [(True, True, 16), (False, False, 0), (True, False, 0)])
+def test_shapes(fuse, ips, prior, refine):
+    cfg = make_config("tiny", 5, img_size=(32, 48), fuse=fuse, ips=ips, prior=prior, refine_width=refine)
+    model = LMAE(cfg)
+    L, K = cfg.num_patches, cfg.num_visible(0.5)
+    assert L == 6 and K == 3
+    plan = _plan(L, L - K, 2)
+    image, planes, pri = _inputs(cfg)
+    latent = model.encode(image, planes, torch.from_numpy(plan.ids_keep), pri)
+    assert latent.shape == (2, K, cfg.embed_dim)
+    logits = model.decode(latent, image, torch.from_numpy(plan.ids_mask), torch.from_numpy(plan.ids_restore),
+                          planes, pri)
+    assert logits.shape == (2, 5, 32, 48)
+
+
+def test_static_k_and_rectangular_grid():
+    cfg = make_config("small", 11, img_size=(224, 288))
+    assert cfg.grid == (14, 18) and cfg.num_patches == 252
+    assert cfg.num_visible(0.5) == 126 and cfg.num_visible(0.7) == 252 - 176
+    with pytest.raises(ValueError, match="multiples of patch_size"):
+        make_config("tiny", 3, img_size=(30, 48))
+
+
+def test_config_round_trip():
+    cfg = make_config("paper", 21, img_size=(224, 224))
+    assert (cfg.embed_dim, cfg.depth, cfg.decoder_embed_dim, cfg.decoder_depth) == (1440, 8, 720, 6)
+    assert not cfg.prior and cfg.refine_width == 0
+    assert LMAEConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_pos_embed_is_sincos_and_distinct():
+    pe = sincos_pos_embed_2d(32, 3, 4)
+    assert pe.shape == (12, 32)
+    assert np.abs(pe).max() <= 1.0
+    # every position distinct
+    d = ((pe[:, None] - pe[None]) ** 2).sum(-1) + np.eye(12)
+    assert d.min() > 1e-3
+
+
+def test_ips_masked_positions_carry_image_patch_embeddings():
+    """With one decoder block removed from the picture (depth 0), the decoder's token at a
+    masked position is exactly the IPS embedding of that image patch, a visible one is the
+    encoder output, both in restored (row-major) order."""
+    cfg = make_config("tiny", 4, img_size=(32, 64), decoder_depth=1, prior=False, refine_width=0)
+    model = LMAE(cfg).eval()
+    captured = {}
+    model.decoder_blocks[0].register_forward_pre_hook(lambda m, a: captured.setdefault("x", a[0].clone()))
+    L, K = cfg.num_patches, cfg.num_visible(0.5)
+    plan = _plan(L, L - K, 2, seed=3)
+    image, planes, _ = _inputs(cfg)
+    with torch.no_grad():
+        latent = model.encode(image, planes, torch.from_numpy(plan.ids_keep))
+        model.decode(latent, image, torch.from_numpy(plan.ids_mask), torch.from_numpy(plan.ids_restore))
+        x = captured["x"] - model.decoder_pos_embed  # (B, L, DD) before positions
+        supp = model.supplement_tokens(image, None)  # (B, L, DD)
+        vis = model.decoder_embed(latent)  # (B, K, DD)
+    for b in range(2):
+        for j, pos in enumerate(plan.ids_mask[b]):
+            torch.testing.assert_close(x[b, pos], supp[b, pos], atol=1e-5, rtol=1e-5)
+        for j, pos in enumerate(plan.ids_keep[b]):
+            torch.testing.assert_close(x[b, pos], vis[b, j], atol=1e-5, rtol=1e-5)
+
+
+def test_ips_ignores_label_of_masked_patches_and_mask_token_differs():
+    cfg = make_config("tiny", 4, img_size=(32, 64), prior=False, refine_width=0)
+    torch.manual_seed(0)
+    model = LMAE(cfg).eval()
+    L, K = cfg.num_patches, cfg.num_visible(0.5)
+    plan = _plan(L, L - K, 1, seed=1)
+    image, planes, _ = _inputs(cfg, b=1)
+    # change the label inside one masked patch only: the output must not change
+    gh, gw = cfg.grid
+    pos = int(plan.ids_mask[0, 0])
+    r, c = divmod(pos, gw)
+    planes2 = planes.clone()
+    planes2[:, :, r * 16:(r + 1) * 16, c * 16:(c + 1) * 16] = torch.roll(planes2[:, :, r * 16:(r + 1) * 16,
+                                                                          c * 16:(c + 1) * 16], 1, dims=1)
+    ids = [torch.from_numpy(a) for a in (plan.ids_keep, plan.ids_mask, plan.ids_restore)]
+    with torch.no_grad():
+        a = model(image, planes, *ids)
+        b = model(image, planes2, *ids)
+        # but changing the image inside that masked patch does (IPS carries it)
+        image2 = image.clone()
+        image2[:, :, r * 16:(r + 1) * 16, c * 16:(c + 1) * 16] += 1.0
+        c_ = model(image2, planes, *ids)
+    torch.testing.assert_close(a, b)
+    assert (a - c_).abs().max() > 1e-4
+
+
+def test_parameter_counts_grow_with_presets():
+    counts = [count_parameters(LMAE(make_config(p, 11, img_size=(64, 64)))) for p in ("tiny", "small", "base")]
+    assert counts == sorted(counts)

@@ -1,0 +1,107 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from lmae_sdk.training.datasets import DatasetError, load_dataset
+from lmae_sdk.training.loss import class_frequencies, class_weights, completion_loss
+from lmae_sdk.training.train import TrainConfig, train
+
+
+def _tc(root, out, **kw):
+    base = dict(data=str(root), out=str(out), preset="tiny", image_size=(64, 96), epochs=3, batch_size=4,
+                lr=3e-3, workers=0, threads=1, progress=False, warmup_epochs=0.5)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_loss_weights():
+    freq = class_frequencies([np.array([[0, 0, 0, 1]], np.uint8)], 2)
+    np.testing.assert_allclose(freq, [0.75, 0.25])
+    w = class_weights(freq)
+    assert w[1] > w[0] and w.mean() == pytest.approx(1.0)
+    logits = torch.zeros(1, 2, 1, 2, requires_grad=True)
+    target = torch.tensor([[[0, 1]]])
+    # only the pixel to complete counts when visible_weight = 0
+    l0 = completion_loss(logits, target, torch.tensor([[[True, False]]]), None, visible_weight=0.0)
+    assert l0.item() == pytest.approx(np.log(2))
+    # void is ignored
+    l1 = completion_loss(logits, torch.tensor([[[0, 255]]]), torch.tensor([[[True, True]]]), None)
+    assert l1.item() == pytest.approx(np.log(2))
+    # class weights change which pixel dominates
+    lg = torch.tensor([[[[2.0, 0.0]], [[0.0, 0.0]]]])  # pixel0 right (class0), pixel1 wrong (class1)
+    cw = torch.tensor([1.0, 10.0])
+    weighted = completion_loss(lg, target, torch.ones(1, 1, 2, dtype=torch.bool), cw)
+    plain = completion_loss(lg, target, torch.ones(1, 1, 2, dtype=torch.bool), None)
+    assert weighted > plain
+
+
+def test_dataset_errors(tmp_path, synth_root):
+    with pytest.raises(DatasetError, match="missing split folder 'test'"):
+        load_dataset(synth_root, ("test",))
+    bad = tmp_path / "bad"
+    (bad / "train" / "images").mkdir(parents=True)
+    (bad / "train" / "labels").mkdir(parents=True)
+    (bad / "train" / "images" / "a.png").write_bytes(b"x")
+    with pytest.raises(DatasetError, match="unpaired files"):
+        load_dataset(bad, ("train",))
+
+
+def test_ids_beyond_num_classes_are_refused(tmp_path, synth_root):
+    import shutil
+
+    from lmae_sdk.labels import InputError, read_label, write_label
+
+    root = tmp_path / "ds"
+    shutil.copytree(synth_root, root)
+    f = sorted((root / "train" / "labels").iterdir())[0]
+    lab, _ = read_label(f)
+    lab[0, 0] = 9
+    write_label(f, lab)
+    with pytest.raises(InputError, match=f"{f.name}: class ids \\[9\\]"):
+        train(_tc(root, tmp_path / "x.pt", epochs=1))
+
+
+def test_tiny_training_loss_falls_and_checkpoints(tmp_path, synth_root):
+    out = tmp_path / "syn_m0.5.pt"
+    best = train(_tc(synth_root, out, epochs=4))
+    log = json.loads((tmp_path / "syn_m0.5.log.json").read_text())
+    losses = [r["train_loss"] for r in log]
+    assert losses[-1] < losses[0] * 0.8, losses
+    assert best.is_file() and (tmp_path / "syn_m0.5.last.pt").is_file()
+    assert {"val_pa_miou_random", "val_pa_miou_background"} <= set(log[-1])
+    ck = torch.load(best, weights_only=True)
+    assert ck["mask_ratios"] == [0.5] and ck["metrics"]["val_random"]["pa_miou"] >= 0
+
+
+def test_seed_is_deterministic_and_resume_continues(tmp_path, synth_root):
+    a = train(_tc(synth_root, tmp_path / "a.pt", epochs=2))
+    b = train(_tc(synth_root, tmp_path / "b.pt", epochs=2))
+    sa, sb = torch.load(a, weights_only=True)["state_dict"], torch.load(b, weights_only=True)["state_dict"]
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], msg=k)
+    # resume: a 3-epoch run continued from the 2-epoch one has 3 epochs of history
+    train(_tc(synth_root, tmp_path / "a.pt", epochs=3, resume=True))
+    log = json.loads((tmp_path / "a.log.json").read_text())
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+
+
+def test_range_model_trains_over_several_ratios(tmp_path, synth_root):
+    best = train(_tc(synth_root, tmp_path / "r.pt", epochs=1, mask_ratios=(0.4, 0.6)))
+    assert torch.load(best, weights_only=True)["mask_ratios"] == [0.4, 0.6]
+
+
+def test_ddp_two_cpu_processes(tmp_path, synth_root):
+    out = tmp_path / "ddp.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lmae_sdk.cli",
+           "train", "--data", str(synth_root), "--out", str(out), "--preset", "tiny", "--image-size", "64x96",
+           "--epochs", "1", "--batch-size", "2", "--workers", "0", "--threads", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "world=2" in r.stdout
+    assert out.is_file()
