@@ -92,6 +92,8 @@ def export_onnx(model: LMAE, path: str | os.PathLike, part: str, mask_ratio: flo
     args = tuple(inputs.values())
     big = _param_bytes(graph) >= SINGLE_FILE_LIMIT
     precision = "fp16" if fp16 else "fp32"
+    with torch.no_grad():
+        out_shape = tuple(graph(*args).shape)
     sink = io.StringIO()
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(sink)
     try:
@@ -122,6 +124,12 @@ def export_onnx(model: LMAE, path: str | os.PathLike, part: str, mask_ratio: flo
         dims = vi.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_param = BATCH_AXIS
+    # the legacy exporter leaves output dims symbolic: declare them (only batch is dynamic)
+    for vi in proto.graph.output:
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) == len(out_shape):
+            for d, v in zip(list(dims)[1:], out_shape[1:]):
+                d.dim_value = int(v)
     set_metadata(proto, graph_metadata(model, part, mask_ratio, precision, class_names,
                                        "dynamo" if dynamo else "legacy", opset))
     got = [i.name for i in proto.graph.input]

@@ -182,5 +182,324 @@ def evaluate(pred: str, gt: str, partial: str, classes_json: str | None, num_cla
         atomic_write_bytes(json_out, json.dumps(s, indent=1).encode())
 
 
+
+# ======================================================================================
+# runtime commands: complete, demo, visualize
+# ======================================================================================
+def _clean_stray_temps(folder: Path) -> int:
+    """Remove temp files an interrupted run left (labels.atomic_write_bytes names them
+    ``.<name>.<random>.tmp``); finished outputs are only ever renamed into place."""
+    n = 0
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp"):
+            if p.is_file():
+                p.unlink()
+                n += 1
+    return n
+
+
+def _confidence_png(conf: np.ndarray) -> bytes:
+    from lmae_sdk.labels import encode_png
+
+    return encode_png(np.clip(np.round(conf * 255.0), 0, 255).astype(np.uint8))
+
+
+@main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True),
+              help="a bundle folder (manifest.json) or a .pt checkpoint")
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--labels", "labels_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="partial labels (PNG, unknown = --unknown-index)")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]))
+@click.option("--device", default=None, help="cpu | cuda | cuda:N (default: what the backend picks)")
+@click.option("--precision", default=None, type=click.Choice(["fp32", "fp16", "int8"]))
+@click.option("--batch-size", default=16, show_default=True, type=int)
+@click.option("--threads", default=0, type=int, help="inference threads (0 = all cores)")
+@click.option("--workers", default=2, show_default=True, type=int, help="pre/post-processing threads")
+@click.option("--unknown-index", default=255, show_default=True, type=int)
+@click.option("--confidence-dir", default=None, type=click.Path(file_okay=False),
+              help="also write per-pixel confidence (8-bit PNG, 255 = 1.0)")
+@click.option("--min-confidence", default=0.0, show_default=True, type=float,
+              help="leave filled pixels below this confidence unknown")
+@click.option("--tile", is_flag=True, help="overlapping model-size windows for large images")
+@click.option("--overwrite", is_flag=True, help="redo files already in --out")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def complete(model_path: str, images: str, labels_dir: str, out: str, backend: str, device: str | None,
+             precision: str | None, batch_size: int, threads: int, workers: int, unknown_index: int,
+             confidence_dir: str | None, min_confidence: float, tile: bool, overwrite: bool, quiet: bool) -> None:
+    """Fill the unknown pixels of every partial label in --labels; one PNG each in --out."""
+    import logging
+    import time
+    from collections import Counter
+
+    from tqdm import tqdm
+
+    from lmae_sdk.bundle import BundleError
+    from lmae_sdk.checkpoint import CheckpointError
+    from lmae_sdk.labels import atomic_write_bytes, write_label
+    from lmae_sdk.runtime.backends import BackendError
+    from lmae_sdk.runtime.completer import LMAECompleter
+    from lmae_sdk.runtime.pipelines import folder_pairs
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    src_img, src_lab, dst = Path(images).resolve(), Path(labels_dir).resolve(), Path(out).resolve()
+    conf_dst = Path(confidence_dir).resolve() if confidence_dir else None
+    if dst in (src_img, src_lab) or (conf_dst is not None and conf_dst in (src_img, src_lab, dst)):
+        raise click.UsageError("--out / --confidence-dir must differ from the inputs (inputs are never modified)")
+    try:
+        completer = LMAECompleter.load(model_path, backend=backend, device=device, threads=threads,
+                                       precision=precision, unknown_index=unknown_index)
+    except (BundleError, CheckpointError, BackendError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"model: {completer.describe()}", err=True)
+    dst.mkdir(parents=True, exist_ok=True)
+    stray = _clean_stray_temps(dst) + (_clean_stray_temps(conf_dst) if conf_dst else 0)
+    if conf_dst:
+        conf_dst.mkdir(parents=True, exist_ok=True)
+
+    failed: dict[str, str] = {}
+    todo, skipped = [], 0
+    for img, lab, stem in folder_pairs(src_img, src_lab):
+        if img is None:
+            failed[lab.name] = f"no image named {stem}.* in {src_img}"
+            continue
+        done = (dst / f"{stem}.png").is_file() and (conf_dst is None or (conf_dst / f"{stem}.png").is_file())
+        if done and not overwrite:
+            skipped += 1
+            continue
+        todo.append((img, lab, stem))
+
+    engine_use: Counter = Counter()
+    filled = unreliable = multipass = done_n = 0
+    t0 = time.time()
+    bar = tqdm(total=len(todo), desc="complete", unit="img", disable=quiet, file=sys.stderr)
+    for r in completer.complete_batch(todo, batch_size=batch_size, min_confidence=min_confidence, tile=tile,
+                                      workers=workers, on_error="return"):
+        bar.update(1)
+        stem = r.name
+        if not r.ok:
+            failed[f"{stem}.png"] = str(r.error)
+            bar.write(f"failed: {r.error}", file=sys.stderr)
+            continue
+        if conf_dst is not None:  # the label is written last: its presence marks the file finished
+            atomic_write_bytes(conf_dst / f"{stem}.png", _confidence_png(r.confidence))
+        write_label(dst / f"{stem}.png", r.label, r.palette)
+        done_n += 1
+        engine_use[f"m{r.mask_ratio:g}"] += 1
+        multipass += r.passes > 1
+        filled += r.filled
+        unreliable += r.unreliable
+    bar.close()
+    secs = time.time() - t0
+    report = {
+        "model": str(Path(model_path).resolve()), "backend": completer.backend_name,
+        "providers": completer.providers, "mask_ratios": completer.mask_ratios,
+        "images_completed": done_n, "images_skipped": skipped, "images_failed": len(failed),
+        "pixels_filled": filled, "pixels_left_unknown": unreliable, "min_confidence": min_confidence,
+        "engine_use": dict(sorted(engine_use.items())), "multi_pass_images": multipass, "tile": tile,
+        "seconds": round(secs, 3), "images_per_s": round(done_n / secs, 3) if secs > 0 and done_n else 0.0,
+        "stray_temp_files_removed": stray, "failures": failed,
+    }
+    atomic_write_bytes(dst / "report.json", (json.dumps(report, indent=1) + "\n").encode())
+    click.echo(f"completed {done_n} images ({skipped} already done, {len(failed)} failed) in {secs:.1f}s "
+               f"[{report['images_per_s']:.2f} img/s]; {filled} pixels filled"
+               + (f", {unreliable} left unknown (< {min_confidence})" if min_confidence > 0 else "")
+               + f"; engines {report['engine_use']}" + (f", {multipass} in several passes" if multipass else ""))
+    for name, why in failed.items():
+        click.echo(f"  FAILED {name}: {why}", err=True)
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--workdir", default="lmae-demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--epochs", default=12, show_default=True, type=int)
+@click.option("--train-images", default=64, show_default=True, type=int)
+@click.option("--val-images", default=16, show_default=True, type=int)
+@click.option("--time-budget-min", default=1.25, show_default=True, type=float, help="training time cap")
+@click.option("--threads", default=2, show_default=True, type=int)
+def demo(workdir: str, epochs: int, train_images: int, val_images: int, time_budget_min: float,
+         threads: int) -> None:
+    """Synthetic data -> train a tiny model -> ONNX bundle -> complete 50%-degraded labels
+    with ONNX Runtime -> PA-mIoU next to nearest-known-label fill."""
+    import time
+
+    from lmae_sdk.degrade import degrade as make_partial
+    from lmae_sdk.labels import nearest_known, read_label, write_label
+    from lmae_sdk.metrics import CompletionMeter
+    from lmae_sdk.runtime.completer import LMAECompleter
+    from lmae_sdk.runtime.pipelines import folder_pairs
+    from lmae_sdk.synthetic import SYNTH_CLASSES, make_synthetic_dataset
+    from lmae_sdk.training.train import TrainConfig
+    from lmae_sdk.training.train import train as run_train
+
+    try:
+        from lmae_sdk.export import export_bundle
+    except ImportError as e:
+        raise click.ClickException(f"the export package is unavailable ({e}); pip install 'lmae-sdk[cpu]'") from None
+
+    t_all = time.time()
+    root = Path(workdir).resolve()
+    data = root / "data"
+    click.echo(f"[1/5] synthetic dataset -> {data}")
+    make_synthetic_dataset(data, n_train=train_images, n_val=val_images, size=(96, 128))
+    ckpt = root / "demo_tiny.pt"
+    click.echo(f"[2/5] training a tiny L-MAE (<= {time_budget_min:g} min on {threads} threads)")
+    t = time.time()
+    tc = TrainConfig(data=str(data), out=str(ckpt), mask_ratios=(0.5, 0.7), preset="tiny", image_size=(64, 96),
+                     epochs=epochs, batch_size=8, lr=2e-3, workers=0, threads=threads,
+                     time_budget_min=time_budget_min, val_every=max(epochs, 1), progress=False)
+    best = run_train(tc)
+    click.echo(f"      trained in {time.time() - t:.0f}s -> {best}")
+    bundle = root / "bundle"
+    click.echo(f"[3/5] exporting ONNX engines -> {bundle}")
+    import logging
+
+    for name in ("torch.onnx", "onnxscript", "onnx_ir"):  # the exporter's chatter is not the demo's
+        logging.getLogger(name).setLevel(logging.ERROR)
+    t = time.time()
+    export_bundle([best], bundle)
+    click.echo(f"      exported in {time.time() - t:.0f}s")
+    partial_dir, out_dir = root / "partial", root / "completed"
+    click.echo(f"[4/5] degrading val labels (50% random patches) -> {partial_dir}")
+    gt_dir = data / "val" / "labels"
+    for f in sorted(gt_dir.glob("*.png")):
+        lab, pal = read_label(f)
+        rng = np.random.default_rng([0, int.from_bytes(f.stem.encode()[:8].ljust(8, b"\0"), "little")])
+        write_label(partial_dir / f.name, make_partial(lab, 0.5, "random", rng, patch=32), pal)
+    click.echo("[5/5] completing with ONNX Runtime")
+    completer = LMAECompleter.load(bundle, backend="onnxruntime", threads=threads)
+    n = completer.num_classes
+    ours, nn_fill = CompletionMeter(n), CompletionMeter(n)
+    pairs = [(img, lab, stem) for img, lab, stem in folder_pairs(data / "val" / "images", partial_dir)]
+    t = time.time()
+    count = 0
+    for r in completer.complete_batch(pairs, batch_size=8):
+        gt, _ = read_label(gt_dir / f"{r.name}.png")
+        partial, _ = read_label(partial_dir / f"{r.name}.png")
+        write_label(out_dir / f"{r.name}.png", r.label, r.palette)
+        ours.update(r.label, gt, partial)
+        nn_fill.update(nearest_known(partial)[0], gt, partial)
+        count += 1
+    secs = time.time() - t
+    a, b = ours.summary(SYNTH_CLASSES), nn_fill.summary(SYNTH_CLASSES)
+    click.echo(f"\n{count} val images, 50% of each label unknown; {completer.describe()}, "
+               f"{count / max(secs, 1e-9):.1f} img/s")
+    click.echo(f"  {'method':<28s} {'PA-mIoU':>8s} {'PA acc':>8s}")
+    click.echo(f"  {'L-MAE (ONNX Runtime)':<28s} {a['pa_miou']:8.2f} {a['pa_pixel_acc']:8.2f}")
+    click.echo(f"  {'nearest known label':<28s} {b['pa_miou']:8.2f} {b['pa_pixel_acc']:8.2f}")
+    click.echo(f"\ncompleted labels: {out_dir}\nnext: lmae visualize --images {data / 'val' / 'images'} "
+               f"--partial {partial_dir} --completed {out_dir} --out {root / 'viz'}")
+    click.echo(f"demo took {time.time() - t_all:.0f}s")
+
+
+def _default_palette(n: int = 256) -> list[list[int]]:
+    import colorsys
+
+    out = []
+    for i in range(n):
+        h = (i * 0.618033988749895) % 1.0
+        r, g, b = colorsys.hsv_to_rgb(h, 0.65 if i % 2 else 0.9, 0.95 if i % 3 else 0.75)
+        out.append([int(r * 255), int(g * 255), int(b * 255)])
+    return out
+
+
+def _colorize(label: np.ndarray, palette: list[list[int]], unknown: int = 255) -> np.ndarray:
+    lut = np.zeros((256, 3), np.uint8)
+    pal = np.asarray(palette, np.uint8).reshape(-1, 3)[:256]
+    lut[: len(pal)] = pal
+    rgb = lut[label]
+    hole = label == unknown
+    if hole.any():  # unknown: a grey checkerboard
+        yy, xx = np.indices(label.shape)
+        check = np.where(((yy // 8 + xx // 8) % 2)[..., None] == 0, 200, 140).astype(np.uint8)
+        rgb = np.where(hole[..., None], np.repeat(check, 3, axis=2), rgb)
+    return rgb
+
+
+@main.command()
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--partial", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--completed", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--confidence", "confidence_dir", default=None, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--classes", "classes_json", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="classes.json with a palette (default: looked up above --images / --partial)")
+@click.option("--limit", default=0, type=int, help="at most N images (0 = all)")
+def visualize(images: str, partial: str, completed: str, confidence_dir: str | None, out: str,
+              classes_json: str | None, limit: int) -> None:
+    """Side-by-side PNGs (image | partial | completed | confidence) and an index.html."""
+    import html
+
+    import cv2
+
+    from lmae_sdk.labels import InputError, atomic_write_bytes, read_image, read_label
+    from lmae_sdk.runtime.pipelines import folder_pairs
+
+    palette, names = None, None
+    cj = Path(classes_json) if classes_json else None
+    if cj is None:
+        for base in (Path(images), Path(partial), Path(completed)):
+            cj = next((p / "classes.json" for p in [base.resolve(), *base.resolve().parents]
+                       if (p / "classes.json").is_file()), None)
+            if cj is not None:
+                break
+    if cj is not None:
+        meta = json.loads(cj.read_text())
+        palette, names = meta.get("palette"), meta.get("classes")
+    dst = Path(out)
+    dst.mkdir(parents=True, exist_ok=True)
+    rows, failed = [], []
+    pairs = [(img, lab, stem) for img, lab, stem in folder_pairs(images, completed)]
+    if limit:
+        pairs = pairs[:limit]
+    for img_path, comp_path, stem in pairs:
+        try:
+            if img_path is None:
+                raise InputError(comp_path, f"no image named {stem}.* in {images}")
+            img = read_image(img_path)
+            comp, comp_pal = read_label(comp_path)
+            part, _ = read_label(Path(partial) / f"{stem}.png")
+            pal = palette or comp_pal or _default_palette()
+            panels = [img, _colorize(part, pal), _colorize(comp, pal)]
+            cols = ["image", "partial", "completed"]
+            if confidence_dir:
+                cf = Path(confidence_dir) / f"{stem}.png"
+                if cf.is_file():
+                    conf, _ = read_label(cf)
+                    panels.append(cv2.cvtColor(cv2.applyColorMap(conf, cv2.COLORMAP_VIRIDIS), cv2.COLOR_BGR2RGB))
+                    cols.append("confidence")
+            h = img.shape[0]
+            sep = np.full((h, 4, 3), 255, np.uint8)
+            strip = [panels[0]]
+            for pnl in panels[1:]:
+                if pnl.shape[:2] != img.shape[:2]:
+                    raise InputError(comp_path, "panel sizes differ from the image")
+                strip += [sep, pnl]
+            ok, buf = cv2.imencode(".png", cv2.cvtColor(np.concatenate(strip, axis=1), cv2.COLOR_RGB2BGR))
+            atomic_write_bytes(dst / f"{stem}.png", buf.tobytes())
+            rows.append((stem, cols))
+        except InputError as e:
+            failed.append(str(e))
+            click.echo(f"skip: {e}", err=True)
+    legend = ""
+    if names:
+        pal = palette or _default_palette()
+        legend = " ".join(f'<span style="background:rgb({pal[i][0]},{pal[i][1]},{pal[i][2]});padding:2px 6px;'
+                          f'margin:2px;color:#fff;text-shadow:0 0 2px #000">{html.escape(str(n))}</span>'
+                          for i, n in enumerate(names) if i < len(pal))
+    body = "\n".join(f'<h3>{html.escape(stem)}</h3><p>{" | ".join(cols)}</p>'
+                     f'<img src="{html.escape(stem)}.png" style="max-width:100%">' for stem, cols in rows)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>lmae completions</title></head><body>"
+            f"<h1>L-MAE completions ({len(rows)} images)</h1><p>{legend}</p>"
+            f"<p>unknown pixels: grey checkerboard</p>{body}</body></html>\n")
+    atomic_write_bytes(dst / "index.html", page.encode())
+    click.echo(f"wrote {len(rows)} visualizations and index.html to {dst}" + (f"; {len(failed)} failed" if failed else ""))
+    if failed:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -54,7 +54,7 @@ class TrtBackend(Backend):
     def _run(self, part: str, feed: dict[str, np.ndarray]) -> np.ndarray:
         eng = self.engines[part]
         f = {k: np.ascontiguousarray(v) for k, v in self.select(part, feed).items()}
-        fn = getattr(eng, "run", None) or getattr(eng, "infer", None) or eng
+        fn = getattr(eng, "infer", None) or getattr(eng, "run", None) or eng
         out = fn(f)
         if isinstance(out, dict):
             out = out.get("logits" if part == "decoder" else "latent", next(iter(out.values())))

@@ -1,0 +1,241 @@
+"""Checkpoints -> one model bundle (``manifest.json`` + graph files).
+
+``export_bundle`` exports every (checkpoint, mask ratio, precision, backend) as one
+manifest engine entry named ``m{ratio}_{precision}_{backend}``.  Each entry is
+replaced atomically: its files are written into a temporary folder inside the bundle,
+checked (onnx.checker, TensorRT readiness, parity against torch), then moved in with
+``os.replace``, and the manifest is rewritten with ``bundle.write_manifest``.  A failed
+export leaves the bundle as it was.
+
+Precision: fp32 is always exported; ``fp16=True`` adds an fp16 engine per ratio.  The
+fp16 ONNX graph computes in float16 (LayerNorm in float32) with float32 inputs and
+outputs; the fp16 TensorRT engine is built from the fp32 ONNX graph with
+``BuilderFlag.FP16`` and normalization layers pinned to fp32.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import onnx
+import torch
+
+from lmae_sdk import bundle as B
+from lmae_sdk.checkpoint import load_checkpoint, model_from_checkpoint
+from lmae_sdk.masking import num_masked
+from lmae_sdk.model import LMAEConfig
+
+from .graphs import decoder_input_names, encoder_input_names
+from .onnx_export import DEFAULT_OPSET, ExportError, export_onnx, external_files, op_list
+from .readiness import check_trt_readiness
+from .verify import ort_runners, trt_runners, verify_engine
+
+PARTS = ("encoder", "decoder")
+
+
+def engine_name(mask_ratio: float, precision: str, backend: str) -> str:
+    return f"m{mask_ratio:g}_{precision}_{backend}"
+
+
+def file_name(part: str, mask_ratio: float, precision: str, backend: str) -> str:
+    ext = "engine" if backend == "tensorrt" else "onnx"
+    return f"{part}_m{mask_ratio:g}_{precision}.{ext}"
+
+
+def shared_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
+    cfg = LMAEConfig.from_dict(ckpt["config"])
+    return {
+        "class_names": list(ckpt["class_names"]),
+        "palette": ckpt.get("palette"),
+        "image_size": [int(x) for x in ckpt["image_size"]],
+        "patch_size": int(ckpt["patch_size"]),
+        "num_patches": cfg.num_patches,
+        "normalization": ckpt["normalization"],
+        "unknown_index": int(ckpt["unknown_index"]),
+        "label_resize": ckpt["label_resize"],
+        "unknown_threshold": float(ckpt["unknown_threshold"]),
+        "background_index": ckpt.get("background_index"),
+    }
+
+
+def _producer(opset: int, legacy: bool, trt_version: str | None = None, gpu: str | None = None) -> dict[str, Any]:
+    try:
+        import onnxruntime as ort  # noqa: PLC0415
+        ort_v = ort.__version__
+    except ImportError:
+        ort_v = None
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort_v, "opset": opset,
+            "exporter": "legacy" if legacy else "dynamo", "tensorrt": trt_version, "gpu": gpu}
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    return {"file": path.name, "sha256": B.sha256_file(path), "bytes": path.stat().st_size}
+
+
+def export_bundle(ckpts: list[str | os.PathLike] | str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                  mask_ratios: list[float] | None = None, opset: int = DEFAULT_OPSET, fp16: bool = False,
+                  trt: bool = False, max_batch: int = 32, verify: bool = True, data: str | os.PathLike | None = None,
+                  legacy: bool = False, workspace_gb: float = 4.0, lint: bool = True,
+                  log: Callable[[str], None] | None = None,
+                  exported: list[dict[str, Any]] | None = None) -> B.Manifest:
+    """Export checkpoints into the bundle ``out_dir`` (default ``<first ckpt stem>_bundle``).
+
+    ``mask_ratios`` overrides each checkpoint's trained ratios (one engine per ratio, each
+    with its own K).  ``trt`` also builds TensorRT engines (fails before writing anything
+    when TensorRT or a CUDA GPU is missing).  ``exported`` (a list) receives the entries
+    written by this call.  Returns the re-read, sha-checked manifest.
+    """
+    log = log or (lambda s: None)
+    if isinstance(ckpts, (str, os.PathLike)):
+        ckpts = [ckpts]
+    ckpts = [Path(c) for c in ckpts]
+    if not ckpts:
+        raise ValueError("no checkpoint given")
+    trt_mod = None
+    if trt:
+        from .tensorrt_build import gpu_name, require_tensorrt  # noqa: PLC0415
+        trt_mod = require_tensorrt()  # before anything is written
+    out = Path(out_dir) if out_dir is not None else ckpts[0].with_name(f"{ckpts[0].stem}_bundle")
+
+    # ---- plan everything and refuse conflicts before writing -------------------------
+    loaded = [(p, load_checkpoint(p)) for p in ckpts]
+    shared = shared_from_checkpoint(loaded[0][1])
+    for p, ck in loaded[1:]:
+        B.check_compatible(shared, shared_from_checkpoint(ck), str(p))
+    if (out / B.MANIFEST).is_file():
+        data_m = B.read_manifest(out, verify_files=False).data
+        B.check_compatible(data_m, shared, str(ckpts[0]))
+    else:
+        if out.exists() and not out.is_dir():
+            raise B.BundleError(f"{out}: exists and is not a folder")
+        data_m = B.new_manifest(shared)
+    precisions = ["fp32"] + (["fp16"] if fp16 else [])
+    backends = ["onnxruntime"] + (["tensorrt"] if trt else [])
+    jobs: list[tuple[Path, dict[str, Any], float]] = []
+    names: dict[str, Path] = {}
+    for p, ck in loaded:
+        cfg = LMAEConfig.from_dict(ck["config"])
+        ratios = list(dict.fromkeys(float(r) for r in (mask_ratios if mask_ratios else ck.get("mask_ratios") or [0.5])))
+        for r in ratios:
+            nm = num_masked(cfg.num_patches, r)  # validates the range
+            if cfg.num_patches - nm < 1:
+                raise ValueError(f"mask ratio {r} leaves no visible patch (L = {cfg.num_patches})")
+            for prec in precisions:
+                for be in backends:
+                    n = engine_name(r, prec, be)
+                    if n in names and names[n] != p:
+                        raise B.BundleError(f"engine {n} would come from both {names[n].name} and {p.name}; "
+                                            f"export them at different mask ratios or into different bundles")
+                    names[n] = p
+            jobs.append((p, ck, r))
+
+    out.mkdir(parents=True, exist_ok=True)
+    trt_v = getattr(trt_mod, "__version__", None) if trt_mod else None
+    gpu = gpu_name() if trt_mod else None
+    producer = _producer(opset, legacy, trt_v, gpu)
+    for p, ck, ratio in jobs:
+        model = model_from_checkpoint(ck)
+        cfg = model.cfg
+        common = dict(label_resize=shared["label_resize"], threshold=shared["unknown_threshold"],
+                      background_index=shared["background_index"])
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=out))
+        try:
+            onnx_files: dict[str, dict[str, Path]] = {}
+            entries: list[tuple[dict[str, Any], list[Path]]] = []
+            for prec in precisions:
+                t0 = time.time()
+                files: dict[str, Path] = {}
+                for part in PARTS:
+                    f = tmp / file_name(part, ratio, prec, "onnxruntime")
+                    log(f"exporting {p.name} m={ratio:g} {prec} {part} -> {f.name}")
+                    export_onnx(model, f, part, ratio, opset=opset, dynamo=not legacy, fp16=(prec == "fp16"),
+                                class_names=shared["class_names"])
+                    files[part] = f
+                onnx_files[prec] = files
+                ready = {part: check_trt_readiness(files[part], lint=lint) for part in PARTS}
+                for part in PARTS:
+                    if not ready[part].ok:
+                        log(f"warning: {files[part].name} is not TensorRT-ready: {ready[part].problems}")
+                parity: dict[str, Any] = {"verified": False}
+                if verify:
+                    log(f"verifying {engine_name(ratio, prec, 'onnxruntime')} against torch")
+                    parity = verify_engine(model, ratio, *ort_runners(files["encoder"], files["decoder"]), prec,
+                                           data=data, **common)
+                    parity["verified"] = True
+                    if not parity["passed"]:
+                        raise ExportError(f"{engine_name(ratio, prec, 'onnxruntime')}: ONNX Runtime agrees with torch "
+                                          f"on {parity['argmax_agreement']:.4%} of pixels (< "
+                                          f"{parity['min_agreement']:.2%}); max |diff| {parity['max_abs_diff']:.3g}")
+                entry = _entry(ratio, prec, "onnxruntime", cfg, files, producer, p, parity, time.time() - t0)
+                entry["readiness"] = {part: ready[part].to_dict() for part in PARTS}
+                moved = [f for part in PARTS for f in [files[part]] + external_files(files[part])]
+                entries.append((entry, moved))
+            if trt:
+                from .tensorrt_build import build_engine  # noqa: PLC0415
+                for prec in precisions:
+                    t0 = time.time()
+                    files = {}
+                    for part in PARTS:
+                        f = tmp / file_name(part, ratio, prec, "tensorrt")
+                        log(f"building TensorRT {prec} {part} -> {f.name}")
+                        build_engine(onnx_files["fp32"][part], f, fp16=(prec == "fp16"), max_batch=max_batch,
+                                     workspace_gb=workspace_gb, metadata={"mask_ratio": ratio, "part": part})
+                        files[part] = f
+                    parity = {"verified": False}
+                    if verify:
+                        parity = verify_engine(model, ratio, *trt_runners(files["encoder"], files["decoder"]), prec,
+                                               data=data, **common)
+                        parity["verified"] = True
+                        if not parity["passed"]:
+                            raise ExportError(f"{engine_name(ratio, prec, 'tensorrt')}: TensorRT agrees with torch "
+                                              f"on {parity['argmax_agreement']:.4%} of pixels")
+                    entry = _entry(ratio, prec, "tensorrt", cfg, files, producer, p, parity, time.time() - t0)
+                    entry["max_batch"] = max_batch
+                    moved = [f for part in PARTS for f in (files[part], f.with_name(files[part].name + ".json"))]
+                    entries.append((entry, [m for m in moved if m.exists()]))
+            # ---- commit: move files in, then rewrite the manifest -------------------
+            for entry, moved in entries:
+                for f in moved:
+                    os.replace(f, out / f.name)
+                for part in PARTS:
+                    entry[part] = _file_entry(out / entry[part]["file"])
+                B.upsert_engine(data_m, entry)
+                B.write_manifest(out, data_m)
+                log(f"wrote {entry['name']}")
+                if exported is not None:
+                    exported.append(entry)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return B.read_manifest(out, verify_files=True)
+
+
+def _entry(ratio: float, prec: str, backend: str, cfg: LMAEConfig, files: dict[str, Path],
+           producer: dict[str, Any], ckpt: Path, parity: dict[str, Any], seconds: float) -> dict[str, Any]:
+    return {
+        "name": engine_name(ratio, prec, backend),
+        "mask_ratio": float(ratio),
+        "num_visible": cfg.num_visible(ratio),
+        "num_patches": cfg.num_patches,
+        "precision": prec,
+        "backend": backend,
+        "encoder": {"file": files["encoder"].name},
+        "decoder": {"file": files["decoder"].name},
+        "inputs": {"encoder": encoder_input_names(cfg), "decoder": decoder_input_names(cfg)},
+        "outputs": {"encoder": ["latent"], "decoder": ["logits"]},
+        "model_config": cfg.to_dict(),
+        "producer": dict(producer),
+        "source_checkpoint": ckpt.name,
+        "parity": parity,
+        "export_seconds": round(seconds, 2),
+    }
+
+
+def graph_ops(bundle_dir: str | os.PathLike, entry: dict[str, Any]) -> dict[str, list[str]]:
+    """Op types of an ONNX entry's graphs (empty for TensorRT engines)."""
+    if entry["backend"] != "onnxruntime":
+        return {}
+    return {part: op_list(Path(bundle_dir) / entry[part]["file"]) for part in PARTS}

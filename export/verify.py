@@ -1,0 +1,176 @@
+"""Parity of exported graphs against the torch model (fp32 reference).
+
+Inputs go through the same host path as the runtime (``preprocess.prepare`` +
+``preprocess.route`` -> ``masking.plan_masks``): random partial labels over random
+images, and, with ``data``, real (image, label) pairs degraded by ``degrade.degrade``.
+Reported per engine: max |logit difference| and argmax agreement over all pixels.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from lmae_sdk.labels import UNKNOWN
+from lmae_sdk.model import LMAE
+from lmae_sdk.preprocess import ModelInputs, prepare, route
+from lmae_sdk.masking import MaskPlan
+
+from .graphs import decoder_input_names, encoder_input_names
+
+# an fp32 engine below this argmax agreement fails the export; fp16 is checked against its own
+FP32_MIN_AGREEMENT = 0.9999
+FP16_MIN_AGREEMENT = 0.99
+
+Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+@dataclass
+class Case:
+    inputs: ModelInputs  # batched (B, ...)
+    plan: MaskPlan  # batched
+
+
+def _random_partial(rng: np.random.Generator, n: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    h, w = size
+    coarse = rng.integers(0, n, size=(max(1, h // 16), max(1, w // 16)))
+    lab = np.kron(coarse, np.ones((16, 16), dtype=np.int64))[:h, :w]
+    lab = np.pad(lab, ((0, h - lab.shape[0]), (0, w - lab.shape[1])), mode="edge").astype(np.uint8)
+    hole = np.kron(rng.random((max(1, h // 8), max(1, w // 8))) < rng.uniform(0.2, 0.7),
+                   np.ones((8, 8), dtype=bool))[:h, :w]
+    hole = np.pad(hole, ((0, h - hole.shape[0]), (0, w - hole.shape[1])), mode="edge")
+    lab[hole] = UNKNOWN
+    lab[0, 0] = 0  # at least one known pixel
+    img = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    return img, lab
+
+
+def random_cases(model: LMAE, mask_ratio: float, n: int = 4, seed: int = 0, label_resize: str = "soft",
+                 threshold: float = 0.5, background_index: int | None = None, batch: int = 2) -> list[Case]:
+    cfg = model.cfg
+    rng = np.random.default_rng(seed)
+    items, plans = [], []
+    for i in range(n):
+        # vary the image size so resizing is exercised too
+        size = (cfg.img_size[0] + 8 * (i % 2), cfg.img_size[1] - 8 * (i % 3))
+        img, lab = _random_partial(rng, cfg.num_classes, size)
+        mi = prepare(img, lab, cfg, label_resize)
+        items.append(mi)
+        plans.append(route(mi, cfg, mask_ratio, threshold=threshold, background_index=background_index, rng=rng))
+    return _batch(items, plans, batch)
+
+
+def data_cases(model: LMAE, mask_ratio: float, data: str | os.PathLike, n: int = 8, seed: int = 0,
+               label_resize: str = "soft", threshold: float = 0.5, background_index: int | None = None,
+               batch: int = 2) -> list[Case]:
+    from lmae_sdk.degrade import degrade  # noqa: PLC0415
+    from lmae_sdk.labels import read_image, read_label  # noqa: PLC0415
+    from lmae_sdk.training.datasets import load_dataset  # noqa: PLC0415
+
+    cfg = model.cfg
+    root = Path(data)
+    splits = [s for s in ("val", "test", "train") if (root / s).is_dir()] or ["val"]
+    info = load_dataset(root, splits=(splits[0],))
+    pairs = info.pairs[splits[0]][:n]
+    rng = np.random.default_rng(seed)
+    items, plans = [], []
+    for img_p, lab_p in pairs:
+        img = read_image(img_p)
+        lab, _ = read_label(lab_p)
+        lab = lab.copy()
+        lab[(lab >= cfg.num_classes) & (lab != UNKNOWN)] = UNKNOWN
+        partial = degrade(lab, float(rng.uniform(0.3, 0.7)), "random", rng, background_index=background_index)
+        mi = prepare(img, partial, cfg, label_resize)
+        items.append(mi)
+        plans.append(route(mi, cfg, mask_ratio, threshold=threshold, background_index=background_index, rng=rng))
+    return _batch(items, plans, batch)
+
+
+def _batch(items: list[ModelInputs], plans: list[MaskPlan], batch: int) -> list[Case]:
+    return [Case(ModelInputs.stack(items[i: i + batch]), MaskPlan.stack(plans[i: i + batch]))
+            for i in range(0, len(items), batch)]
+
+
+def feeds(case: Case, cfg) -> tuple[dict[str, np.ndarray], Callable[[np.ndarray], dict[str, np.ndarray]]]:
+    """(encoder feed, latent -> decoder feed) in the contract's names."""
+    mi, p = case.inputs, case.plan
+    pool = {"image": mi.image.astype(np.float32), "label_planes": mi.label_planes.astype(np.float32),
+            "ids_keep": p.ids_keep.astype(np.int64), "ids_mask": p.ids_mask.astype(np.int64),
+            "ids_restore": p.ids_restore.astype(np.int64)}
+    if mi.prior is not None:
+        pool["prior"] = mi.prior.astype(np.float32)
+    enc = {k: pool[k] for k in encoder_input_names(cfg)}
+
+    def dec(latent: np.ndarray) -> dict[str, np.ndarray]:
+        d = {**pool, "latent": latent.astype(np.float32)}
+        return {k: d[k] for k in decoder_input_names(cfg)}
+
+    return enc, dec
+
+
+@torch.no_grad()
+def torch_logits(model: LMAE, case: Case) -> np.ndarray:
+    mi, p = case.inputs, case.plan
+    t = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    lat = model.encode(t(mi.image), t(mi.label_planes), t(p.ids_keep), t(mi.prior))
+    return model.decode(lat, t(mi.image), t(p.ids_mask), t(p.ids_restore), t(mi.label_planes), t(mi.prior)).numpy()
+
+
+def ort_runners(encoder: str | os.PathLike, decoder: str | os.PathLike, threads: int = 1) -> tuple[Runner, Runner]:
+    import onnxruntime as ort  # noqa: PLC0415
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    prov = ["CPUExecutionProvider"]
+    es = ort.InferenceSession(str(encoder), so, providers=prov)
+    ds = ort.InferenceSession(str(decoder), so, providers=prov)
+    return (lambda f: es.run(["latent"], f)[0]), (lambda f: ds.run(["logits"], f)[0])
+
+
+def trt_runners(encoder: str | os.PathLike, decoder: str | os.PathLike) -> tuple[Runner, Runner]:
+    from .tensorrt_build import TrtEngine  # noqa: PLC0415
+
+    e, d = TrtEngine(encoder), TrtEngine(decoder)
+    return (lambda f: e.infer(f)["latent"]), (lambda f: d.infer(f)["logits"])
+
+
+def compare(model: LMAE, cases: list[Case], enc: Runner, dec: Runner) -> dict[str, Any]:
+    cfg = model.cfg
+    max_diff, agree, total, n = 0.0, 0, 0, 0
+    for c in cases:
+        ref = torch_logits(model, c)
+        ef, df = feeds(c, cfg)
+        got = dec(df(enc(ef)))
+        if got.shape != ref.shape:
+            raise AssertionError(f"logits shape {got.shape} != torch {ref.shape}")
+        max_diff = max(max_diff, float(np.abs(got.astype(np.float64) - ref).max()))
+        eq = got.argmax(1) == ref.argmax(1)
+        agree += int(eq.sum())
+        total += eq.size
+        n += ref.shape[0]
+    return {"samples": n, "max_abs_diff": max_diff, "argmax_agreement": agree / max(total, 1)}
+
+
+def verify_engine(model: LMAE, mask_ratio: float, enc: Runner, dec: Runner, precision: str,
+                  data: str | os.PathLike | None = None, n_random: int = 4, n_data: int = 8, seed: int = 0,
+                  label_resize: str = "soft", threshold: float = 0.5,
+                  background_index: int | None = None) -> dict[str, Any]:
+    """The manifest's ``parity`` entry; ``passed`` is False below the precision's threshold."""
+    kw = dict(label_resize=label_resize, threshold=threshold, background_index=background_index)
+    out: dict[str, Any] = {"reference": "torch fp32", "random": compare(
+        model, random_cases(model, mask_ratio, n_random, seed, **kw), enc, dec), "data": None}
+    if data is not None:
+        out["data"] = compare(model, data_cases(model, mask_ratio, data, n_data, seed, **kw), enc, dec)
+        out["data"]["source"] = Path(data).name
+    parts = [out["random"]] + ([out["data"]] if out["data"] else [])
+    out["max_abs_diff"] = max(p["max_abs_diff"] for p in parts)
+    out["argmax_agreement"] = min(p["argmax_agreement"] for p in parts)
+    out["min_agreement"] = FP32_MIN_AGREEMENT if precision == "fp32" else FP16_MIN_AGREEMENT
+    out["passed"] = out["argmax_agreement"] >= out["min_agreement"]
+    return out

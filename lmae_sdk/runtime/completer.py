@@ -1,0 +1,462 @@
+"""``LMAECompleter``: load a bundle (or a ``.pt``), complete partial labels.
+
+    completer = LMAECompleter.load("bundle/", backend="auto")
+    r = completer.complete(image, partial)          # RGB uint8 HxWx3, uint8 HxW, 255 = unknown
+    r.label, r.confidence, r.mask_ratio
+    for r in completer.complete_batch(pairs, batch_size=16): ...
+
+Per image: validate -> (tile into windows) -> prepare at model size -> route to an engine
+(:mod:`.router`) -> batched inference grouped by engine -> (passes) -> finish (known
+pixels never change).  Preparing and finishing run on a thread pool, overlapping the
+inference of the neighbouring chunk; results come back in input order.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..bundle import Manifest, read_manifest
+from ..labels import UNKNOWN, InputError, check_label_ids, read_image, read_label, resize_logits
+from ..masking import MaskPlan, num_masked
+from ..model import LMAEConfig
+from ..preprocess import ModelInputs, finish, prepare
+from .backends import (Backend, BackendError, OrtBackend, TorchBackend, TrtBackend, graph_inputs,
+                       ort_available, ort_cuda_available, trt_available)
+from .router import RouteDecision, apply_pass, route_image
+
+log = logging.getLogger("lmae_sdk.runtime")
+
+PRECISION_PREFERENCE = {"cpu": ("fp32", "fp16", "int8"), "gpu": ("fp16", "fp32", "int8")}
+
+
+@dataclass
+class CompletionResult:
+    label: np.ndarray | None  # (H, W) uint8, unknown pixels filled (or left unknown below min_confidence)
+    confidence: np.ndarray | None  # (H, W) float32, 1 on known pixels
+    mask_ratio: float  # the engine used (the largest one over tiles / passes)
+    passes: int = 1
+    tiles: int = 1
+    filled: int = 0  # unknown pixels that received a class
+    unreliable: int = 0  # unknown pixels left unknown by min_confidence
+    name: str | None = None
+    palette: list[list[int]] | None = None  # the input label's palette, if it was a palette PNG
+    error: Exception | None = None
+    engines: dict[float, int] = field(default_factory=dict)  # engine -> model runs for this image
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class Engine:
+    mask_ratio: float
+    num_visible: int
+    num_masked: int
+    backend: Backend
+
+
+@dataclass
+class _Job:
+    """One model-size completion: a whole image or one tile window."""
+
+    image: np.ndarray
+    partial: np.ndarray  # the original partial crop
+    working: np.ndarray  # partial + earlier passes' predictions
+    box: tuple[int, int, int, int]  # y0, y1, x0, x1 in the image
+    inputs: ModelInputs | None = None
+    decision: RouteDecision | None = None
+    logits: np.ndarray | None = None
+    passes: int = 0
+    runs: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class _Item:
+    index: int
+    name: str | None
+    partial: np.ndarray | None = None
+    palette: list | None = None
+    jobs: list[_Job] = field(default_factory=list)
+    error: Exception | None = None
+
+
+def _filter_config(d: dict[str, Any]) -> LMAEConfig:
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(LMAEConfig)}
+    return LMAEConfig.from_dict({k: v for k, v in d.items() if k in known})
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+class LMAECompleter:
+    def __init__(self, cfg: LMAEConfig, engines: Sequence[Engine], *, class_names: list[str],
+                 palette: list[list[int]] | None, label_resize: str, unknown_threshold: float,
+                 background_index: int | None = None, unknown_index: int = UNKNOWN, source: str = "",
+                 backend_name: str = "") -> None:
+        if not engines:
+            raise ValueError("a completer needs at least one engine")
+        if unknown_index < cfg.num_classes:
+            raise ValueError(f"unknown index {unknown_index} collides with class ids 0..{cfg.num_classes - 1}")
+        self.cfg = cfg
+        self.engines = {round(e.mask_ratio, 6): e for e in engines}
+        self.class_names = list(class_names)
+        self.palette = palette
+        self.label_resize = label_resize
+        self.unknown_threshold = float(unknown_threshold)
+        self.background_index = background_index
+        self.unknown_index = int(unknown_index)
+        self.source = source
+        self.backend_name = backend_name or engines[0].backend.name
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: str | os.PathLike, backend: str = "auto", *, device: str | None = None, threads: int = 0,
+             precision: str | None = None, mask_ratios: Sequence[float] | None = None,
+             unknown_index: int | None = None) -> "LMAECompleter":
+        """A bundle folder (manifest.json) or a ``.pt`` checkpoint.
+
+        backend: auto | torch | onnxruntime | tensorrt.  ``auto`` picks TensorRT > ONNX Runtime
+        CUDA > ONNX Runtime CPU > torch from what is installed and what the bundle holds.
+        ``mask_ratios`` restricts (bundle) or sets (checkpoint: a range model serves any) the
+        engines.
+        """
+        p = Path(path)
+        if backend not in ("auto", "torch", "onnxruntime", "tensorrt"):
+            raise ValueError(f"unknown backend {backend!r}; choose auto, torch, onnxruntime or tensorrt")
+        if p.is_file():
+            if backend not in ("auto", "torch"):
+                raise BackendError(f"{p} is a .pt checkpoint: it runs on the torch backend; export a bundle "
+                                   f"(lmae-export) for {backend}")
+            return cls._from_checkpoint(p, device, threads, mask_ratios, unknown_index)
+        manifest = read_manifest(p)
+        return cls._from_bundle(manifest, backend, device, threads, precision, mask_ratios, unknown_index)
+
+    @classmethod
+    def _from_checkpoint(cls, path: Path, device: str | None, threads: int, mask_ratios, unknown_index,
+                         source: str | None = None) -> "LMAECompleter":
+        from ..checkpoint import load_checkpoint, model_from_checkpoint
+
+        ckpt = load_checkpoint(path)
+        model = model_from_checkpoint(ckpt)
+        cfg = model.cfg
+        device = device or ("cuda" if _cuda_available() else "cpu")
+        ratios = sorted({float(m) for m in (mask_ratios or ckpt["mask_ratios"])})
+        names = graph_inputs(cfg.to_dict())
+        engines = [Engine(m, cfg.num_visible(m), num_masked(cfg.num_patches, m),
+                          TorchBackend(model, m, cfg.num_visible(m), names, device, threads)) for m in ratios]
+        log.info("backend torch on %s (%s), engines m=%s", device, path.name, ratios)
+        return cls(cfg, engines, class_names=ckpt["class_names"], palette=ckpt.get("palette"),
+                   label_resize=ckpt.get("label_resize", "soft"),
+                   unknown_threshold=ckpt.get("unknown_threshold", 0.5),
+                   background_index=ckpt.get("background_index"),
+                   unknown_index=ckpt.get("unknown_index", UNKNOWN) if unknown_index is None else unknown_index,
+                   source=source or str(path), backend_name="torch")
+
+    @classmethod
+    def _from_bundle(cls, man: Manifest, backend: str, device: str | None, threads: int, precision: str | None,
+                     mask_ratios, unknown_index) -> "LMAECompleter":
+        kinds = {e["backend"] for e in man.engines}
+        ckpt = cls._bundle_checkpoint(man)
+        if backend == "auto":
+            choices = []
+            if "tensorrt" in kinds and trt_available():
+                choices.append(("tensorrt", "cuda"))
+            if "onnxruntime" in kinds and ort_cuda_available() and (device or "cuda").startswith("cuda"):
+                choices.append(("onnxruntime", "cuda"))
+            if "onnxruntime" in kinds and ort_available():
+                choices.append(("onnxruntime", "cpu"))
+            if ckpt is not None:
+                choices.append(("torch", device))
+            if not choices:
+                raise BackendError(f"{man.root}: no usable backend: the bundle holds {sorted(kinds)} engines; "
+                                   f"install onnxruntime (pip install 'lmae-sdk[cpu]') or tensorrt")
+            errors = []
+            for name, dev in choices:
+                try:
+                    out = cls._from_bundle(man, name, dev, threads, precision, mask_ratios, unknown_index)
+                except BackendError as e:  # e.g. the GPU wheel without a working CUDA: next choice
+                    log.warning("backend %s (%s) unavailable: %s", name, dev, e)
+                    errors.append(f"{name}: {e}")
+                    continue
+                log.info("auto backend: %s (candidates %s)", out.backend_name, [c[0] for c in choices])
+                return out
+            raise BackendError(f"{man.root}: no backend could load: " + "; ".join(errors))
+        if backend == "torch":
+            if ckpt is None:
+                raise BackendError(f"{man.root}: the torch backend needs the .pt checkpoint; this bundle holds "
+                                   f"{sorted(kinds)} engines only (pass the .pt path instead)")
+            ratios = mask_ratios or sorted({e["mask_ratio"] for e in man.engines}) or None
+            return cls._from_checkpoint(ckpt, device, threads, ratios, unknown_index, source=str(man.root))
+        if backend not in kinds:
+            raise BackendError(f"{man.root}: the bundle holds no {backend} engines (it has {sorted(kinds)})")
+        gpu = backend == "tensorrt" or (device or "cpu").startswith("cuda")
+        pref = (precision,) if precision else PRECISION_PREFERENCE["gpu" if gpu else "cpu"]
+        by_ratio: dict[float, dict] = {}
+        for e in man.find(backend=backend):
+            m = round(float(e["mask_ratio"]), 6)
+            if mask_ratios and not any(abs(m - r) < 1e-6 for r in mask_ratios):
+                continue
+            if e["precision"] not in pref:
+                continue
+            cur = by_ratio.get(m)
+            if cur is None or pref.index(e["precision"]) < pref.index(cur["precision"]):
+                by_ratio[m] = e
+        if not by_ratio:
+            raise BackendError(f"{man.root}: no {backend} engine with precision {list(pref)}"
+                               + (f" and mask ratios {list(mask_ratios)}" if mask_ratios else ""))
+        cfg = _filter_config(next(iter(by_ratio.values()))["model_config"])
+        engines = []
+        for m, e in sorted(by_ratio.items()):
+            enc, dec = man.file(e, "encoder"), man.file(e, "decoder")
+            if backend == "onnxruntime":
+                be = OrtBackend(enc, dec, m, e["num_visible"], e["inputs"], device or "cpu", threads, e["precision"])
+            else:
+                be = TrtBackend(enc, dec, m, e["num_visible"], e["inputs"], e["precision"])
+            engines.append(Engine(m, int(e["num_visible"]), int(e["num_patches"]) - int(e["num_visible"]), be))
+        d = man.data
+        log.info("backend %s (%s), providers %s, engines %s", backend, device or "cpu", engines[0].backend.providers,
+                 [(en.mask_ratio, by_ratio[en.mask_ratio]["precision"]) for en in engines])
+        return cls(cfg, engines, class_names=d["class_names"], palette=d.get("palette"),
+                   label_resize=d["label_resize"], unknown_threshold=d["unknown_threshold"],
+                   background_index=d.get("background_index"),
+                   unknown_index=d["unknown_index"] if unknown_index is None else unknown_index,
+                   source=str(man.root), backend_name=engines[0].backend.name)
+
+    @staticmethod
+    def _bundle_checkpoint(man: Manifest) -> Path | None:
+        ref = man.data.get("checkpoint")
+        if isinstance(ref, dict):
+            ref = ref.get("file")
+        if ref and (man.root / ref).is_file():
+            return man.root / ref
+        pts = sorted(man.root.glob("*.pt"))
+        return pts[0] if len(pts) == 1 else None
+
+    # ------------------------------------------------------------------ info
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    @property
+    def mask_ratios(self) -> list[float]:
+        return sorted(self.engines)
+
+    @property
+    def providers(self) -> list[str]:
+        return next(iter(self.engines.values())).backend.providers
+
+    def describe(self) -> str:
+        return (f"{self.backend_name} {self.providers} engines m={self.mask_ratios} model "
+                f"{self.cfg.img_size[0]}x{self.cfg.img_size[1]} ({self.num_classes} classes)")
+
+    # ------------------------------------------------------------------ public API
+    def complete(self, image, partial, *, min_confidence: float = 0.0, tile: bool = False,
+                 tile_scale: float = 1.0) -> CompletionResult:
+        """One image; raises :class:`InputError` on a bad input."""
+        item = self._load(0, (image, partial), tile, tile_scale, on_error="raise")
+        self._infer([j for j in item.jobs], batch_size=max(len(item.jobs), 1), pool=None)
+        return self._finish(item, min_confidence)
+
+    def complete_batch(self, pairs: Iterable, batch_size: int = 16, *, min_confidence: float = 0.0,
+                       tile: bool = False, tile_scale: float = 1.0, workers: int = 2,
+                       on_error: str = "raise", chunk_size: int | None = None) -> Iterator[CompletionResult]:
+        """Complete any iterable of pairs, any sizes; results in input order.
+
+        A pair is ``(image, partial)`` or ``(image, partial, name)`` where image / partial are
+        arrays or file paths (read on the worker threads).  ``on_error="return"`` yields a
+        result with ``.error`` for a bad input and carries on; ``"raise"`` raises it.
+        """
+        if on_error not in ("raise", "return"):
+            raise ValueError("on_error must be 'raise' or 'return'")
+        chunk = chunk_size or max(2 * batch_size, 8)
+        it = enumerate(pairs)
+        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="lmae-prep") as pool:
+            def submit_chunk():
+                return [pool.submit(self._load, i, p, tile, tile_scale, on_error) for i, p in islice(it, chunk)]
+
+            cur = submit_chunk()
+            prev: list = []
+            while cur:
+                nxt = submit_chunk()  # the next chunk prepares while this one runs the model
+                items = [f.result() for f in cur]
+                self._infer([j for item in items if item.error is None for j in item.jobs], batch_size, pool)
+                fin = [pool.submit(self._finish, item, min_confidence) for item in items]
+                for f in prev:  # finished on the pool while this chunk was inferred
+                    yield f.result()
+                prev, cur = fin, nxt
+            for f in prev:
+                yield f.result()
+
+    # ------------------------------------------------------------------ stages
+    def _load(self, index: int, pair, tile: bool, tile_scale: float, on_error: str) -> _Item:
+        if isinstance(pair, dict):
+            image, partial, name = pair["image"], pair["label"], pair.get("name")
+        else:
+            image, partial, *rest = pair
+            name = rest[0] if rest else None
+        if name is None:
+            name = str(partial) if isinstance(partial, (str, os.PathLike)) else None
+        item = _Item(index, name)
+        try:
+            img, lab, palette = self._validate(image, partial)
+            item.partial, item.palette = lab, palette
+            item.jobs = [self._prepare(_Job(img[y0:y1, x0:x1], lab[y0:y1, x0:x1], lab[y0:y1, x0:x1],
+                                            (y0, y1, x0, x1)))
+                         for y0, y1, x0, x1 in self._windows(lab.shape, tile, tile_scale)]
+        except Exception as e:
+            if on_error == "raise":
+                raise
+            item.error = e if isinstance(e, InputError) else InputError(name, f"{type(e).__name__}: {e}")
+        return item
+
+    def _validate(self, image, partial) -> tuple[np.ndarray, np.ndarray, list | None]:
+        ipath = image if isinstance(image, (str, os.PathLike)) else None
+        lpath = partial if isinstance(partial, (str, os.PathLike)) else None
+        palette = None
+        if lpath is not None:
+            partial, palette = read_label(lpath)
+        if ipath is not None:
+            image = read_image(ipath)
+        image, partial = np.asarray(image), np.asarray(partial)
+        if image.dtype != np.uint8:
+            raise InputError(ipath, f"image dtype {image.dtype}; expected uint8 RGB")
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        elif image.ndim == 3 and image.shape[2] == 4:
+            image = image[:, :, :3]
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise InputError(ipath, f"image shape {image.shape}; expected (H, W, 3) RGB")
+        if partial.ndim != 2:
+            raise InputError(lpath, f"label shape {partial.shape}; expected (H, W) class ids")
+        if partial.dtype != np.uint8:
+            if not np.issubdtype(partial.dtype, np.integer) or partial.size and (partial.min() < 0
+                                                                               or partial.max() > 255):
+                raise InputError(lpath, f"label dtype {partial.dtype} with values outside 0..255; expected uint8")
+            partial = partial.astype(np.uint8)
+        if image.shape[:2] != partial.shape:
+            where = f" (image {ipath})" if ipath is not None else ""
+            raise InputError(lpath, f"label size {partial.shape[1]}x{partial.shape[0]} differs from the image's "
+                                    f"{image.shape[1]}x{image.shape[0]}{where}")
+        check_label_ids(partial, self.num_classes, self.unknown_index, lpath)
+        return np.ascontiguousarray(image), np.ascontiguousarray(partial), palette
+
+    def _windows(self, shape: tuple[int, int], tile: bool, scale: float) -> list[tuple[int, int, int, int]]:
+        H, W = shape
+        if not tile:
+            return [(0, H, 0, W)]
+        wh = min(H, max(1, int(round(self.cfg.img_size[0] * scale))))
+        ww = min(W, max(1, int(round(self.cfg.img_size[1] * scale))))
+        ys, xs = _starts(H, wh), _starts(W, ww)
+        return [(y, y + wh, x, x + ww) for y in ys for x in xs]
+
+    def _prepare(self, job: _Job, force_final: bool = False) -> _Job:
+        job.inputs = prepare(job.image, job.working, self.cfg, self.label_resize, self.unknown_index)
+        job.decision = route_image(job.inputs, self.cfg, self.mask_ratios, self.unknown_threshold,
+                                   self.background_index, force_final)
+        return job
+
+    def _advance(self, job: _Job) -> _Job:
+        """After an intermediate pass: its predictions become known, route again."""
+        before = job.decision.n_must
+        job.working = apply_pass(job.working, job.logits, job.decision, self.cfg, self.unknown_index)
+        self._prepare(job)
+        if not job.decision.final and job.decision.n_must >= before:  # no progress: finish with what we have
+            self._prepare(job, force_final=True)
+        return job
+
+    def _infer(self, jobs: list[_Job], batch_size: int, pool: ThreadPoolExecutor | None) -> None:
+        active = jobs
+        while active:
+            groups: dict[float, list[_Job]] = defaultdict(list)
+            for j in active:
+                groups[round(j.decision.mask_ratio, 6)].append(j)
+            for m in sorted(groups):
+                eng = self.engines[m]
+                js = groups[m]
+                for s in range(0, len(js), batch_size):
+                    part = js[s: s + batch_size]
+                    logits = self._run(eng, [j.inputs for j in part], [j.decision.plan for j in part])
+                    for j, lg in zip(part, logits):
+                        j.logits, j.passes = lg, j.passes + 1
+                        j.runs[m] += 1
+            active = [j for j in active if not j.decision.final]
+            if active:
+                if pool is None:
+                    for j in active:
+                        self._advance(j)
+                else:
+                    for f in [pool.submit(self._advance, j) for j in active]:
+                        f.result()
+
+    def _run(self, eng: Engine, inputs: list[ModelInputs], plans: list[MaskPlan]) -> np.ndarray:
+        inp = ModelInputs.stack(inputs)
+        plan = MaskPlan.stack(plans)
+        feed = {"image": inp.image, "label_planes": inp.label_planes, "prior": inp.prior,
+                "ids_keep": plan.ids_keep, "ids_mask": plan.ids_mask, "ids_restore": plan.ids_restore}
+        return eng.backend.run(feed)
+
+    def _finish(self, item: _Item, min_confidence: float) -> CompletionResult:
+        if item.error is not None:
+            return CompletionResult(None, None, float("nan"), 0, 0, name=item.name, error=item.error)
+        partial = item.partial
+        if len(item.jobs) == 1 and item.jobs[0].box == (0, partial.shape[0], 0, partial.shape[1]):
+            logits = item.jobs[0].logits
+        else:
+            logits = self._blend(item.jobs, partial.shape)
+        label, conf = finish(logits, partial, self.unknown_index, min_confidence)
+        hole = partial == self.unknown_index
+        unreliable = int((label[hole] == self.unknown_index).sum())
+        runs = Counter()
+        for j in item.jobs:
+            runs.update(j.runs)
+        return CompletionResult(label, conf, max(runs) if runs else float("nan"),
+                                passes=max(j.passes for j in item.jobs), tiles=len(item.jobs),
+                                filled=int(hole.sum()) - unreliable, unreliable=unreliable, name=item.name,
+                                palette=item.palette, engines=dict(runs))
+
+    def _blend(self, jobs: list[_Job], shape: tuple[int, int]) -> np.ndarray:
+        """Tile logits resized to their windows, blended with a linear weight ramp."""
+        acc = np.zeros((self.num_classes, *shape), np.float32)
+        wsum = np.zeros(shape, np.float32)
+        for j in jobs:
+            y0, y1, x0, x1 = j.box
+            lg = resize_logits(j.logits, (y1 - y0, x1 - x0))
+            w = np.outer(_ramp(y1 - y0), _ramp(x1 - x0)).astype(np.float32)
+            acc[:, y0:y1, x0:x1] += lg * w
+            wsum[y0:y1, x0:x1] += w
+        return acc / np.maximum(wsum, 1e-12)
+
+
+def _starts(n: int, win: int) -> list[int]:
+    if win >= n:
+        return [0]
+    stride = max(1, int(round(win * 2 / 3)))
+    out = list(range(0, n - win + 1, stride))
+    if out[-1] != n - win:
+        out.append(n - win)
+    return out
+
+
+def _ramp(n: int) -> np.ndarray:
+    """1 in the middle, falling linearly over the outer third of a window (never 0)."""
+    i = np.arange(n, dtype=np.float32)
+    d = np.minimum(i + 0.5, n - i - 0.5) / max(n / 3.0, 1.0)
+    return np.clip(d, 1e-3, 1.0)

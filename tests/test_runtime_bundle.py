@@ -1,0 +1,126 @@
+"""The runtime on an exported ONNX bundle: auto backend, torch vs ONNX Runtime, CLI."""
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lmae_sdk import LMAE, make_config
+from lmae_sdk.checkpoint import make_checkpoint, save_checkpoint
+from lmae_sdk.labels import read_label, write_label
+from lmae_sdk.runtime.backends import BackendError
+
+RATIOS = [0.5, 0.75]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ck") / "tiny.pt"
+    m = LMAE(make_config("tiny", 5, img_size=(64, 96)))
+    save_checkpoint(make_checkpoint(m, class_names=list("abcde"), palette=None, mask_ratios=[0.5],
+                                    label_resize="soft", unknown_threshold=0.5), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundle(ckpt, tmp_path_factory):
+    try:
+        from lmae_sdk.export import export_bundle
+    except ImportError as e:
+        pytest.skip(f"lmae_sdk.export is unavailable: {e}")
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    export_bundle([ckpt], out, mask_ratios=RATIOS, verify=False, lint=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ort_completer(bundle):
+    from lmae_sdk import LMAECompleter
+
+    return LMAECompleter.load(bundle, backend="auto", threads=1)
+
+
+def _pairs(n, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        h, w = int(rng.integers(40, 120)), int(rng.integers(40, 160))
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        lab = rng.integers(0, 5, (h, w)).astype(np.uint8)
+        lab[: int([0.2, 0.6, 0.9][i % 3] * h)] = 255
+        out.append((img, lab))
+    return out
+
+
+def test_auto_picks_onnxruntime_cpu_and_logs(bundle, caplog):
+    from lmae_sdk import LMAECompleter
+
+    with caplog.at_level(logging.INFO, logger="lmae_sdk.runtime"):
+        c = LMAECompleter.load(bundle, threads=1)
+    assert c.backend_name == "onnxruntime" and c.mask_ratios == RATIOS
+    assert c.providers == ["CPUExecutionProvider"]
+    assert "auto backend: onnxruntime" in caplog.text
+
+
+def test_engines_feed_exactly_the_manifest_inputs(bundle, ort_completer):
+    from lmae_sdk.bundle import read_manifest
+
+    man = read_manifest(bundle)
+    for e in man.engines:
+        be = ort_completer.engines[e["mask_ratio"]].backend
+        assert be.input_names == e["inputs"]
+        for part in ("encoder", "decoder"):
+            assert [i.name for i in be.sessions[part].get_inputs()] == e["inputs"][part]
+            assert be.sessions[part].get_session_options().intra_op_num_threads == 1
+
+
+def test_torch_and_onnxruntime_agree(ckpt, ort_completer):
+    from lmae_sdk import LMAECompleter
+
+    tc = LMAECompleter.load(ckpt, backend="torch", mask_ratios=RATIOS, threads=1)
+    pairs = _pairs(6)
+    a = list(tc.complete_batch(pairs, batch_size=4))
+    b = list(ort_completer.complete_batch(pairs, batch_size=4))
+    assert len({r.mask_ratio for r in b}) == 2
+    for (img, lab), ra, rb in zip(pairs, a, b):
+        hole = lab == 255
+        assert ra.mask_ratio == rb.mask_ratio and ra.passes == rb.passes
+        assert (ra.label[hole] == rb.label[hole]).mean() > 0.999
+        np.testing.assert_allclose(ra.confidence, rb.confidence, atol=1e-3)
+
+
+def test_backend_choice_errors(ckpt, bundle):
+    from lmae_sdk import LMAECompleter
+
+    with pytest.raises(BackendError, match="no tensorrt engines"):
+        LMAECompleter.load(bundle, backend="tensorrt")
+    with pytest.raises(BackendError, match="checkpoint"):
+        LMAECompleter.load(bundle, backend="torch")
+    with pytest.raises(BackendError, match="torch backend"):
+        LMAECompleter.load(ckpt, backend="onnxruntime")
+    with pytest.raises(ValueError, match="unknown backend"):
+        LMAECompleter.load(bundle, backend="tvm")
+
+
+def test_cli_complete_with_bundle(bundle, tmp_path):
+    from lmae_sdk.cli import main
+
+    imgs, labs, out = tmp_path / "images", tmp_path / "labels", tmp_path / "out"
+    imgs.mkdir()
+    for i, (img, lab) in enumerate(_pairs(4, seed=1)):
+        from PIL import Image
+
+        Image.fromarray(img).save(imgs / f"f{i}.jpg" if i % 2 else imgs / f"f{i}.png")
+        write_label(labs / f"f{i}.png", lab)
+    res = CliRunner().invoke(main, ["complete", "--model", str(bundle), "--images", str(imgs), "--labels", str(labs),
+                                    "--out", str(out), "--backend", "onnxruntime", "--threads", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["backend"] == "onnxruntime" and rep["images_completed"] == 4 and not rep["failures"]
+    for i in range(4):
+        done, _ = read_label(out / f"f{i}.png")
+        part, _ = read_label(labs / f"f{i}.png")
+        assert (done != 255).all() and (done[part != 255] == part[part != 255]).all()

@@ -1,0 +1,151 @@
+"""LMAECompleter on the torch backend: invariants, batching order, tiling, bad inputs."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from lmae_sdk import LMAE, make_config
+from lmae_sdk.checkpoint import make_checkpoint, save_checkpoint
+from lmae_sdk.labels import InputError, write_label
+
+MODEL = (64, 96)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ck") / "tiny.pt"
+    m = LMAE(make_config("tiny", 5, img_size=MODEL))
+    save_checkpoint(make_checkpoint(m, class_names=list("abcde"), palette=None, mask_ratios=[0.25, 0.5, 0.75],
+                                    label_resize="soft", unknown_threshold=0.5), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def completer(ckpt):
+    from lmae_sdk import LMAECompleter
+
+    return LMAECompleter.load(ckpt, backend="auto", threads=1)
+
+
+def _pair(rng, h, w, holes=3):
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    lab = rng.integers(0, 5, (h, w)).astype(np.uint8)
+    for _ in range(holes):
+        y, x = rng.integers(0, h), rng.integers(0, w)
+        lab[y: y + rng.integers(1, h), x: x + rng.integers(1, w)] = 255
+    return img, lab
+
+
+def test_lazy_top_level_import(completer):
+    from lmae_sdk import LMAECompleter
+
+    assert isinstance(completer, LMAECompleter)
+    assert completer.backend_name == "torch" and completer.mask_ratios == [0.25, 0.5, 0.75]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(h=st.integers(8, 160), w=st.integers(8, 200), seed=st.integers(0, 2**31 - 1),
+       holes=st.integers(0, 6), noise=st.floats(0.0, 0.9), tile=st.booleans())
+def test_known_pixels_never_change(completer, h, w, seed, holes, noise, tile):
+    rng = np.random.default_rng(seed)
+    img, lab = _pair(rng, h, w, holes)
+    lab[rng.random((h, w)) < noise] = 255  # scattered unknown pixels on top of the blocks
+    r = completer.complete(img, lab, tile=tile)
+    known = lab != 255
+    assert r.label.shape == lab.shape and r.label.dtype == np.uint8
+    assert (r.label[known] == lab[known]).all()
+    assert (r.label != 255).all() and (r.label < 5).all()
+    assert (r.confidence[known] == 1.0).all()
+    assert ((r.confidence > 0) & (r.confidence <= 1.0 + 1e-6)).all()
+    assert r.filled == int((~known).sum())
+
+
+def test_batch_keeps_order_across_engines(completer):
+    rng = np.random.default_rng(3)
+    pairs = []
+    for i in range(14):  # different sizes and unknown amounts -> different engines and passes
+        h, w = int(rng.integers(30, 130)), int(rng.integers(30, 170))
+        img, lab = _pair(rng, h, w, holes=0)
+        frac = [0.0, 0.1, 0.4, 0.7, 0.97][i % 5]
+        lab[: int(frac * h)] = 255
+        pairs.append((img, lab))
+    singles = [completer.complete(img, lab) for img, lab in pairs]
+    batch = list(completer.complete_batch(iter(pairs), batch_size=3, workers=2, chunk_size=5))
+    assert len(batch) == len(pairs)
+    assert len({r.mask_ratio for r in batch}) >= 2  # several engines were really used
+    assert any(r.passes > 1 for r in batch)
+    for (img, lab), a, b in zip(pairs, singles, batch):
+        assert b.label.shape == lab.shape
+        assert a.mask_ratio == b.mask_ratio
+        agree = (a.label == b.label).mean()
+        assert agree > 0.999  # batched vs single: float noise only
+
+
+def test_min_confidence_leaves_unreliable_unknown(completer):
+    rng = np.random.default_rng(4)
+    img, lab = _pair(rng, 64, 96)
+    r = completer.complete(img, lab, min_confidence=0.99)  # an untrained model is unsure
+    hole = lab == 255
+    assert r.unreliable > 0 and r.unreliable + r.filled == hole.sum()
+    assert (r.label == 255).sum() == r.unreliable
+    assert (r.confidence[(r.label == 255)] < 0.99).all()
+    assert (r.label[~hole] == lab[~hole]).all()
+
+
+def test_tiling_on_image_four_times_model_size(completer):
+    rng = np.random.default_rng(5)
+    H, W = 4 * MODEL[0], 4 * MODEL[1]
+    img, lab = _pair(rng, H, W, holes=4)
+    r = completer.complete(img, lab, tile=True)
+    assert r.tiles == len(completer._windows((H, W), True, 1.0)) and r.tiles >= 16
+    boxes = completer._windows((H, W), True, 1.0)
+    cover = np.zeros((H, W), int)
+    for y0, y1, x0, x1 in boxes:
+        assert (y1 - y0, x1 - x0) == MODEL
+        cover[y0:y1, x0:x1] += 1
+    assert cover.min() >= 1 and cover.max() > 1  # covered, overlapping
+    assert (r.label[lab != 255] == lab[lab != 255]).all() and (r.label != 255).all()
+    # a whole unknown window still gets filled
+    lab2 = lab.copy()
+    lab2[:80, :120] = 255
+    r2 = completer.complete(img, lab2, tile=True)
+    assert (r2.label != 255).all()
+    # tile_scale: larger windows -> fewer tiles
+    assert completer.complete(img, lab, tile=True, tile_scale=2.0).tiles < r.tiles
+
+
+def test_bad_inputs_raise_or_are_reported(completer, tmp_path):
+    rng = np.random.default_rng(6)
+    img, lab = _pair(rng, 40, 50)
+    with pytest.raises(InputError, match="differs"):
+        completer.complete(img, lab[:, :-1])
+    bad = lab.copy()
+    bad[0, 0] = 7
+    with pytest.raises(InputError, match="class ids"):
+        completer.complete(img, bad)
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(rgb)
+    with pytest.raises(InputError, match="RGB"):
+        completer.complete(img, rgb)
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.zeros((40, 50), np.uint16)).save(deep)
+    with pytest.raises(InputError, match="16"):
+        completer.complete(img, deep)
+    ok = tmp_path / "ok.png"
+    write_label(ok, lab)
+    trunc = tmp_path / "trunc.png"
+    trunc.write_bytes(ok.read_bytes()[:60])
+    with pytest.raises(InputError, match="truncated"):
+        completer.complete(img, trunc)
+    with pytest.raises(InputError, match="not found"):
+        completer.complete(tmp_path / "missing.jpg", ok)
+    # in a batch with on_error="return": reported in place, the rest completes
+    pairs = [(img, lab), (img, lab[:, :-1]), (img, bad), (img, rgb), (img, ok)]
+    rs = list(completer.complete_batch(pairs, batch_size=2, on_error="return"))
+    assert [r.ok for r in rs] == [True, False, False, False, True]
+    assert "differs" in str(rs[1].error) and "class ids" in str(rs[2].error) and "rgb.png" in str(rs[3].error)
+    with pytest.raises(InputError):
+        list(completer.complete_batch(pairs, batch_size=2))
