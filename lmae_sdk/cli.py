@@ -36,6 +36,20 @@ def _parse_ratios(s: str) -> list[tuple[float, ...]]:
     return out
 
 
+def _parse_mix(s: str | None) -> dict[str, float] | None:
+    if not s:
+        return None
+    from lmae_sdk.masking import STRATEGIES
+
+    out = {}
+    for part in s.split(","):
+        name, _, w = part.partition("=")
+        if name.strip() not in STRATEGIES or not w:
+            raise click.BadParameter(f"{part!r}: expected STRATEGY=WEIGHT with STRATEGY in {STRATEGIES}")
+        out[name.strip()] = float(w)
+    return out
+
+
 @click.group()
 @click.version_option(package_name="lmae-sdk")
 def main() -> None:
@@ -55,6 +69,7 @@ def main() -> None:
 @click.option("--image-size", default="224x288", show_default=True, help="model input HxW, multiples of 16")
 @click.option("--holes", default="mixed", show_default=True, type=click.Choice(["mixed", "none"]),
               help="mixed: realistic partial labels; none: the paper's (masked patches only)")
+@click.option("--mask-mix", default=None, help="e.g. random=1,label_first=2,background_first=2 (the default)")
 @click.option("--label-resize", default="soft", show_default=True, type=click.Choice(["soft", "nearest"]))
 @click.option("--fuse", default=None, type=click.Choice(["layer", "concat", "insert"]))
 @click.option("--no-ips", is_flag=True, help="learned mask token instead of Image Patch Supplement")
@@ -92,7 +107,7 @@ def train(**kw) -> None:
         tc = TrainConfig(data=kw["data"], out=out, mask_ratios=ratios, preset=kw["preset"], epochs=kw["epochs"],
                          batch_size=kw["batch_size"], lr=kw["lr"], optimizer=kw["optimizer"],
                          image_size=_parse_size(kw["image_size"]), holes=kw["holes"],
-                         label_resize=kw["label_resize"], device=kw["device"], threads=kw["threads"],
+                         label_resize=kw["label_resize"], mask_mix=_parse_mix(kw["mask_mix"]), device=kw["device"], threads=kw["threads"],
                          workers=kw["workers"], seed=kw["seed"], time_budget_min=kw["time_budget_min"],
                          val_limit=kw["val_limit"], val_every=kw["val_every"], resume=kw["resume"],
                          layout=kw["layout"], model_overrides=overrides)
