@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from lmae_sdk.degrade import DEGRADE_STRATEGIES
+
 
 def _parse_size(s: str | None) -> tuple[int, int] | None:
     if not s:
@@ -36,16 +38,17 @@ def _parse_ratios(s: str) -> list[tuple[float, ...]]:
     return out
 
 
-def _parse_mix(s: str | None) -> dict[str, float] | None:
+def _parse_mix(s: str | None, names: tuple[str, ...] | None = None) -> dict[str, float] | None:
     if not s:
         return None
     from lmae_sdk.masking import STRATEGIES
 
+    names = names or STRATEGIES
     out = {}
     for part in s.split(","):
         name, _, w = part.partition("=")
-        if name.strip() not in STRATEGIES or not w:
-            raise click.BadParameter(f"{part!r}: expected STRATEGY=WEIGHT with STRATEGY in {STRATEGIES}")
+        if name.strip() not in names or not w:
+            raise click.BadParameter(f"{part!r}: expected NAME=WEIGHT with NAME in {names}")
         out[name.strip()] = float(w)
     return out
 
@@ -70,6 +73,10 @@ def main() -> None:
 @click.option("--holes", default="mixed", show_default=True, type=click.Choice(["mixed", "none"]),
               help="mixed: realistic partial labels; none: the paper's (masked patches only)")
 @click.option("--mask-mix", default=None, help="e.g. random=1,label_first=2,background_first=2 (the default)")
+@click.option("--hole-mix", default=None,
+              help="training partial labels, e.g. random=0.5,blocks=0.15,objects=0.15,background=0.1,label=0.1")
+@click.option("--class-weighting/--no-class-weighting", default=True, show_default=True,
+              help="the paper's class-weighted cross-entropy")
 @click.option("--label-resize", default="soft", show_default=True, type=click.Choice(["soft", "nearest"]))
 @click.option("--fuse", default=None, type=click.Choice(["layer", "concat", "insert"]))
 @click.option("--no-ips", is_flag=True, help="learned mask token instead of Image Patch Supplement")
@@ -107,7 +114,9 @@ def train(**kw) -> None:
         tc = TrainConfig(data=kw["data"], out=out, mask_ratios=ratios, preset=kw["preset"], epochs=kw["epochs"],
                          batch_size=kw["batch_size"], lr=kw["lr"], optimizer=kw["optimizer"],
                          image_size=_parse_size(kw["image_size"]), holes=kw["holes"],
-                         label_resize=kw["label_resize"], mask_mix=_parse_mix(kw["mask_mix"]), device=kw["device"], threads=kw["threads"],
+                         label_resize=kw["label_resize"], mask_mix=_parse_mix(kw["mask_mix"]),
+                         hole_mix=_parse_mix(kw["hole_mix"], DEGRADE_STRATEGIES),
+                         class_weighting=kw["class_weighting"], device=kw["device"], threads=kw["threads"],
                          workers=kw["workers"], seed=kw["seed"], time_budget_min=kw["time_budget_min"],
                          val_limit=kw["val_limit"], val_every=kw["val_every"], resume=kw["resume"],
                          layout=kw["layout"], model_overrides=overrides)

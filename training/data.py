@@ -37,6 +37,7 @@ def load_pairs(pairs: list, num_classes: int) -> list[tuple[np.ndarray, np.ndarr
 class SampleSpec:
     mask_ratios: tuple[float, ...]  # one K per batch is drawn from these
     holes: str = "mixed"  # mixed | none (paper)
+    hole_mix: dict | None = None  # None = DEFAULT_HOLE_MIX
     hole_ratio: tuple[float, float] = (0.2, 0.8)
     crop_scale: tuple[float, float] = (0.5, 1.0)
     label_resize: str = "soft"
@@ -59,8 +60,10 @@ def make_sample(img: np.ndarray, lab: np.ndarray, cfg: LMAEConfig, spec: SampleS
         img, lab = img[:, ::-1], lab[:, ::-1]
     img, lab = np.ascontiguousarray(img), np.ascontiguousarray(lab)
     if spec.holes == "mixed":
-        kinds = list(DEFAULT_HOLE_MIX)
-        kind = kinds[int(rng.choice(len(kinds), p=np.asarray([DEFAULT_HOLE_MIX[k] for k in kinds])))]
+        mix = spec.hole_mix or DEFAULT_HOLE_MIX
+        kinds = list(mix)
+        p = np.asarray([mix[k] for k in kinds], np.float64)
+        kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
         patch = int(rng.choice([12, 16, 24, 32, 48, 64]) * ch / h)
         partial = degrade(lab, float(rng.uniform(*spec.hole_ratio)), kind, rng, patch=max(patch, 4),
                           background_index=spec.background_index)

@@ -47,6 +47,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     holes: str = "mixed"
     mask_mix: dict | None = None  # None = the paper's 1:2:2 mix (masking.DEFAULT_MIX)
+    hole_mix: dict | None = None  # None = data.DEFAULT_HOLE_MIX
     label_resize: str = "soft"
     visible_weight: float = 0.1
     class_weighting: bool = True
@@ -137,7 +138,7 @@ def train(tc: TrainConfig) -> Path:
     cfg = make_config(tc.preset, n, img_size=tuple(tc.image_size), **tc.model_overrides)
     model = LMAE(cfg).to(device)
     spec = SampleSpec(mask_ratios=tuple(tc.mask_ratios), holes=tc.holes, label_resize=tc.label_resize,
-                      mask_mix=tc.mask_mix,
+                      mask_mix=tc.mask_mix, hole_mix=tc.hole_mix,
                       threshold=tc.threshold, background_index=info.background_index)
     trainset = CompletionTrainSet(train_data, cfg, spec, tc.batch_size, tc.seed, world)
     sampler = DistributedSampler(trainset, shuffle=False) if world > 1 else None

@@ -1,0 +1,283 @@
+"""Completion quality: L-MAE against the completers users already have.
+
+    python benchmarks/quality.py --data ../shared/data/camvid --model runs/camvid_m0.5.pt --limit 101
+    python benchmarks/quality.py --smoke
+
+On a dataset's val split, each full label is degraded with ``lmae_sdk.degrade.degrade``
+(settings random 0.3 / 0.5 / 0.7, blocks 0.5, objects 0.5; seeded per image with
+``default_rng([seed, i])``, the same partials ``training.train.evaluate`` uses) and completed by
+
+* L-MAE (every ``--model``: a ``.pt`` or a bundle, through ``LMAECompleter``),
+* ``nearest`` (nearest known label), ``random_walker`` (scikit-image; beta tuned on a few
+  TRAIN images only, at random 0.5), ``slic_vote`` (SLIC superpixel majority).
+
+Reported per (method, setting): PA-mIoU (completed pixels), unknown-area pixel accuracy,
+global mIoU, seconds per image (everything the method does, reading aside).  Targets:
+L-MAE - RW >= 8 PA-mIoU points at random 0.5 and blocks 0.5; L-MAE >= 35 PA-mIoU on
+objects 0.5; L-MAE >= 20x faster than RW.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import (DEFAULT_CAMVID, machine_info, new_figure, out_paths, plot_available,  # noqa: E402
+                                random_checkpoint, save_figure, set_threads, smoke_dataset, table, write_json)
+
+DEFAULT_SETTINGS = "random:0.3,random:0.5,random:0.7,blocks:0.5,objects:0.5"
+TARGET_MARGIN_PA = 8.0  # L-MAE - RW, PA-mIoU points, at random 0.5 and blocks 0.5
+TARGET_OBJECTS_PA = 35.0  # L-MAE PA-mIoU at objects 0.5
+TARGET_SPEEDUP = 20.0  # RW s/img / L-MAE s/img
+
+
+def parse_settings(s: str) -> list[tuple[str, float]]:
+    out = []
+    for part in s.split(","):
+        if part:
+            k, v = part.split(":")
+            out.append((k.strip(), float(v)))
+    return out
+
+
+def setting_name(strategy: str, ratio: float) -> str:
+    return f"{strategy} {ratio:g}"
+
+
+def load_split(root: str, split: str, limit: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], Any]:
+    from lmae_sdk.training.data import load_pairs
+    from lmae_sdk.training.datasets import load_dataset
+
+    info = load_dataset(root, (split,))
+    pairs = info.pairs[split][: limit or None]
+    return load_pairs(pairs, info.num_classes), info
+
+
+def make_partials(data, strategy: str, ratio: float, seed: int, patch: int, background_index) -> list[np.ndarray]:
+    from lmae_sdk.degrade import degrade
+
+    return [degrade(lab, ratio, strategy, np.random.default_rng([seed, i]), patch=patch,
+                    background_index=background_index) for i, (_, lab) in enumerate(data)]
+
+
+def score(method_fn, data, partials, num_classes: int) -> tuple[dict[str, Any], float]:
+    """Run a per-image completer, pool the metrics; (summary, seconds per image)."""
+    from lmae_sdk.metrics import CompletionMeter
+
+    meter = CompletionMeter(num_classes)
+    secs = 0.0
+    for (img, gt), partial in zip(data, partials):
+        t0 = time.perf_counter()
+        out = method_fn(img, partial)
+        secs += time.perf_counter() - t0
+        meter.update(out, gt, partial)
+    return meter.summary(), secs / max(len(data), 1)
+
+
+def score_lmae(completer, data, partials, num_classes: int, batch_size: int, workers: int):
+    from lmae_sdk.metrics import CompletionMeter
+
+    meter = CompletionMeter(num_classes)
+    t0 = time.perf_counter()
+    results = list(completer.complete_batch([(img, p) for (img, _), p in zip(data, partials)],
+                                            batch_size=batch_size, workers=workers))
+    secs = (time.perf_counter() - t0) / max(len(data), 1)
+    passes = 0
+    for (_, gt), partial, r in zip(data, partials, results):
+        meter.update(r.label, gt, partial)
+        passes = max(passes, r.passes)
+    s = meter.summary()
+    s["max_passes"] = passes
+    return s, secs
+
+
+def tune_beta(root: str, betas: list[float], n_images: int, seed: int, patch: int) -> dict[str, Any]:
+    """RW beta by PA-mIoU on ``n_images`` TRAIN images at random 0.5 (never on val)."""
+    from benchmarks.baselines import random_walker_fill
+
+    data, info = load_split(root, "train", n_images)
+    partials = make_partials(data, "random", 0.5, seed + 1000, patch, info.background_index)
+    scores = {}
+    for b in betas:
+        s, secs = score(lambda im, p, b=b: random_walker_fill(im, p, beta=b), data, partials, info.num_classes)
+        scores[b] = {"pa_miou": s["pa_miou"], "pa_pixel_acc": s["pa_pixel_acc"], "seconds_per_image": secs}
+        print(f"  RW beta {b:g}: PA-mIoU {s['pa_miou']:.2f} ({secs:.2f} s/img)", flush=True)
+    best = max(betas, key=lambda b: (np.nan_to_num(scores[b]["pa_miou"], nan=-1), -b))
+    return {"chosen": best, "split": "train", "images": len(data), "setting": "random 0.5", "scores": scores}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data", default=str(DEFAULT_CAMVID))
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--limit", type=int, default=0, help="first N images of the split (0 = all)")
+    ap.add_argument("--model", action="append", default=[], help="a .pt or a bundle folder; repeat for several")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--baselines", default="nearest,random_walker,slic_vote")
+    ap.add_argument("--settings", default=DEFAULT_SETTINGS, help="strategy:ratio,...")
+    ap.add_argument("--tune-beta", default="50,130,500,1000,2000", help="RW betas tried on train images")
+    ap.add_argument("--tune-images", type=int, default=10)
+    ap.add_argument("--beta", type=float, default=None, help="fixed RW beta (skips tuning)")
+    ap.add_argument("--patch", type=int, default=32, help="degrade grid patch / minimum block side (px)")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="synthetic data, a random tiny model: seconds")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> dict[str, Any]:
+    a = parse_args(argv)
+    set_threads(a.threads)
+    from benchmarks.baselines import BASELINES
+    from lmae_sdk.runtime.completer import LMAECompleter
+
+    json_path, png_path = out_paths(a.out, "quality", a.smoke)
+    tmp = None
+    if a.smoke:
+        tmp = tempfile.TemporaryDirectory(prefix="lmae-quality-")
+        a.data = str(smoke_dataset(Path(tmp.name) / "data", n_train=4, n_val=4))
+        a.model = [str(random_checkpoint(Path(tmp.name) / "tiny.pt", "tiny", 5, (64, 96), (0.25, 0.5, 0.75),
+                                         class_names=["background", "disc", "box", "bar", "blob"]))]
+        a.limit, a.tune_images, a.tune_beta, a.patch = 4, 2, "130,1000", 16
+        a.settings = "random:0.5,blocks:0.5,objects:0.5"
+    t_start = time.perf_counter()
+    payload: dict[str, Any] = {"benchmark": "quality", "smoke": a.smoke, "args": vars(a),
+                               "machine": machine_info(a.threads)}
+    try:
+        data, info = load_split(a.data, a.split, a.limit)
+        n = info.num_classes
+        print(f"{a.data} {a.split}: {len(data)} images, {n} classes", flush=True)
+        baselines = [b for b in a.baselines.split(",") if b]
+        beta_info = None
+        if "random_walker" in baselines:
+            if a.beta is not None:
+                beta_info = {"chosen": a.beta, "tuned": False}
+            else:
+                print(f"tuning RW beta on {a.tune_images} train images (random 0.5)", flush=True)
+                beta_info = tune_beta(a.data, [float(b) for b in a.tune_beta.split(",")], a.tune_images, a.seed,
+                                      a.patch)
+                beta_info["tuned"] = True
+            print(f"RW beta = {beta_info['chosen']:g}", flush=True)
+        payload["random_walker_beta"] = beta_info
+
+        completers = {}
+        for m in a.model:
+            c = LMAECompleter.load(m, backend=a.backend, threads=a.threads)
+            if c.num_classes != n:
+                raise SystemExit(f"{m}: model has {c.num_classes} classes, the dataset {n}")
+            label = Path(m).stem if Path(m).suffix == ".pt" else Path(m).name
+            completers[f"L-MAE {label}"] = c
+            print(f"{label}: {c.describe()}", flush=True)
+
+        rows: list[dict[str, Any]] = []
+        for strategy, ratio in parse_settings(a.settings):
+            sname = setting_name(strategy, ratio)
+            partials = make_partials(data, strategy, ratio, a.seed, a.patch, info.background_index)
+            hole = float(np.mean([np.mean(p == 255) for p in partials]))
+            for name, c in completers.items():
+                s, secs = score_lmae(c, data, partials, n, a.batch_size, max(1, a.threads))
+                rows.append(_row(name, "lmae", sname, s, secs, hole))
+                print(f"  {sname:>12} {name:>24}: PA-mIoU {s['pa_miou']:6.2f}  acc {s['pa_pixel_acc']:6.2f}  "
+                      f"global {s['global_miou']:6.2f}  {secs:.3f} s/img", flush=True)
+            for b in baselines:
+                fn = BASELINES[b]
+                kw = {"beta": beta_info["chosen"]} if b == "random_walker" else {}
+                s, secs = score(lambda im, p, fn=fn, kw=kw: fn(im, p, **kw), data, partials, n)
+                rows.append(_row(b, "baseline", sname, s, secs, hole))
+                print(f"  {sname:>12} {b:>24}: PA-mIoU {s['pa_miou']:6.2f}  acc {s['pa_pixel_acc']:6.2f}  "
+                      f"global {s['global_miou']:6.2f}  {secs:.3f} s/img", flush=True)
+        payload["results"] = rows
+        payload["dataset"] = {"root": a.data, "split": a.split, "images": len(data), "classes": info.class_names}
+        payload["target_checks"] = _targets(rows, list(completers))
+        payload["seconds"] = time.perf_counter() - t_start
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+    cols = [("setting", "setting"), ("method", "method"), ("pa_miou", "PA-mIoU"), ("pa_pixel_acc", "unknown acc"),
+            ("global_miou", "global mIoU"), ("seconds_per_image", "s/img"), ("hole_share", "hole share")]
+    m = payload["machine"]
+    print(f"\nmachine: {m['cpu_model']}, {m['cpu_affinity']} cores, threads {a.threads}, load "
+          f"{m['load_average_1_5_15']}; {m['date']}")
+    print(table(rows, cols))
+    print("\ntargets:")
+    for c in payload["target_checks"]:
+        v = "-" if c["value"] is None else f"{c['value']:.2f}"
+        print(f"  {c['model']}: {c['what']}: {v} (target >= {c['target']}) {c['status']}")
+    write_json(json_path, payload)
+    print(f"\nwrote {json_path}")
+    if not a.no_plot and plot_available() and rows:
+        _plot(payload, png_path)
+        print(f"wrote {png_path}")
+    return payload
+
+
+def _row(method: str, kind: str, setting: str, s: dict[str, Any], secs: float, hole: float) -> dict[str, Any]:
+    return {"method": method, "kind": kind, "setting": setting, "pa_miou": s["pa_miou"],
+            "pa_pixel_acc": s["pa_pixel_acc"], "global_miou": s["global_miou"],
+            "global_pixel_acc": s["global_pixel_acc"], "seconds_per_image": secs, "hole_share": hole,
+            "pa_iou_per_class": s["pa_iou_per_class"], "max_passes": s.get("max_passes")}
+
+
+def _targets(rows: list[dict[str, Any]], models: list[str]) -> list[dict[str, Any]]:
+    def get(method, setting, key):
+        for r in rows:
+            if r["method"] == method and r["setting"] == setting:
+                return r[key]
+        return None
+
+    checks = []
+
+    def add(model, what, value, target):
+        ok = None if value is None or not np.isfinite(value) else bool(value >= target)
+        checks.append({"model": model, "what": what, "value": value, "target": target,
+                       "status": "n/a" if ok is None else ("PASS" if ok else "FAIL")})
+
+    for m in models:
+        for st in ("random 0.5", "blocks 0.5"):
+            a, b = get(m, st, "pa_miou"), get("random_walker", st, "pa_miou")
+            add(m, f"PA-mIoU L-MAE - RW at {st}", None if a is None or b is None else a - b, TARGET_MARGIN_PA)
+        add(m, "PA-mIoU at objects 0.5", get(m, "objects 0.5", "pa_miou"), TARGET_OBJECTS_PA)
+        rw = [r["seconds_per_image"] for r in rows if r["method"] == "random_walker"]
+        lm = [r["seconds_per_image"] for r in rows if r["method"] == m]
+        add(m, "speed-up over RW (mean s/img RW / L-MAE)",
+            float(np.mean(rw) / np.mean(lm)) if rw and lm else None, TARGET_SPEEDUP)
+    return checks
+
+
+def _plot(p: dict[str, Any], path: Path) -> None:
+    rows = p["results"]
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = new_figure(2, 6.0, 4.0)
+    w = 0.8 / max(len(methods), 1)
+    x = np.arange(len(settings))
+    for i, m in enumerate(methods):
+        vals = [next((r["pa_miou"] for r in rows if r["method"] == m and r["setting"] == s), np.nan) for s in settings]
+        axes[0].bar(x + i * w, vals, w, label=m)
+        secs = np.mean([r["seconds_per_image"] for r in rows if r["method"] == m])
+        axes[1].bar(i, secs, color=f"C{i}")
+    axes[0].set_xticks(x + w * (len(methods) - 1) / 2, settings, fontsize=8)
+    axes[0].set_ylabel("PA-mIoU")
+    axes[0].legend(fontsize=7)
+    axes[0].set_title("completion quality (val)")
+    axes[1].set_xticks(range(len(methods)), methods, rotation=20, fontsize=7)
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("seconds / image")
+    axes[1].set_title("speed")
+    save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Every benchmark's ``--smoke`` mode runs (synthetic data, random tiny model) and writes its
+JSON with the expected keys.  Each runs in a subprocess with a timeout, as CI would call it."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COMMON = {"benchmark", "smoke", "args", "machine", "seconds"}
+MACHINE = {"date", "cpu_model", "cpu_count", "versions", "threads"}
+
+CASES = {
+    "throughput": COMMON | {"matmul_peak", "flops", "results", "target_checks", "skipped_backends", "stage_profile"},
+    "quality": COMMON | {"results", "random_walker_beta", "target_checks", "dataset"},
+    "ablations": COMMON | {"runs", "summary", "paper_note"},
+    "label_augmentation": COMMON | {"results", "completion_on_train_holes", "dataset"},
+}
+ROW_KEYS = {
+    "throughput": {"preset", "backend", "batch_size", "e2e_ips", "engine_ips", "e2e_latency_ms_p50",
+                   "e2e_latency_ms_p95", "engine_latency_ms_p50", "engine_latency_ms_p95", "peak_rss_mb",
+                   "roofline_share"},
+    "quality": {"method", "setting", "pa_miou", "pa_pixel_acc", "global_miou", "seconds_per_image"},
+    "ablations": {"arm", "pa_miou", "delta", "paper_delta", "status"},
+    "label_augmentation": {"model", "variant", "val_miou"},
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_smoke(name, tmp_path):
+    out = tmp_path / f"{name}.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{name}.py"), "--smoke", "--out", str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert CASES[name] <= set(data), sorted(CASES[name] - set(data))
+    assert data["smoke"] is True
+    assert MACHINE <= set(data["machine"])
+    rows = data["summary"] if name == "ablations" else data["results"]
+    assert rows, "no result rows"
+    for r in rows:
+        assert ROW_KEYS[name] <= set(r), sorted(ROW_KEYS[name] - set(r))
+    if name == "ablations":
+        assert all(r["status"] == "ok" for r in rows), [r["status"] for r in rows]
+    if name == "throughput":
+        assert {r["backend"] for r in data["results"]} >= {"torch"}
+        assert all(r["e2e_ips"] > 0 and r["engine_ips"] > 0 for r in data["results"])
+    if name == "quality":
+        assert data["random_walker_beta"]["chosen"] > 0
+        assert {r["method"] for r in rows} >= {"nearest", "random_walker", "slic_vote"}
+    assert out.with_suffix(".png").is_file() or not _has_matplotlib()
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
