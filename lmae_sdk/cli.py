@@ -82,6 +82,9 @@ def main() -> None:
 @click.option("--no-ips", is_flag=True, help="learned mask token instead of Image Patch Supplement")
 @click.option("--no-prior", is_flag=True, help="no propagation planes (the paper's input)")
 @click.option("--refine-width", default=None, type=int, help="0 disables the refinement stage")
+@click.option("--refine-arch", default=None, type=click.Choice(["plain", "unet"]))
+@click.option("--init-from", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="warm start from a checkpoint (tensors whose name and shape match)")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", default=0, type=int, help="torch threads (0 = default)")
 @click.option("--workers", default=1, show_default=True, type=int)
@@ -105,6 +108,8 @@ def train(**kw) -> None:
         overrides["prior"] = False
     if kw["refine_width"] is not None:
         overrides["refine_width"] = kw["refine_width"]
+    if kw["refine_arch"]:
+        overrides["refine_arch"] = kw["refine_arch"]
     groups = _parse_ratios(kw["mask_ratio"])
     for ratios in groups:
         out = kw["out"]
@@ -119,7 +124,7 @@ def train(**kw) -> None:
                          class_weighting=kw["class_weighting"], device=kw["device"], threads=kw["threads"],
                          workers=kw["workers"], seed=kw["seed"], time_budget_min=kw["time_budget_min"],
                          val_limit=kw["val_limit"], val_every=kw["val_every"], resume=kw["resume"],
-                         layout=kw["layout"], model_overrides=overrides)
+                         layout=kw["layout"], model_overrides=overrides, init_from=kw["init_from"])
         path = run(tc)
         click.echo(f"best checkpoint: {path}")
 

@@ -52,6 +52,7 @@ class LMAEConfig:
     prior_gain: float = 2.0  # initial weight of the nearest-label logit bias
     refine_width: int = 32  # 0 disables the full-resolution refinement stage
     refine_depth: int = 4
+    refine_arch: str = "plain"  # plain (dilated convs) | unet (multi-scale, sees across holes)
     preset: str = "custom"
 
     def __post_init__(self) -> None:
@@ -59,6 +60,8 @@ class LMAEConfig:
         p = self.patch_size
         if h % p or w % p:
             raise ValueError(f"img_size {self.img_size} must be multiples of patch_size {p}")
+        if self.refine_arch not in ("plain", "unet"):
+            raise ValueError(f"refine_arch must be 'plain' or 'unet', got {self.refine_arch!r}")
         if self.fuse not in FUSE_MODES:
             raise ValueError(f"fuse must be one of {FUSE_MODES}, got {self.fuse!r}")
         if self.num_classes < 2:
@@ -251,6 +254,44 @@ class RefineHead(nn.Module):
         return self.out(self.body(x))
 
 
+class UNetRefineHead(nn.Module):
+    """Multi-scale residual refinement: a 3-level conv encoder-decoder whose receptive
+    field (~70 px at model size) spans a whole hole, so it can place a class boundary
+    inside the hole on an image edge, which the plain head's ~9 px cannot."""
+
+    def __init__(self, in_chans: int, num_classes: int, width: int) -> None:
+        super().__init__()
+        w0, w1, w2 = width, 2 * width, 4 * width
+
+        def conv(ci: int, co: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(ci, co, 3, stride=stride, padding=dilation, dilation=dilation), nn.GELU())
+
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, w0, 1), nn.GELU(), conv(w0, w0))  # 1/1
+        self.down1 = nn.Sequential(conv(w0, w1, stride=2), conv(w1, w1))  # 1/2
+        self.down2 = nn.Sequential(conv(w1, w2, stride=2), conv(w2, w2))  # 1/4
+        self.down3 = nn.Sequential(conv(w2, w2, stride=2), conv(w2, w2, dilation=2))  # 1/8
+        self.up2 = nn.Sequential(nn.Conv2d(w2 + w2, w2, 1), nn.GELU())
+        self.up1 = nn.Sequential(nn.Conv2d(w2 + w1, w1, 1), nn.GELU())
+        self.up0 = nn.Sequential(nn.Conv2d(w1 + w0, w0, 1), nn.GELU(), conv(w0, w0))
+        self.out = nn.Conv2d(w0, num_classes, 1)
+        nn.init.zeros_(self.out.weight)  # start as identity on the coarse logits
+        nn.init.zeros_(self.out.bias)
+
+    @staticmethod
+    def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return nn.functional.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f0 = self.stem(x)
+        f1 = self.down1(f0)
+        f2 = self.down2(f1)
+        f3 = self.down3(f2)
+        y = self.up2(torch.cat([self._up(f3, f2), f2], dim=1))
+        y = self.up1(torch.cat([self._up(y, f1), f1], dim=1))
+        y = self.up0(torch.cat([self._up(y, f0), f0], dim=1))
+        return self.out(y)
+
+
 def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """x (B, L, D), ids (B, M) -> (B, M, D)."""
     return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
@@ -293,7 +334,11 @@ class LMAE(nn.Module):
         if cfg.prior:
             self.prior_gain = nn.Parameter(torch.tensor(float(cfg.prior_gain)))
         if cfg.refine_width > 0:
-            self.refine = RefineHead(n + 3 + n + cfg.prior_channels, n, cfg.refine_width, cfg.refine_depth)
+            refine_in = n + 3 + n + cfg.prior_channels
+            if cfg.refine_arch == "unet":
+                self.refine = UNetRefineHead(refine_in, n, cfg.refine_width)
+            else:
+                self.refine = RefineHead(refine_in, n, cfg.refine_width, cfg.refine_depth)
         self._init_weights()
 
     def _init_weights(self) -> None:

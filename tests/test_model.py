@@ -24,9 +24,11 @@ def _inputs(cfg, b=2, seed=0):
 
 
 @pytest.mark.parametrize("fuse", ["layer", "concat", "insert"])
-@pytest.mark.parametrize("ips,prior,refine", [(True, True, 16), (False, False, 0), (True, False, 0)])
-def test_shapes(fuse, ips, prior, refine):
-    cfg = make_config("tiny", 5, img_size=(32, 48), fuse=fuse, ips=ips, prior=prior, refine_width=refine)
+@pytest.mark.parametrize("ips,prior,refine,arch", [(True, True, 16, "plain"), (True, True, 8, "unet"),
+                                                   (False, False, 0, "plain"), (True, False, 0, "plain")])
+def test_shapes(fuse, ips, prior, refine, arch):
+    cfg = make_config("tiny", 5, img_size=(32, 48), fuse=fuse, ips=ips, prior=prior, refine_width=refine,
+                      refine_arch=arch)
     model = LMAE(cfg)
     L, K = cfg.num_patches, cfg.num_visible(0.5)
     assert L == 6 and K == 3

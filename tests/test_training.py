@@ -105,3 +105,15 @@ def test_ddp_two_cpu_processes(tmp_path, synth_root):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "world=2" in r.stdout
     assert out.is_file()
+
+
+def test_warm_start_takes_matching_tensors(tmp_path, synth_root):
+    a = train(_tc(synth_root, tmp_path / "a.pt", epochs=1))
+    # lr 0: the warm-started weights pass through one epoch unchanged
+    b = train(_tc(synth_root, tmp_path / "b.pt", epochs=1, lr=0.0, init_from=str(a),
+                  model_overrides={"refine_arch": "unet"}))
+    sa = torch.load(a, weights_only=True)["state_dict"]
+    sb = torch.load(b, weights_only=True)["state_dict"]
+    torch.testing.assert_close(sa["patch_embed.proj.weight"], sb["patch_embed.proj.weight"])
+    torch.testing.assert_close(sa["blocks.0.attn.qkv.weight"], sb["blocks.0.attn.qkv.weight"])
+    assert "refine.down1.0.0.weight" in sb and "refine.down1.0.0.weight" not in sa

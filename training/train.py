@@ -64,6 +64,7 @@ class TrainConfig:
     model_overrides: dict = field(default_factory=dict)
     progress: bool = True
     max_train_items: int = 0  # 0 = all (tests use a few)
+    init_from: str | None = None  # warm start: load every tensor of this checkpoint whose name and shape match
 
 
 def _is_dist() -> bool:
@@ -137,6 +138,13 @@ def train(tc: TrainConfig) -> Path:
     val_data = load_pairs(val_pairs, n)
     cfg = make_config(tc.preset, n, img_size=tuple(tc.image_size), **tc.model_overrides)
     model = LMAE(cfg).to(device)
+    if tc.init_from:
+        src = load_checkpoint(tc.init_from)["state_dict"]
+        own = model.state_dict()
+        take = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(take, strict=False)
+        if rank == 0:
+            print(f"warm start from {tc.init_from}: {len(take)}/{len(own)} tensors", flush=True)
     spec = SampleSpec(mask_ratios=tuple(tc.mask_ratios), holes=tc.holes, label_resize=tc.label_resize,
                       mask_mix=tc.mask_mix, hole_mix=tc.hole_mix,
                       threshold=tc.threshold, background_index=info.background_index)
