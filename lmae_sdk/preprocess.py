@@ -52,10 +52,13 @@ def finish(logits: np.ndarray, partial: np.ndarray, unknown: int = UNKNOWN,
     ``min_confidence`` the unreliable ones stay unknown.
     """
     full = resize_logits(logits, partial.shape)
-    pred, conf = softmax_confidence(full)
     hole = partial == unknown
-    out = np.where(hole, pred, partial).astype(np.uint8)
-    conf = np.where(hole, conf, 1.0).astype(np.float32)
+    out = partial.copy()
+    conf = np.ones(partial.shape, np.float32)
+    if hole.any():  # argmax and softmax on the hole pixels only
+        pred, p = softmax_confidence(full[:, hole])
+        out[hole] = pred
+        conf[hole] = p
     if min_confidence > 0:
         out[hole & (conf < min_confidence)] = unknown
     return out, conf
