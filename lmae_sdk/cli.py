@@ -85,6 +85,8 @@ def main() -> None:
 @click.option("--refine-arch", default=None, type=click.Choice(["plain", "unet"]))
 @click.option("--init-from", default=None, type=click.Path(exists=True, dir_okay=False),
               help="warm start from a checkpoint (tensors whose name and shape match)")
+@click.option("--amp", default="none", show_default=True, type=click.Choice(["none", "bf16"]),
+              help="bf16 autocast for training (about 2.5x faster on CPUs with AVX512-BF16)")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", default=0, type=int, help="torch threads (0 = default)")
 @click.option("--workers", default=1, show_default=True, type=int)
@@ -124,7 +126,8 @@ def train(**kw) -> None:
                          class_weighting=kw["class_weighting"], device=kw["device"], threads=kw["threads"],
                          workers=kw["workers"], seed=kw["seed"], time_budget_min=kw["time_budget_min"],
                          val_limit=kw["val_limit"], val_every=kw["val_every"], resume=kw["resume"],
-                         layout=kw["layout"], model_overrides=overrides, init_from=kw["init_from"])
+                         layout=kw["layout"], model_overrides=overrides, init_from=kw["init_from"],
+                         amp=kw["amp"])
         path = run(tc)
         click.echo(f"best checkpoint: {path}")
 

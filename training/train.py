@@ -64,6 +64,7 @@ class TrainConfig:
     model_overrides: dict = field(default_factory=dict)
     progress: bool = True
     max_train_items: int = 0  # 0 = all (tests use a few)
+    amp: str = "none"  # "bf16": autocast matmuls/convs to bfloat16 (2.5x faster on AVX512-BF16 CPUs)
     init_from: str | None = None  # warm start: load every tensor of this checkpoint whose name and shape match
 
 
@@ -163,6 +164,8 @@ def train(tc: TrainConfig) -> Path:
 
     steps_per_epoch = max(len(loader), 1)
     total_steps = steps_per_epoch * tc.epochs
+    if tc.amp not in ("none", "bf16"):
+        raise ValueError(f"amp must be 'none' or 'bf16', got {tc.amp!r}")
     if tc.optimizer == "adam-plateau":
         opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", patience=5, threshold=1e-3,
@@ -224,9 +227,10 @@ def train(tc: TrainConfig) -> Path:
             it = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, mininterval=5)
         for batch in it:
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits = ddp_model(batch["image"], batch["label_planes"], batch["ids_keep"], batch["ids_mask"],
-                               batch["ids_restore"], batch.get("prior"))
-            loss = completion_loss(logits, batch["target"], batch["complete"], cw, tc.visible_weight)
+            with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=tc.amp == "bf16"):
+                logits = ddp_model(batch["image"], batch["label_planes"], batch["ids_keep"], batch["ids_mask"],
+                                   batch["ids_restore"], batch.get("prior"))
+            loss = completion_loss(logits.float(), batch["target"], batch["complete"], cw, tc.visible_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
