@@ -59,6 +59,7 @@ def shared_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
         "label_resize": ckpt["label_resize"],
         "unknown_threshold": float(ckpt["unknown_threshold"]),
         "background_index": ckpt.get("background_index"),
+        "near_copy_px": float(ckpt.get("near_copy_px", 0.0)),
     }
 
 

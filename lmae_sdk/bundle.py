@@ -28,7 +28,7 @@ BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
 # keys every engine of a bundle must agree on (they define pre/post-processing)
 SHARED_KEYS = ("class_names", "palette", "image_size", "patch_size", "num_patches", "normalization",
-               "unknown_index", "label_resize", "unknown_threshold", "background_index")
+               "unknown_index", "label_resize", "unknown_threshold", "background_index", "near_copy_px")
 ENGINE_KEYS = ("name", "mask_ratio", "num_visible", "num_patches", "precision", "backend", "encoder", "decoder",
                "inputs", "model_config", "producer")
 

@@ -133,6 +133,25 @@ def train(**kw) -> None:
 
 
 @main.command()
+@click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="dataset with a val split")
+@click.option("--out", default=None, help="write the calibrated checkpoint here (default: in place, atomically)")
+@click.option("--thresholds", default="0.25,0.5,0.75,0.95", show_default=True)
+@click.option("--near-copy", default="0,2,4,6,8,12", show_default=True, help="near_copy_px values (input pixels)")
+@click.option("--setting", default="random:0.5", show_default=True, help="degrade STRATEGY:RATIO for the val labels")
+@click.option("--limit", default=0, type=int, help="first N val pairs (0 = all)")
+@click.option("--threads", default=0, type=int)
+def calibrate(ckpt: str, data: str, out: str | None, thresholds: str, near_copy: str, setting: str, limit: int,
+              threads: int) -> None:
+    """Choose the routing threshold and near-copy distance on val; store them in the checkpoint."""
+    from lmae_sdk.training.calibrate import calibrate as run
+
+    strategy, _, ratio = setting.partition(":")
+    run(ckpt, data, out, tuple(float(v) for v in thresholds.split(",")),
+        tuple(float(v) for v in near_copy.split(",")), strategy, float(ratio or 0.5), limit, threads, log=click.echo)
+
+
+@main.command()
 @click.option("--labels", "labels_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--ratio", default=0.5, show_default=True, type=float)

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .labels import UNKNOWN, label_planes, normalize_image, prior_planes, resize_logits, softmax_confidence
+from .labels import (UNKNOWN, label_planes, nearest_known, normalize_image, prior_planes, resize_logits,
+                     softmax_confidence)
 from .masking import (DEFAULT_UNKNOWN_THRESHOLD, MaskPlan, num_masked, patch_class_share, plan_masks,
                       strategy_scores, unknown_share)
 from .model import LMAEConfig
@@ -44,19 +45,30 @@ def route(inputs: ModelInputs, cfg: LMAEConfig, mask_ratio: float, strategy: str
     return plan_masks(unknown_share(share), scores, num_masked(cfg.num_patches, mask_ratio), threshold)
 
 
-def finish(logits: np.ndarray, partial: np.ndarray, unknown: int = UNKNOWN,
-           min_confidence: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def finish(logits: np.ndarray, partial: np.ndarray, unknown: int = UNKNOWN, min_confidence: float = 0.0,
+           near_copy_px: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Model-size logits (N, h, w) -> (completed label (H, W) uint8, confidence (H, W)).
 
     Known pixels keep their label and confidence 1; unknown pixels take the argmax; with
-    ``min_confidence`` the unreliable ones stay unknown.
+    ``min_confidence`` the unreliable ones stay unknown.  ``near_copy_px`` > 0: hole
+    pixels closer than that (input pixels) to a known pixel copy its label, because at
+    full resolution the copy is sharper than the model's upsampled logits there (their
+    confidence is the model's probability of the copied class).
     """
     full = resize_logits(logits, partial.shape)
     hole = partial == unknown
     out = partial.copy()
     conf = np.ones(partial.shape, np.float32)
     if hole.any():  # argmax and softmax on the hole pixels only
-        pred, p = softmax_confidence(full[:, hole])
+        lh = full[:, hole]  # (N, M)
+        pred, p = softmax_confidence(lh)
+        if near_copy_px > 0 and not hole.all():
+            nearest, dist = nearest_known(partial, unknown)
+            near = dist[hole] < near_copy_px
+            copied = nearest[hole][near].astype(np.int64)
+            e = np.exp(lh[:, near] - lh[:, near].max(axis=0))
+            p[near] = e[copied, np.arange(copied.size)] / e.sum(axis=0)
+            pred[near] = copied
         out[hole] = pred
         conf[hole] = p
     if min_confidence > 0:

@@ -108,3 +108,17 @@ def test_write_label_palette_round_trip(tmp_path):
     np.testing.assert_array_equal(back, lab)
     assert pal[1] == [255, 0, 0]
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_near_copy_takes_the_nearest_known_label_close_to_known_pixels():
+    partial = np.zeros((20, 20), np.uint8)
+    partial[:, 10:] = 1
+    partial[:, 8:12] = 255  # a 4-px-wide hole on the 0|1 boundary
+    logits = np.zeros((2, 20, 20), np.float32)
+    logits[1] = 5.0  # the model says class 1 everywhere
+    out, conf = finish(logits, partial)
+    assert (out[:, 8:12] == 1).all()
+    out, conf = finish(logits, partial, near_copy_px=1.5)
+    assert (out[:, 8] == 0).all() and (out[:, 11] == 1).all()  # 1 px from known: copied
+    assert conf[0, 8] < 0.01  # the model's probability of the copied class
+    np.testing.assert_array_equal(out[partial != 255], partial[partial != 255])

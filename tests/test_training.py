@@ -126,3 +126,15 @@ def test_bf16_autocast_trains(tmp_path, synth_root):
     assert log[-1]["train_loss"] < log[0]["train_loss"]
     # the checkpoint holds fp32 weights: autocast never changes parameter dtypes
     assert torch.load(best, weights_only=True)["state_dict"]["patch_embed.proj.weight"].dtype == torch.float32
+
+
+def test_calibrate_stores_the_best_rule(tmp_path, synth_root):
+    from lmae_sdk.training.calibrate import calibrate
+
+    best = train(_tc(synth_root, tmp_path / "c.pt", epochs=1))
+    r = calibrate(best, synth_root, tmp_path / "cal.pt", thresholds=(0.3, 0.9), near_copy=(0, 3), log=lambda s: None)
+    ck = torch.load(tmp_path / "cal.pt", weights_only=True)
+    assert len(r["rows"]) == 4
+    top = max(r["rows"], key=lambda x: x["pa_miou"])
+    assert ck["unknown_threshold"] == top["unknown_threshold"] and ck["near_copy_px"] == top["near_copy_px"]
+    assert ck["metrics"]["calibration"]["chosen"] == top

@@ -78,7 +78,7 @@ def _rank() -> int:
 
 def evaluate(model: LMAE, valset: ValSet, mask_ratio: float, strategy: str, threshold: float,
              class_names: list[str], device: str = "cpu", batch_size: int = 16,
-             background_index: int | None = None) -> dict:
+             background_index: int | None = None, near_copy_px: float = 0.0) -> dict:
     """Complete the val partial labels the way the runtime does; pooled metrics."""
     cfg = model.cfg
     meter = CompletionMeter(cfg.num_classes)
@@ -95,7 +95,7 @@ def evaluate(model: LMAE, valset: ValSet, mask_ratio: float, strategy: str, thre
             logits = model(torch.from_numpy(inp.image).to(device), torch.from_numpy(inp.label_planes).to(device),
                            keep, mask, rest, prior).float().cpu().numpy()
             for j, (gt, partial) in enumerate(zip(gts, partials)):
-                completed, _ = finish(logits[j], partial)
+                completed, _ = finish(logits[j], partial, near_copy_px=near_copy_px)
                 meter.update(completed, gt, partial)
     return meter.summary(class_names)
 

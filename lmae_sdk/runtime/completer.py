@@ -109,7 +109,8 @@ def _cuda_available() -> bool:
 class LMAECompleter:
     def __init__(self, cfg: LMAEConfig, engines: Sequence[Engine], *, class_names: list[str],
                  palette: list[list[int]] | None, label_resize: str, unknown_threshold: float,
-                 background_index: int | None = None, unknown_index: int = UNKNOWN, source: str = "",
+                 background_index: int | None = None, unknown_index: int = UNKNOWN, near_copy_px: float = 0.0,
+                 source: str = "",
                  backend_name: str = "") -> None:
         if not engines:
             raise ValueError("a completer needs at least one engine")
@@ -123,6 +124,7 @@ class LMAECompleter:
         self.unknown_threshold = float(unknown_threshold)
         self.background_index = background_index
         self.unknown_index = int(unknown_index)
+        self.near_copy_px = float(near_copy_px)
         self.source = source
         self.backend_name = backend_name or engines[0].backend.name
 
@@ -166,7 +168,7 @@ class LMAECompleter:
         return cls(cfg, engines, class_names=ckpt["class_names"], palette=ckpt.get("palette"),
                    label_resize=ckpt.get("label_resize", "soft"),
                    unknown_threshold=ckpt.get("unknown_threshold", 0.5),
-                   background_index=ckpt.get("background_index"),
+                   background_index=ckpt.get("background_index"), near_copy_px=ckpt.get("near_copy_px", 0.0),
                    unknown_index=ckpt.get("unknown_index", UNKNOWN) if unknown_index is None else unknown_index,
                    source=source or str(path), backend_name="torch")
 
@@ -236,7 +238,7 @@ class LMAECompleter:
                  [(en.mask_ratio, by_ratio[en.mask_ratio]["precision"]) for en in engines])
         return cls(cfg, engines, class_names=d["class_names"], palette=d.get("palette"),
                    label_resize=d["label_resize"], unknown_threshold=d["unknown_threshold"],
-                   background_index=d.get("background_index"),
+                   background_index=d.get("background_index"), near_copy_px=d.get("near_copy_px", 0.0),
                    unknown_index=d["unknown_index"] if unknown_index is None else unknown_index,
                    source=str(man.root), backend_name=engines[0].backend.name)
 
@@ -421,7 +423,7 @@ class LMAECompleter:
             logits = item.jobs[0].logits
         else:
             logits = self._blend(item.jobs, partial.shape)
-        label, conf = finish(logits, partial, self.unknown_index, min_confidence)
+        label, conf = finish(logits, partial, self.unknown_index, min_confidence, self.near_copy_px)
         hole = partial == self.unknown_index
         unreliable = int((label[hole] == self.unknown_index).sum())
         runs = Counter()

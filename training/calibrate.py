@@ -1,0 +1,70 @@
+"""Calibrate a checkpoint's inference rules on a validation split and store them in it:
+
+* ``unknown_threshold``: the unknown share above which a patch is masked (completed by
+  the decoder) instead of staying visible with pixel holes;
+* ``near_copy_px``: hole pixels this close to a known pixel copy its label (the model
+  runs at model resolution; right next to a known pixel the full-resolution copy is sharper).
+
+The model runs once per threshold; every ``near_copy_px`` value reuses those logits.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmae_sdk.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from lmae_sdk.metrics import CompletionMeter
+from lmae_sdk.preprocess import ModelInputs, finish, route
+
+from .data import ValSet, load_pairs
+from .datasets import load_dataset
+
+
+def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = None,
+              thresholds: tuple[float, ...] = (0.25, 0.5, 0.75, 0.95),
+              near_copy: tuple[float, ...] = (0, 2, 4, 6, 8, 12), strategy: str = "random", ratio: float = 0.5,
+              limit: int = 0, threads: int = 0, log=print) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    ck = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ck)
+    cfg = model.cfg
+    info = load_dataset(data, ("val",))
+    pairs = info.pairs["val"][: limit or None]
+    vs = ValSet(load_pairs(pairs, cfg.num_classes), cfg, strategy, ratio, ck["label_resize"],
+                background_index=ck.get("background_index"))
+    m = float(ck["mask_ratios"][0])
+    meters = {k: CompletionMeter(cfg.num_classes) for k in itertools.product(thresholds, near_copy)}
+    with torch.no_grad():
+        for th in thresholds:
+            for gts, partials, inp in vs.batches(16):
+                plans = [route(ModelInputs(inp.image[j], inp.label_planes[j], None if inp.prior is None else
+                                           inp.prior[j]), cfg, m, "background_first", th, ck.get("background_index"))
+                         for j in range(len(gts))]
+                ids = [torch.from_numpy(np.concatenate([getattr(p, n) for p in plans]))
+                       for n in ("ids_keep", "ids_mask", "ids_restore")]
+                prior = None if inp.prior is None else torch.from_numpy(inp.prior)
+                logits = model(torch.from_numpy(inp.image), torch.from_numpy(inp.label_planes), *ids, prior).numpy()
+                for j, (gt, partial) in enumerate(zip(gts, partials)):
+                    for nc in near_copy:
+                        meters[(th, nc)].update(finish(logits[j], partial, near_copy_px=nc)[0], gt, partial)
+    rows = []
+    for (th, nc), meter in meters.items():
+        s = meter.summary(info.class_names)
+        rows.append({"unknown_threshold": th, "near_copy_px": nc, "pa_miou": s["pa_miou"],
+                     "pa_pixel_acc": s["pa_pixel_acc"], "global_miou": s["global_miou"]})
+        log(f"threshold {th:<5g} near_copy_px {nc:<4g} PA-mIoU {s['pa_miou']:6.2f}  acc {s['pa_pixel_acc']:6.2f}  "
+            f"global {s['global_miou']:6.2f}")
+    best = max(rows, key=lambda r: r["pa_miou"])
+    ck["unknown_threshold"] = float(best["unknown_threshold"])
+    ck["near_copy_px"] = float(best["near_copy_px"])
+    ck.setdefault("metrics", {})["calibration"] = {"split": "val", "setting": f"{strategy}:{ratio}",
+                                                   "images": len(vs), "rows": rows, "chosen": best}
+    target = Path(out) if out else Path(ckpt_path)
+    save_checkpoint(ck, target)
+    log(f"chosen: unknown_threshold {best['unknown_threshold']:g}, near_copy_px {best['near_copy_px']:g} "
+        f"(val PA-mIoU {best['pa_miou']:.2f}) -> {target}")
+    return {"rows": rows, "chosen": best, "checkpoint": str(target)}
