@@ -106,9 +106,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                  decoder_num_heads=2, refine_width=16, refine_depth=2),
     # Trains usefully on 2 CPU cores within two hours.
     "small": dict(embed_dim=192, depth=4, num_heads=3, decoder_embed_dim=128, decoder_depth=2,
-                  decoder_num_heads=4, refine_width=32, refine_depth=4),
+                  decoder_num_heads=4, refine_width=16, refine_arch="unet"),
     "base": dict(embed_dim=384, depth=8, num_heads=6, decoder_embed_dim=256, decoder_depth=4,
-                 decoder_num_heads=8, refine_width=48, refine_depth=4),
+                 decoder_num_heads=8, refine_width=32, refine_arch="unet"),
     # The paper's model: EB=8, DB=6, ED=1440, DD=720, no prior, no refinement.
     "paper": dict(embed_dim=1440, depth=8, num_heads=16, decoder_embed_dim=720, decoder_depth=6,
                   decoder_num_heads=16, prior=False, refine_width=0),
