@@ -22,7 +22,6 @@ accuracy on the train holes is reported too.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile

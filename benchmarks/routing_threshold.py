@@ -6,7 +6,6 @@ completion' (masked) rather than visible with pixel holes.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -24,7 +24,7 @@ host (see ``masking.py``) so nothing data dependent lives in the graph.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np

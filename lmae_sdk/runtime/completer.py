@@ -13,7 +13,6 @@ inference of the neighbouring chunk; results come back in input order.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
