@@ -4,25 +4,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from lmae_sdk import LMAE, make_config
-from lmae_sdk.checkpoint import make_checkpoint, save_checkpoint
 from lmae_sdk.cli import main
 from lmae_sdk.labels import read_label, write_label
 from lmae_sdk.synthetic import SYNTH_PALETTE
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ck") / "tiny.pt"
-    m = LMAE(make_config("tiny", 5, img_size=(64, 96)))
-    save_checkpoint(make_checkpoint(m, class_names=list("abcde"), palette=None, mask_ratios=[0.5, 0.75],
-                                    label_resize="soft", unknown_threshold=0.5), path)
-    return path
 
 
 def _dataset(root, n=6, seed=0):
