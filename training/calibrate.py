@@ -6,6 +6,8 @@
   runs at model resolution; right next to a known pixel the full-resolution copy is sharper).
 
 The model runs once per threshold; every ``near_copy_px`` value reuses those logits.
+Results within ``tie_tolerance`` PA-mIoU of the best count as ties and go to the higher
+threshold.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from .datasets import load_dataset
 def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = None,
               thresholds: tuple[float, ...] = (0.25, 0.5, 0.75, 0.95),
               near_copy: tuple[float, ...] = (0, 2, 4, 6, 8, 12), strategy: str = "random", ratio: float = 0.5,
-              limit: int = 0, threads: int = 0, log=print) -> dict:
+              limit: int = 0, threads: int = 0, tie_tolerance: float = 0.1, log=print) -> dict:
     if threads:
         torch.set_num_threads(threads)
     ck = load_checkpoint(ckpt_path)
@@ -58,7 +60,11 @@ def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = 
                      "pa_pixel_acc": s["pa_pixel_acc"], "global_miou": s["global_miou"]})
         log(f"threshold {th:<5g} near_copy_px {nc:<4g} PA-mIoU {s['pa_miou']:6.2f}  acc {s['pa_pixel_acc']:6.2f}  "
             f"global {s['global_miou']:6.2f}")
-    best = max(rows, key=lambda r: r["pa_miou"])
+    # near-ties go to the higher threshold: it masks fewer patches, so the runtime routes
+    # images to the smallest engine (the ratio the model was trained at) more often
+    top = max(r["pa_miou"] for r in rows)
+    best = max((r for r in rows if r["pa_miou"] >= top - tie_tolerance),
+               key=lambda r: (r["unknown_threshold"], r["pa_miou"]))
     ck["unknown_threshold"] = float(best["unknown_threshold"])
     ck["near_copy_px"] = float(best["near_copy_px"])
     ck.setdefault("metrics", {})["calibration"] = {"split": "val", "setting": f"{strategy}:{ratio}",
