@@ -19,6 +19,10 @@ class ModelInputs:
     label_planes: np.ndarray  # (N, h, w) float32, unknown = 0
     prior: np.ndarray | None  # (N + 1, h, w) float32 or None
 
+    def item(self, j: int) -> "ModelInputs":
+        """Image ``j`` of a stacked batch."""
+        return ModelInputs(self.image[j], self.label_planes[j], None if self.prior is None else self.prior[j])
+
     @staticmethod
     def stack(items: list["ModelInputs"]) -> "ModelInputs":
         pri = None if items[0].prior is None else np.stack([i.prior for i in items])

@@ -14,15 +14,15 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lmae_sdk.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from lmae_sdk.metrics import CompletionMeter
-from lmae_sdk.preprocess import ModelInputs, finish, route
+from lmae_sdk.preprocess import finish
 
 from .data import ValSet, load_pairs
 from .datasets import load_dataset
+from .train import routed_logits
 
 
 def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = None,
@@ -40,19 +40,13 @@ def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = 
                 background_index=ck.get("background_index"))
     m = float(ck["mask_ratios"][0])
     meters = {k: CompletionMeter(cfg.num_classes) for k in itertools.product(thresholds, near_copy)}
-    with torch.no_grad():
-        for th in thresholds:
-            for gts, partials, inp in vs.batches(16):
-                plans = [route(ModelInputs(inp.image[j], inp.label_planes[j], None if inp.prior is None else
-                                           inp.prior[j]), cfg, m, "background_first", th, ck.get("background_index"))
-                         for j in range(len(gts))]
-                ids = [torch.from_numpy(np.concatenate([getattr(p, n) for p in plans]))
-                       for n in ("ids_keep", "ids_mask", "ids_restore")]
-                prior = None if inp.prior is None else torch.from_numpy(inp.prior)
-                logits = model(torch.from_numpy(inp.image), torch.from_numpy(inp.label_planes), *ids, prior).numpy()
-                for j, (gt, partial) in enumerate(zip(gts, partials)):
-                    for nc in near_copy:
-                        meters[(th, nc)].update(finish(logits[j], partial, near_copy_px=nc)[0], gt, partial)
+    model.eval()
+    for th in thresholds:
+        for gts, partials, inp in vs.batches(16):
+            logits = routed_logits(model, inp, m, "background_first", th, ck.get("background_index"))
+            for j, (gt, partial) in enumerate(zip(gts, partials)):
+                for nc in near_copy:
+                    meters[(th, nc)].update(finish(logits[j], partial, near_copy_px=nc)[0], gt, partial)
     rows = []
     for (th, nc), meter in meters.items():
         s = meter.summary(info.class_names)

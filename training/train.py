@@ -25,7 +25,7 @@ from lmae_sdk.checkpoint import load_checkpoint, make_checkpoint, save_checkpoin
 from lmae_sdk.masking import DEFAULT_UNKNOWN_THRESHOLD
 from lmae_sdk.metrics import CompletionMeter
 from lmae_sdk.model import LMAE, count_parameters, make_config
-from lmae_sdk.preprocess import finish, route
+from lmae_sdk.preprocess import ModelInputs, finish, route
 
 from .data import CompletionTrainSet, SampleSpec, ValSet, collate, load_pairs
 from .datasets import load_dataset
@@ -76,34 +76,36 @@ def _rank() -> int:
     return dist.get_rank() if _is_dist() else 0
 
 
+def routed_logits(model: LMAE, inp: ModelInputs, mask_ratio: float, strategy: str, threshold: float,
+                  background_index: int | None = None, device: str = "cpu",
+                  rng: np.random.Generator | None = None) -> np.ndarray:
+    """Route every image of a stacked batch the way the runtime does (one engine, one
+    pass) and run the model: (B, N, h, w) logits as numpy."""
+    cfg = model.cfg
+    rng = rng or np.random.default_rng(0)
+    plans = [route(inp.item(j), cfg, mask_ratio, strategy, threshold, background_index, rng)
+             for j in range(inp.image.shape[0])]
+    ids = [torch.from_numpy(np.concatenate([getattr(p, n) for p in plans])).to(device)
+           for n in ("ids_keep", "ids_mask", "ids_restore")]
+    prior = None if inp.prior is None else torch.from_numpy(inp.prior).to(device)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(inp.image).to(device), torch.from_numpy(inp.label_planes).to(device),
+                       *ids, prior)
+    return logits.float().cpu().numpy()
+
+
 def evaluate(model: LMAE, valset: ValSet, mask_ratio: float, strategy: str, threshold: float,
              class_names: list[str], device: str = "cpu", batch_size: int = 16,
              background_index: int | None = None, near_copy_px: float = 0.0) -> dict:
     """Complete the val partial labels the way the runtime does; pooled metrics."""
-    cfg = model.cfg
-    meter = CompletionMeter(cfg.num_classes)
+    meter = CompletionMeter(model.cfg.num_classes)
     model.eval()
     rng = np.random.default_rng(0)
-    with torch.no_grad():
-        for gts, partials, inp in valset.batches(batch_size):
-            plans = [route(_one(inp, j), cfg, mask_ratio, strategy, threshold, background_index, rng)
-                     for j in range(len(gts))]
-            keep = torch.from_numpy(np.concatenate([p.ids_keep for p in plans])).to(device)
-            mask = torch.from_numpy(np.concatenate([p.ids_mask for p in plans])).to(device)
-            rest = torch.from_numpy(np.concatenate([p.ids_restore for p in plans])).to(device)
-            prior = None if inp.prior is None else torch.from_numpy(inp.prior).to(device)
-            logits = model(torch.from_numpy(inp.image).to(device), torch.from_numpy(inp.label_planes).to(device),
-                           keep, mask, rest, prior).float().cpu().numpy()
-            for j, (gt, partial) in enumerate(zip(gts, partials)):
-                completed, _ = finish(logits[j], partial, near_copy_px=near_copy_px)
-                meter.update(completed, gt, partial)
+    for gts, partials, inp in valset.batches(batch_size):
+        logits = routed_logits(model, inp, mask_ratio, strategy, threshold, background_index, device, rng)
+        for j, (gt, partial) in enumerate(zip(gts, partials)):
+            meter.update(finish(logits[j], partial, near_copy_px=near_copy_px)[0], gt, partial)
     return meter.summary(class_names)
-
-
-def _one(inp, j):
-    from lmae_sdk.preprocess import ModelInputs
-
-    return ModelInputs(inp.image[j], inp.label_planes[j], None if inp.prior is None else inp.prior[j])
 
 
 def _paths(out: str) -> dict[str, Path]:
