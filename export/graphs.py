@@ -28,12 +28,11 @@ PARTS = ("encoder", "decoder")
 
 
 def encoder_input_names(cfg: LMAEConfig) -> list[str]:
-    return ["image", "label_planes"] + (["prior"] if cfg.prior else []) + ["ids_keep"]
+    return cfg.graph_inputs()["encoder"]
 
 
 def decoder_input_names(cfg: LMAEConfig) -> list[str]:
-    return (["latent", "image", "ids_mask", "ids_restore"] + (["label_planes"] if cfg.refine_width > 0 else [])
-            + (["prior"] if cfg.prior else []))
+    return cfg.graph_inputs()["decoder"]
 
 
 def input_names(cfg: LMAEConfig, part: str) -> list[str]:

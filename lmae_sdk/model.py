@@ -80,6 +80,14 @@ class LMAEConfig:
     def prior_channels(self) -> int:
         return self.num_classes + 1 if self.prior else 0
 
+    def graph_inputs(self) -> dict[str, list[str]]:
+        """Input names of the encoder and decoder graphs, in order: the contract between
+        export (ONNX/TensorRT) and every runtime backend."""
+        prior = ["prior"] if self.prior else []
+        refine = ["label_planes"] if self.refine_width > 0 else []
+        return {"encoder": ["image", "label_planes"] + prior + ["ids_keep"],
+                "decoder": ["latent", "image", "ids_mask", "ids_restore"] + refine + prior}
+
     def num_visible(self, mask_ratio: float) -> int:
         """Static K for a mask ratio: K = L - round(m * L)."""
         return self.num_patches - int(round(mask_ratio * self.num_patches))

@@ -28,7 +28,7 @@ from ..labels import UNKNOWN, InputError, check_label_ids, read_image, read_labe
 from ..masking import MaskPlan, num_masked
 from ..model import LMAEConfig
 from ..preprocess import ModelInputs, finish, prepare
-from .backends import (Backend, BackendError, OrtBackend, TorchBackend, TrtBackend, graph_inputs,
+from .backends import (Backend, BackendError, OrtBackend, TorchBackend, TrtBackend,
                        ort_available, ort_cuda_available, trt_available)
 from .router import RouteDecision, apply_pass, route_image
 
@@ -160,7 +160,7 @@ class LMAECompleter:
         cfg = model.cfg
         device = device or ("cuda" if _cuda_available() else "cpu")
         ratios = sorted({float(m) for m in (mask_ratios or ckpt["mask_ratios"])})
-        names = graph_inputs(cfg.to_dict())
+        names = cfg.graph_inputs()
         engines = [Engine(m, cfg.num_visible(m), num_masked(cfg.num_patches, m),
                           TorchBackend(model, m, cfg.num_visible(m), names, device, threads)) for m in ratios]
         log.info("backend torch on %s (%s), engines m=%s", device, path.name, ratios)

@@ -5,9 +5,6 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-ENCODER_INPUTS = ("image", "label_planes", "prior", "ids_keep")
-DECODER_INPUTS = ("latent", "image", "ids_mask", "ids_restore", "label_planes", "prior")
-
 
 class BackendError(RuntimeError):
     """A backend cannot be built here (missing package, no GPU, wrong bundle)."""
@@ -55,15 +52,3 @@ class Backend(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(m={self.mask_ratio}, K={self.num_visible}, providers={self.providers})"
-
-
-def graph_inputs(model_config: dict) -> dict[str, list[str]]:
-    """The input names export writes for a model config (used for .pt checkpoints)."""
-    prior = bool(model_config.get("prior", False))
-    enc = ["image", "label_planes"] + (["prior"] if prior else []) + ["ids_keep"]
-    dec = ["latent", "image", "ids_mask", "ids_restore"]
-    if int(model_config.get("refine_width", 0)) > 0:
-        dec.append("label_planes")
-    if prior:
-        dec.append("prior")
-    return {"encoder": enc, "decoder": dec}
