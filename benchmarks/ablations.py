@@ -78,7 +78,8 @@ def run_arm(arm: str, seed: int, a: argparse.Namespace, work: Path) -> dict[str,
     kw: dict[str, Any] = dict(data=a.data, out=str(work / f"{arm}_s{seed}.pt"), preset=a.preset,
                               image_size=tuple(a.image_size), batch_size=a.batch_size, seed=seed, threads=a.threads,
                               workers=a.workers, val_limit=a.val_limit, val_every=10**9, progress=False,
-                              max_train_items=a.max_train_items, model_overrides=mo, mask_ratios=(0.5,), **budget)
+                              max_train_items=a.max_train_items, model_overrides=mo, mask_ratios=(0.5,), amp=a.amp,
+                              **budget)
     kw.update(tc_over)
     t0 = time.perf_counter()
     path = train(TrainConfig(**kw))
@@ -103,6 +104,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--amp", default="none", choices=("none", "bf16"), help="bf16 autocast (same for every arm)")
     ap.add_argument("--val-limit", type=int, default=0)
     ap.add_argument("--max-train-items", type=int, default=0)
     ap.add_argument("--paper-like", action="store_true", help="prior=False, refine_width=0 in every arm")

@@ -212,7 +212,7 @@ def train_completer(data_root: Path, out: Path, a: argparse.Namespace) -> Path:
 
     tc = TrainConfig(data=str(data_root), out=str(out), preset=a.completer_preset, epochs=10**6,
                      time_budget_min=a.train_completer_minutes, val_every=10**9, threads=a.threads, workers=0,
-                     progress=False, val_limit=a.limit_val)
+                     progress=False, val_limit=a.limit_val, amp=a.amp, seed=a.seed)
     return train(tc)
 
 
@@ -229,6 +229,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--train-completer-minutes", type=float, default=0.0,
                     help="train the completer here on the degraded train split (needs no --completer)")
     ap.add_argument("--completer-preset", default="small")
+    ap.add_argument("--amp", default="none", choices=("none", "bf16"), help="bf16 autocast for the completer")
     ap.add_argument("--models", default="unet,fcn")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--fill-class", type=int, default=None, help="class for holes in 'fill' (default: most frequent)")

@@ -203,6 +203,40 @@ def resize_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resize_planes(np.ascontiguousarray(logits, dtype=np.float32), size, cv2.INTER_LINEAR)
 
 
+def upsampled_prediction(logits: np.ndarray, size: tuple[int, int],
+                         forced: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(N, h, w) model-size logits -> per input pixel the argmax id (H, W) uint8 and its
+    softmax probability (H, W) float32, as ``softmax_confidence(resize_logits(...))``.
+
+    Works one bilinear-upsampled class plane at a time on dense 2-D arrays: no (N, M)
+    boolean gather, which cost more than the resize itself.  ``forced`` (H, W) ids (255 =
+    not forced): where set, that class is the prediction and its probability the confidence.
+    """
+    n, (h, w) = logits.shape[0], size
+    if logits.shape[1:] == (h, w):
+        planes = [np.asarray(logits[c], np.float32) for c in range(n)]
+    else:
+        planes = [cv2.resize(np.ascontiguousarray(logits[c], dtype=np.float32), (w, h),
+                             interpolation=cv2.INTER_LINEAR) for c in range(n)]
+    # Elementwise numpy / OpenCV only: boolean-mask assignment is ~10x slower here.
+    top = planes[0].copy()  # running max logit
+    arg = np.zeros((h, w), np.uint8)
+    for c in range(1, n):  # classes ascend, so max(arg, c * better) sets c where better
+        np.maximum(arg, np.greater(planes[c], top).view(np.uint8) * np.uint8(c), out=arg)  # strict: first max wins
+        np.maximum(top, planes[c], out=top)
+    total = np.zeros((h, w), np.float32)  # softmax denominator, stabilized by the max
+    e = np.empty((h, w), np.float32)
+    for c in range(n):
+        total += np.exp(np.subtract(planes[c], top, out=e), out=e)
+    if forced is None:
+        return arg, 1.0 / total
+    chosen = top.copy()  # the logit of the predicted class
+    for c in range(n):
+        cv2.copyTo(planes[c], cv2.compare(forced, c, cv2.CMP_EQ), chosen)
+    pred = np.where(forced != UNKNOWN, forced, arg).astype(np.uint8)
+    return pred, np.exp(chosen - top) / total
+
+
 def softmax_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, ...) logits -> argmax ids (...) uint8 and max softmax probability (...)."""
     m = logits.max(axis=0)

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .labels import (UNKNOWN, label_planes, nearest_known, normalize_image, prior_planes, resize_logits,
-                     softmax_confidence)
+from .labels import UNKNOWN, label_planes, nearest_known, normalize_image, prior_planes, upsampled_prediction
 from .masking import (DEFAULT_UNKNOWN_THRESHOLD, MaskPlan, num_masked, patch_class_share, plan_masks,
                       strategy_scores, unknown_share)
 from .model import LMAEConfig
@@ -59,22 +58,17 @@ def finish(logits: np.ndarray, partial: np.ndarray, unknown: int = UNKNOWN, min_
     full resolution the copy is sharper than the model's upsampled logits there (their
     confidence is the model's probability of the copied class).
     """
-    full = resize_logits(logits, partial.shape)
     hole = partial == unknown
     out = partial.copy()
     conf = np.ones(partial.shape, np.float32)
-    if hole.any():  # argmax and softmax on the hole pixels only
-        lh = full[:, hole]  # (N, M)
-        pred, p = softmax_confidence(lh)
+    if hole.any():
+        forced = None
         if near_copy_px > 0 and not hole.all():
             nearest, dist = nearest_known(partial, unknown)
-            near = dist[hole] < near_copy_px
-            copied = nearest[hole][near].astype(np.int64)
-            e = np.exp(lh[:, near] - lh[:, near].max(axis=0))
-            p[near] = e[copied, np.arange(copied.size)] / e.sum(axis=0)
-            pred[near] = copied
-        out[hole] = pred
-        conf[hole] = p
+            forced = np.where(hole & (dist < near_copy_px), nearest, UNKNOWN).astype(np.uint8)
+        pred, p = upsampled_prediction(logits, partial.shape, forced)
+        out[hole] = pred[hole]
+        conf[hole] = p[hole]
     if min_confidence > 0:
         out[hole & (conf < min_confidence)] = unknown
     return out, conf

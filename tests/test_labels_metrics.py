@@ -3,7 +3,8 @@ import pytest
 from PIL import Image
 
 from lmae_sdk.degrade import degrade
-from lmae_sdk.labels import (InputError, label_planes, nearest_known, prior_planes, read_label, write_label)
+from lmae_sdk.labels import (InputError, label_planes, nearest_known, prior_planes, read_label, resize_logits,
+                             softmax_confidence, upsampled_prediction, write_label)
 from lmae_sdk.metrics import CompletionMeter, confusion, iou_per_class, mean_iou
 from lmae_sdk.preprocess import finish
 
@@ -122,3 +123,24 @@ def test_near_copy_takes_the_nearest_known_label_close_to_known_pixels():
     assert (out[:, 8] == 0).all() and (out[:, 11] == 1).all()  # 1 px from known: copied
     assert conf[0, 8] < 0.01  # the model's probability of the copied class
     np.testing.assert_array_equal(out[partial != 255], partial[partial != 255])
+
+
+@pytest.mark.parametrize("size", [(8, 12), (21, 30)])
+def test_upsampled_prediction_matches_resize_then_softmax(size):
+    rng = np.random.default_rng(1)
+    logits = (3 * rng.standard_normal((5, 8, 12))).astype(np.float32)
+    logits[:, 0, 0] = 1.0  # a tie: argmax keeps the first class
+    pred, conf = upsampled_prediction(logits, size)
+    ref_pred, ref_conf = softmax_confidence(resize_logits(logits, size))
+    np.testing.assert_array_equal(pred, ref_pred)
+    np.testing.assert_allclose(conf, ref_conf, rtol=1e-5)
+    forced = np.full(size, 255, np.uint8)
+    forced[::3, ::2] = rng.integers(0, 5, forced[::3, ::2].shape)
+    fpred, fconf = upsampled_prediction(logits, size, forced)
+    sel = forced != 255
+    np.testing.assert_array_equal(fpred[sel], forced[sel])
+    np.testing.assert_array_equal(fpred[~sel], ref_pred[~sel])
+    full = resize_logits(logits, size)
+    p = np.exp(full - full.max(0)) / np.exp(full - full.max(0)).sum(0)
+    ys, xs = np.nonzero(sel)
+    np.testing.assert_allclose(fconf[sel], p[forced[sel], ys, xs], rtol=1e-5)
