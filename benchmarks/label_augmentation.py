@@ -151,7 +151,7 @@ def train_segmenter(model_name: str, num_classes: int, images: list[np.ndarray],
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             steps += 1
             if a.steps and steps >= a.steps:
                 break

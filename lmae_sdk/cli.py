@@ -22,16 +22,24 @@ def _parse_size(s: str | None) -> tuple[int, int] | None:
 
 
 def _parse_ratios(s: str) -> list[tuple[float, ...]]:
-    """'0.5' -> one model; '0.5,0.7' -> one model per ratio; '0.4:0.8' -> one model over
-    0.4, 0.5, ..., 0.8 (a range model, exported later at several K)."""
+    """'0.5' -> one model; '0.5,0.7' -> one model per ratio; 'LO:HI[:STEP]' -> one model
+    over LO, LO + STEP, ..., HI (STEP 0.1 by default; a range model, exported later at
+    several K)."""
     out = []
     for part in s.split(","):
         part = part.strip()
-        if ":" in part:
-            lo, hi = (float(v) for v in part.split(":"))
-            out.append(tuple(round(v, 3) for v in np.arange(lo, hi + 1e-9, 0.1)))
-        else:
-            out.append((float(part),))
+        try:
+            if ":" in part:
+                lo, hi, *rest = (float(v) for v in part.split(":"))
+                step = rest[0] if rest else 0.1
+                if len(rest) > 1 or step <= 0 or hi < lo:
+                    raise ValueError
+                out.append(tuple(round(v, 3) for v in np.arange(lo, hi + 1e-9, step)))
+            else:
+                out.append((float(part),))
+        except ValueError:
+            raise click.BadParameter(f"{part!r}: expected a ratio (0.5) or a range LO:HI[:STEP] (0.25:0.75:0.25)") \
+                from None
     for r in out:
         if not all(0 < v < 1 for v in r):
             raise click.BadParameter(f"mask ratios must be in (0, 1): {s}")

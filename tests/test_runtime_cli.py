@@ -161,3 +161,16 @@ def test_demo_smoke(tmp_path):
     assert res.exit_code == 0, res.output
     assert "L-MAE (ONNX Runtime)" in res.output and "nearest known label" in res.output
     assert len(list((tmp_path / "d" / "completed").glob("*.png"))) == 3
+
+
+def test_train_mask_ratio_syntax():
+    import click
+
+    from lmae_sdk.cli import _parse_ratios
+
+    assert _parse_ratios("0.5,0.7") == [(0.5,), (0.7,)]  # one model each
+    assert _parse_ratios("0.4:0.6") == [(0.4, 0.5, 0.6)]  # one range model, step 0.1
+    assert _parse_ratios("0.25:0.75:0.25") == [(0.25, 0.5, 0.75)]
+    for bad in ("0.8:0.4", "0.2:0.6:0", "a", "0.5:1.2"):
+        with pytest.raises(click.BadParameter):
+            _parse_ratios(bad)
