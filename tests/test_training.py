@@ -141,3 +141,21 @@ def test_calibrate_stores_the_best_rule(tmp_path, synth_root):
     ties = [x for x in r["rows"] if x["pa_miou"] >= best - 0.1]
     assert chosen["unknown_threshold"] == max(x["unknown_threshold"] for x in ties)
     assert ck["unknown_threshold"] == chosen["unknown_threshold"] and ck["near_copy_px"] == chosen["near_copy_px"]
+
+
+def test_calibrate_routes_a_range_model_like_the_runtime(tmp_path, synth_root, monkeypatch):
+    import lmae_sdk.training.calibrate as cal
+
+    best = train(_tc(synth_root, tmp_path / "rng.pt", epochs=1, mask_ratios=(0.25, 0.75)))
+    used = []
+    real = cal.routed_logits
+
+    def spy(model, inp, mask_ratio, *a, **kw):
+        used.append(mask_ratio)
+        return real(model, inp, mask_ratio, *a, **kw)
+
+    monkeypatch.setattr(cal, "routed_logits", spy)
+    cal.calibrate(best, synth_root, tmp_path / "cal.pt", thresholds=(0.3,), near_copy=(0,), log=lambda s: None)
+    # val holes are 50% random patches: 0.25 masks too few patches, so the runtime (and
+    # calibrate) must use the 0.75 engine; the old rule used the first ratio for every image
+    assert used and set(used) == {0.75}

@@ -5,7 +5,9 @@
 * ``near_copy_px``: hole pixels this close to a known pixel copy its label (the model
   runs at model resolution; right next to a known pixel the full-resolution copy is sharper).
 
-The model runs once per threshold; every ``near_copy_px`` value reuses those logits.
+The model runs once per threshold; every ``near_copy_px`` value reuses those logits.  Each
+image goes to the engine the runtime would pick (a range model: the smallest of its ratios
+that covers the patches needing completion; one pass, the largest ratio, when none does).
 Results within ``tie_tolerance`` PA-mIoU of the best count as ties and go to the higher
 threshold.
 """
@@ -18,7 +20,8 @@ import torch
 
 from lmae_sdk.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from lmae_sdk.metrics import CompletionMeter
-from lmae_sdk.preprocess import finish
+from lmae_sdk.preprocess import ModelInputs, finish
+from lmae_sdk.runtime.router import route_image
 
 from .data import ValSet, load_pairs
 from .datasets import load_dataset
@@ -38,12 +41,21 @@ def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = 
     pairs = info.pairs["val"][: limit or None]
     vs = ValSet(load_pairs(pairs, cfg.num_classes), cfg, strategy, ratio, ck["label_resize"],
                 background_index=ck.get("background_index"))
-    m = float(ck["mask_ratios"][0])
+    ratios = [float(r) for r in ck["mask_ratios"]]
+    bg = ck.get("background_index")
     meters = {k: CompletionMeter(cfg.num_classes) for k in itertools.product(thresholds, near_copy)}
     model.eval()
     for th in thresholds:
         for gts, partials, inp in vs.batches(16):
-            logits = routed_logits(model, inp, m, "background_first", th, ck.get("background_index"))
+            items = [inp.item(j) for j in range(len(gts))]
+            engine = [route_image(it, cfg, ratios, th, bg, force_final=True).mask_ratio for it in items]
+            logits = [None] * len(items)
+            for m in set(engine):  # one model call per engine, like the runtime
+                idx = [j for j, e in enumerate(engine) if e == m]
+                group = routed_logits(model, ModelInputs.stack([items[j] for j in idx]), m, "background_first", th,
+                                      bg)
+                for j, lg in zip(idx, group):
+                    logits[j] = lg
             for j, (gt, partial) in enumerate(zip(gts, partials)):
                 for nc in near_copy:
                     meters[(th, nc)].update(finish(logits[j], partial, near_copy_px=nc)[0], gt, partial)
