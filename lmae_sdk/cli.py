@@ -70,8 +70,9 @@ def main() -> None:
 @main.command()
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="dataset root")
 @click.option("--out", required=True, help="checkpoint path, e.g. camvid_m0.5.pt ({ratio} is filled in)")
-@click.option("--mask-ratio", "mask_ratio", default="0.5", show_default=True,
-              help="0.5 | 0.5,0.7 (one checkpoint each) | 0.4:0.8 (one model over a range)")
+@click.option("--mask-ratio", "mask_ratio", default="0.25:0.75:0.25", show_default=True,
+              help="LO:HI[:STEP] one model over a ratio range (the default: it matched or beat the per-ratio "
+                   "model on CamVid, see benchmarks/RESULTS.md) | 0.5 | 0.5,0.7 (one checkpoint each)")
 @click.option("--preset", default="small", show_default=True, type=click.Choice(["tiny", "small", "base", "paper"]))
 @click.option("--epochs", default=30, show_default=True, type=int)
 @click.option("--batch-size", default=8, show_default=True, type=int)

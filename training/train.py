@@ -36,7 +36,7 @@ from .loss import class_frequencies, class_weights, completion_loss
 class TrainConfig:
     data: str
     out: str
-    mask_ratios: tuple[float, ...] = (0.5,)  # several = one model over all of them
+    mask_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)  # one model over all of them; (0.5,) = the paper's per-ratio
     preset: str = "small"
     image_size: tuple[int, int] = (224, 288)
     epochs: int = 30
