@@ -206,18 +206,14 @@ def resize_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def upsampled_prediction(logits: np.ndarray, size: tuple[int, int],
                          forced: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(N, h, w) model-size logits -> per input pixel the argmax id (H, W) uint8 and its
-    softmax probability (H, W) float32, as ``softmax_confidence(resize_logits(...))``.
+    softmax probability (H, W) float32, as argmax / softmax of ``resize_logits(...)``.
 
     Works one bilinear-upsampled class plane at a time on dense 2-D arrays: no (N, M)
     boolean gather, which cost more than the resize itself.  ``forced`` (H, W) ids (255 =
     not forced): where set, that class is the prediction and its probability the confidence.
     """
     n, (h, w) = logits.shape[0], size
-    if logits.shape[1:] == (h, w):
-        planes = [np.asarray(logits[c], np.float32) for c in range(n)]
-    else:
-        planes = [cv2.resize(np.ascontiguousarray(logits[c], dtype=np.float32), (w, h),
-                             interpolation=cv2.INTER_LINEAR) for c in range(n)]
+    planes = resize_logits(logits, size)  # (N, H, W)
     # Elementwise numpy / OpenCV only: boolean-mask assignment is ~10x slower here.
     top = planes[0].copy()  # running max logit
     arg = np.zeros((h, w), np.uint8)
@@ -235,10 +231,3 @@ def upsampled_prediction(logits: np.ndarray, size: tuple[int, int],
         cv2.copyTo(planes[c], cv2.compare(forced, c, cv2.CMP_EQ), chosen)
     pred = np.where(forced != UNKNOWN, forced, arg).astype(np.uint8)
     return pred, np.exp(chosen - top) / total
-
-
-def softmax_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, ...) logits -> argmax ids (...) uint8 and max softmax probability (...)."""
-    m = logits.max(axis=0)
-    s = np.exp(logits - m).sum(axis=0)
-    return logits.argmax(axis=0).astype(np.uint8), (1.0 / s).astype(np.float32)
