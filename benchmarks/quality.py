@@ -9,7 +9,8 @@ On a dataset's val split, each full label is degraded with ``lmae_sdk.degrade.de
 
 * L-MAE (every ``--model``: a ``.pt`` or a bundle, through ``LMAECompleter``),
 * ``nearest`` (nearest known label), ``random_walker`` (scikit-image; beta tuned on a few
-  TRAIN images only, at random 0.5), ``slic_vote`` (SLIC superpixel majority).
+  TRAIN images only, at random 0.5), ``slic_vote`` (SLIC superpixel majority),
+  ``geodesic`` (the SDK's edge-aware nearest fill, the propagation behind its geodesic prior).
 
 Reported per (method, setting): PA-mIoU (completed pixels), unknown-area pixel accuracy,
 global mIoU, seconds per image (everything the method does, reading aside).  Targets:
@@ -121,7 +122,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--limit", type=int, default=0, help="first N images of the split (0 = all)")
     ap.add_argument("--model", action="append", default=[], help="a .pt or a bundle folder; repeat for several")
     ap.add_argument("--backend", default="auto")
-    ap.add_argument("--baselines", default="nearest,random_walker,slic_vote")
+    ap.add_argument("--baselines", default="nearest,geodesic,random_walker,slic_vote")
     ap.add_argument("--settings", default=DEFAULT_SETTINGS, help="strategy:ratio,...")
     ap.add_argument("--tune-beta", default="50,130,500,1000,2000", help="RW betas tried on train images")
     ap.add_argument("--tune-images", type=int, default=10)

@@ -308,6 +308,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--backends", default=",".join(ALL_BACKENDS),
                     help=f"subset of {','.join(ALL_BACKENDS)}; absent ones are skipped with a reason")
     ap.add_argument("--threads", type=int, default=2, help="torch / ORT intra-op threads and prep workers")
+    ap.add_argument("--prep-workers", type=int, default=0,
+                    help="threads that decode / prepare / finish / write (0 = --threads); on a small CPU, "
+                         "engine threads + prep workers = cores keeps the engine fed")
     ap.add_argument("--images", type=int, default=32, help="images in the e2e stream (at least 2 batches)")
     ap.add_argument("--reps", type=int, default=5, help="timed engine-only calls per batch size")
     ap.add_argument("--latency-reps", type=int, default=3, help="isolated e2e batches per batch size")
@@ -433,7 +436,7 @@ def main(argv=None) -> dict[str, Any]:
                 for bs in batch_sizes:
                     n_stream = max(a.images, 4 * bs)  # >= 2 chunks of 2 * bs: prep overlaps inference
                     cell = bench_cell(completer, pairs, tmp / "run", bs, n_stream, a.reps, a.latency_reps,
-                                      max(1, a.threads), a.mask_ratio)
+                                      a.prep_workers or max(1, a.threads), a.mask_ratio)
                     gfl = flops[preset]["per_image"] * cell["engine_ips"] / 1e9
                     cell.update({"preset": preset, "backend": b, "providers": completer.providers,
                                  "engine_gflops": gfl, "roofline_share": gfl / peak["gflops"],

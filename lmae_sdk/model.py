@@ -50,6 +50,7 @@ class LMAEConfig:
     fuse: str = "layer"  # Stack Fuse mode: layer | concat | insert
     prior: bool = True  # propagation planes as extra input (ours)
     prior_gain: float = 2.0  # initial weight of the nearest-label logit bias
+    prior_mode: str = "euclidean"  # how the prior propagates labels: euclidean | geodesic (edge-aware)
     refine_width: int = 32  # 0 disables the full-resolution refinement stage
     refine_depth: int = 4
     refine_arch: str = "plain"  # plain (dilated convs) | unet (multi-scale, sees across holes)
@@ -62,6 +63,8 @@ class LMAEConfig:
             raise ValueError(f"img_size {self.img_size} must be multiples of patch_size {p}")
         if self.refine_arch not in ("plain", "unet"):
             raise ValueError(f"refine_arch must be 'plain' or 'unet', got {self.refine_arch!r}")
+        if self.prior_mode not in ("euclidean", "geodesic"):
+            raise ValueError(f"prior_mode must be 'euclidean' or 'geodesic', got {self.prior_mode!r}")
         if self.fuse not in FUSE_MODES:
             raise ValueError(f"fuse must be one of {FUSE_MODES}, got {self.fuse!r}")
         if self.num_classes < 2:

@@ -29,11 +29,16 @@ class ModelInputs:
 
 
 def prepare(image: np.ndarray, partial: np.ndarray, cfg: LMAEConfig, label_resize: str = "soft",
-            unknown: int = UNKNOWN) -> ModelInputs:
-    """RGB uint8 (H, W, 3) + partial ids (H, W) -> model-size inputs."""
+            unknown: int = UNKNOWN, propagated: tuple[np.ndarray, np.ndarray] | None = None) -> ModelInputs:
+    """RGB uint8 (H, W, 3) + partial ids (H, W) -> model-size inputs.
+
+    ``propagated``: ``labels.propagate(partial, image, cfg.prior_mode)`` when the caller
+    already has it (it is the costly part of the prior; near-copy reuses it).
+    """
     size = cfg.img_size
     planes = label_planes(partial, cfg.num_classes, size, label_resize, unknown)
-    prior = prior_planes(partial, cfg.num_classes, size, unknown) if cfg.prior else None
+    prior = (prior_planes(partial, cfg.num_classes, size, unknown, image=image, mode=cfg.prior_mode,
+                          propagated=propagated) if cfg.prior else None)
     return ModelInputs(normalize_image(image, size), planes, prior)
 
 
@@ -49,14 +54,16 @@ def route(inputs: ModelInputs, cfg: LMAEConfig, mask_ratio: float, strategy: str
 
 
 def finish(logits: np.ndarray, partial: np.ndarray, unknown: int = UNKNOWN, min_confidence: float = 0.0,
-           near_copy_px: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+           near_copy_px: float = 0.0,
+           propagated: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Model-size logits (N, h, w) -> (completed label (H, W) uint8, confidence (H, W)).
 
     Known pixels keep their label and confidence 1; unknown pixels take the argmax; with
     ``min_confidence`` the unreliable ones stay unknown.  ``near_copy_px`` > 0: hole
-    pixels closer than that (input pixels) to a known pixel copy its label, because at
-    full resolution the copy is sharper than the model's upsampled logits there (their
-    confidence is the model's probability of the copied class).
+    pixels closer than that (input pixels) to a known pixel copy the propagated label
+    (``propagated`` = (ids, distance) from ``labels.propagate``; default: the nearest known
+    label), because at full resolution the copy is sharper than the model's upsampled
+    logits there (their confidence is the model's probability of the copied class).
     """
     hole = partial == unknown
     out = partial.copy()
@@ -64,7 +71,7 @@ def finish(logits: np.ndarray, partial: np.ndarray, unknown: int = UNKNOWN, min_
     if hole.any():
         forced = None
         if near_copy_px > 0 and not hole.all():
-            nearest, dist = nearest_known(partial, unknown)
+            nearest, dist = propagated if propagated is not None else nearest_known(partial, unknown)
             forced = np.where(hole & (dist < near_copy_px), nearest, UNKNOWN).astype(np.uint8)
         pred, p = upsampled_prediction(logits, partial.shape, forced)
         out[hole] = pred[hole]

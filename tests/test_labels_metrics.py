@@ -3,8 +3,8 @@ import pytest
 from PIL import Image
 
 from lmae_sdk.degrade import degrade
-from lmae_sdk.labels import (InputError, label_planes, nearest_known, prior_planes, read_label, resize_logits,
-                             upsampled_prediction, write_label)
+from lmae_sdk.labels import (InputError, geodesic_nearest, label_planes, nearest_known, prior_planes, propagate,
+                             read_label, resize_logits, upsampled_prediction, write_label)
 from lmae_sdk.metrics import CompletionMeter, confusion, iou_per_class, mean_iou
 from lmae_sdk.preprocess import finish
 
@@ -60,6 +60,79 @@ def test_nearest_known_and_prior():
     assert pri.shape == (3, 8, 8) and np.allclose(pri[:2].sum(0), 1.0)
     ids, dist = nearest_known(np.full((4, 4), 255, np.uint8))
     assert (ids == 255).all() and np.isinf(dist).all()
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_geodesic_nearest_stops_at_image_edges(transpose):
+    img = np.zeros((20, 40, 3), np.uint8)
+    img[:, 25:] = 255  # an object edge at column 25
+    lab = np.full((20, 40), 255, np.uint8)
+    lab[:, :23] = 0
+    lab[:, 36:] = 1
+    if transpose:  # the same scene on columns: exercises the vertical sweeps
+        img, lab = img.transpose(1, 0, 2).copy(), lab.T.copy()
+    before = lab.copy()
+    geo = geodesic_nearest(img, lab)
+    euc = nearest_known(lab)[0]
+    if transpose:
+        geo, euc = geo.T, euc.T
+    assert (lab == before).all()  # input untouched
+    assert (geo[:, :25] == 0).all() and (geo[:, 25:] == 1).all()  # the hole splits at the edge
+    assert (euc[:, 27] == 0).all()  # where plain nearest leaks class 0 across it
+
+
+def _dijkstra_labels(img: np.ndarray, lab: np.ndarray, edge_weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: exact 4-connected geodesic nearest label and the gap to the best other label."""
+    import heapq
+    g = img.astype(np.float64) / 255
+    h, w = lab.shape
+    best = {}
+    for c in np.unique(lab[lab != 255]):
+        d = np.full((h, w), np.inf)
+        heap = [(0.0, y, x) for y, x in zip(*np.nonzero(lab == c))]
+        for _, y, x in heap:
+            d[y, x] = 0.0
+        while heap:
+            dv, y, x = heapq.heappop(heap)
+            if dv > d[y, x]:
+                continue
+            for yy, xx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= yy < h and 0 <= xx < w:
+                    nd = dv + 1 + edge_weight * np.abs(g[yy, xx] - g[y, x]).sum()
+                    if nd < d[yy, xx]:
+                        d[yy, xx] = nd
+                        heapq.heappush(heap, (nd, yy, xx))
+        best[int(c)] = d
+    classes = sorted(best)
+    stack = np.stack([best[c] for c in classes])
+    order = np.sort(stack, axis=0)
+    gap = order[1] - order[0] if len(classes) > 1 else np.full((h, w), np.inf)
+    return np.asarray(classes)[stack.argmin(0)], gap
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_geodesic_nearest_matches_dijkstra(seed):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (12, 15, 3)).astype(np.uint8)
+    lab = np.where(rng.random((12, 15)) < 0.15, rng.integers(0, 3, (12, 15)), 255).astype(np.uint8)
+    ref, gap = _dijkstra_labels(img, lab, edge_weight=2.0)
+    got = geodesic_nearest(img, lab, edge_weight=2.0, blur_sigma=0, rounds=12)  # enough sweeps to converge
+    clear = gap > 1e-3  # ties may go either way
+    assert clear.mean() > 0.8
+    assert (got[clear] == ref[clear]).all()
+
+
+def test_prior_modes():
+    img = np.zeros((8, 8, 3), np.uint8)
+    lab = np.full((8, 8), 255, np.uint8)
+    lab[:, :2] = 0
+    lab[:, 6:] = 1
+    pri = prior_planes(lab, 2, (8, 8), image=img, mode="geodesic")
+    assert np.allclose(pri, prior_planes(lab, 2, (8, 8)))  # flat image: no edges to respect
+    with pytest.raises(ValueError, match="needs the image"):
+        prior_planes(lab, 2, (8, 8), mode="geodesic")
+    with pytest.raises(ValueError, match="prior mode"):
+        prior_planes(lab, 2, (8, 8), mode="bilateral")
 
 
 @pytest.mark.parametrize("strategy", ["random", "background", "label", "blocks", "objects"])
@@ -123,6 +196,19 @@ def test_near_copy_takes_the_nearest_known_label_close_to_known_pixels():
     assert (out[:, 8] == 0).all() and (out[:, 11] == 1).all()  # 1 px from known: copied
     assert conf[0, 8] < 0.01  # the model's probability of the copied class
     np.testing.assert_array_equal(out[partial != 255], partial[partial != 255])
+
+
+def test_near_copy_with_geodesic_propagation_respects_image_edges():
+    img = np.zeros((20, 40, 3), np.uint8)
+    img[:, 25:] = 255
+    partial = np.full((20, 40), 255, np.uint8)
+    partial[:, :23] = 0
+    partial[:, 36:] = 1
+    logits = np.zeros((2, 20, 40), np.float32)  # an undecided model: argmax says class 0
+    euc, _ = finish(logits, partial, near_copy_px=20)
+    geo, _ = finish(logits, partial, near_copy_px=20, propagated=propagate(partial, img, "geodesic"))
+    assert (euc[:, 25:30] == 0).all()  # Euclidean copy leaks class 0 over the edge
+    assert (geo[:, 25:36] == 1).all() and (geo[:, 23:25] == 0).all()
 
 
 @pytest.mark.parametrize("size", [(8, 12), (21, 30)])

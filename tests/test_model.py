@@ -56,6 +56,16 @@ def test_config_round_trip():
     assert LMAEConfig.from_dict(cfg.to_dict()) == cfg
 
 
+def test_prior_mode_defaults_for_older_checkpoints_and_is_validated():
+    cfg = make_config("tiny", 5, prior_mode="geodesic")
+    assert LMAEConfig.from_dict(cfg.to_dict()).prior_mode == "geodesic"
+    older = cfg.to_dict()
+    del older["prior_mode"]  # checkpoints written before the field existed
+    assert LMAEConfig.from_dict(older).prior_mode == "euclidean"
+    with pytest.raises(ValueError, match="prior_mode"):
+        make_config("tiny", 5, prior_mode="bilateral")
+
+
 def test_pos_embed_is_sincos_and_distinct():
     pe = sincos_pos_embed_2d(32, 3, 4)
     assert pe.shape == (12, 32)

@@ -149,3 +149,32 @@ def test_bad_inputs_raise_or_are_reported(completer, tmp_path):
     assert "differs" in str(rs[1].error) and "class ids" in str(rs[2].error) and "rgb.png" in str(rs[3].error)
     with pytest.raises(InputError):
         list(completer.complete_batch(pairs, batch_size=2))
+
+
+@pytest.mark.parametrize("tile", [False, True])
+def test_geodesic_model_propagates_once_and_near_copy_follows_image_edges(tmp_path, tile, monkeypatch):
+    from lmae_sdk import LMAECompleter
+    from lmae_sdk.labels import geodesic_nearest
+    from lmae_sdk.runtime import completer as completer_module
+
+    torch.manual_seed(0)
+    m = LMAE(make_config("tiny", 5, img_size=MODEL, prior_mode="geodesic"))
+    ck = make_checkpoint(m, class_names=list("abcde"), palette=None, mask_ratios=[0.5], label_resize="soft",
+                         unknown_threshold=0.5)
+    ck["near_copy_px"] = 1000.0  # every hole pixel copies the propagated label
+    save_checkpoint(ck, tmp_path / "geo.pt")
+    c = LMAECompleter.load(tmp_path / "geo.pt", backend="torch", threads=1)
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 60, (72, 100, 3)).astype(np.uint8)
+    img[:, 50:] += 150  # a strong edge at column 50
+    lab = np.full((72, 100), 255, np.uint8)
+    lab[:, :44] = 1
+    lab[:, 70:] = 3
+    lab[:20, 20:30] = 255
+    calls = []
+    real = completer_module.propagate
+    monkeypatch.setattr(completer_module, "propagate", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    r = c.complete(img, lab, tile=tile, tile_scale=0.6)
+    assert calls == ["geodesic"]  # the whole image propagated once, in the model's mode
+    np.testing.assert_array_equal(r.label, geodesic_nearest(img, lab))
+    assert (r.label[:, 50:70] == 3).all()

@@ -2,8 +2,9 @@
 
 * ``unknown_threshold``: the unknown share above which a patch is masked (completed by
   the decoder) instead of staying visible with pixel holes;
-* ``near_copy_px``: hole pixels this close to a known pixel copy its label (the model
-  runs at model resolution; right next to a known pixel the full-resolution copy is sharper).
+* ``near_copy_px``: hole pixels this close to a known pixel copy the propagated label (the
+  model runs at model resolution; near known pixels the full-resolution copy is sharper,
+  and a geodesic copy, which stops at image edges, stays better further into the hole).
 
 The model runs once per threshold; every ``near_copy_px`` value reuses those logits.  Each
 image goes to the engine the runtime would pick (a range model: the smallest of its ratios
@@ -30,7 +31,7 @@ from .train import routed_logits
 
 def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = None,
               thresholds: tuple[float, ...] = (0.25, 0.5, 0.75, 0.95),
-              near_copy: tuple[float, ...] = (0, 2, 4, 6, 8, 12), strategy: str = "random", ratio: float = 0.5,
+              near_copy: tuple[float, ...] = (0, 2, 4, 8, 12, 16, 24, 32), strategy: str = "random", ratio: float = 0.5,
               limit: int = 0, threads: int = 0, tie_tolerance: float = 0.1, log=print) -> dict:
     if threads:
         torch.set_num_threads(threads)
@@ -46,7 +47,7 @@ def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = 
     meters = {k: CompletionMeter(cfg.num_classes) for k in itertools.product(thresholds, near_copy)}
     model.eval()
     for th in thresholds:
-        for gts, partials, inp in vs.batches(16):
+        for gts, partials, inp, propagated in vs.batches(16):
             items = [inp.item(j) for j in range(len(gts))]
             engine = [route_image(it, cfg, ratios, th, bg, force_final=True).mask_ratio for it in items]
             logits = [None] * len(items)
@@ -58,7 +59,8 @@ def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = 
                     logits[j] = lg
             for j, (gt, partial) in enumerate(zip(gts, partials)):
                 for nc in near_copy:
-                    meters[(th, nc)].update(finish(logits[j], partial, near_copy_px=nc)[0], gt, partial)
+                    meters[(th, nc)].update(finish(logits[j], partial, near_copy_px=nc, propagated=propagated[j])[0],
+                                            gt, partial)
     rows = []
     for (th, nc), meter in meters.items():
         s = meter.summary(info.class_names)

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lmae_sdk.degrade import degrade
-from lmae_sdk.labels import UNKNOWN, InputError, check_label_ids, read_image, read_label
+from lmae_sdk.labels import UNKNOWN, InputError, check_label_ids, propagate, read_image, read_label
 from lmae_sdk.masking import DEFAULT_MIX, DEFAULT_UNKNOWN_THRESHOLD, sample_strategy
 from lmae_sdk.model import LMAEConfig
 from lmae_sdk.preprocess import ModelInputs, prepare, route
@@ -126,7 +126,9 @@ class ValSet:
         for i, (img, lab) in enumerate(data):
             partial = degrade(lab, ratio, strategy, np.random.default_rng([seed, i]), patch=patch,
                               background_index=background_index)
-            self.items.append((lab, partial, prepare(img, partial, cfg, label_resize)))
+            propagated = propagate(partial, img, cfg.prior_mode)  # for the prior and for near-copy
+            self.items.append((lab, partial, prepare(img, partial, cfg, label_resize, propagated=propagated),
+                               propagated))
         self.strategy, self.ratio = strategy, ratio
 
     def __len__(self) -> int:
@@ -135,4 +137,5 @@ class ValSet:
     def batches(self, batch_size: int):
         for s in range(0, len(self.items), batch_size):
             chunk = self.items[s: s + batch_size]
-            yield [c[0] for c in chunk], [c[1] for c in chunk], ModelInputs.stack([c[2] for c in chunk])
+            yield ([c[0] for c in chunk], [c[1] for c in chunk], ModelInputs.stack([c[2] for c in chunk]),
+                   [c[3] for c in chunk])

@@ -101,10 +101,11 @@ def evaluate(model: LMAE, valset: ValSet, mask_ratio: float, strategy: str, thre
     meter = CompletionMeter(model.cfg.num_classes)
     model.eval()
     rng = np.random.default_rng(0)
-    for gts, partials, inp in valset.batches(batch_size):
+    for gts, partials, inp, propagated in valset.batches(batch_size):
         logits = routed_logits(model, inp, mask_ratio, strategy, threshold, background_index, device, rng)
         for j, (gt, partial) in enumerate(zip(gts, partials)):
-            meter.update(finish(logits[j], partial, near_copy_px=near_copy_px)[0], gt, partial)
+            meter.update(finish(logits[j], partial, near_copy_px=near_copy_px, propagated=propagated[j])[0], gt,
+                         partial)
     return meter.summary(class_names)
 
 

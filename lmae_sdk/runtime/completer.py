@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..bundle import Manifest, read_manifest
-from ..labels import UNKNOWN, InputError, check_label_ids, read_image, read_label, resize_logits
+from ..labels import UNKNOWN, InputError, check_label_ids, propagate, read_image, read_label, resize_logits
 from ..masking import MaskPlan, num_masked
 from ..model import LMAEConfig
 from ..preprocess import ModelInputs, finish, prepare
@@ -83,8 +83,10 @@ class _Job:
 class _Item:
     index: int
     name: str | None
+    image: np.ndarray | None = None
     partial: np.ndarray | None = None
     palette: list | None = None
+    propagated: tuple[np.ndarray, np.ndarray] | None = None  # labels.propagate of the whole partial
     jobs: list[_Job] = field(default_factory=list)
     error: Exception | None = None
 
@@ -318,10 +320,13 @@ class LMAECompleter:
         item = _Item(index, name)
         try:
             img, lab, palette = self._validate(image, partial)
-            item.partial, item.palette = lab, palette
+            item.image, item.partial, item.palette = img, lab, palette
+            windows = self._windows(lab.shape, tile, tile_scale)
+            if len(windows) == 1 and (self.cfg.prior or self.near_copy_px > 0):  # serves prior and near-copy
+                item.propagated = propagate(lab, img, self.cfg.prior_mode, self.unknown_index)
             item.jobs = [self._prepare(_Job(img[y0:y1, x0:x1], lab[y0:y1, x0:x1], lab[y0:y1, x0:x1],
-                                            (y0, y1, x0, x1)))
-                         for y0, y1, x0, x1 in self._windows(lab.shape, tile, tile_scale)]
+                                            (y0, y1, x0, x1)), propagated=item.propagated)
+                         for y0, y1, x0, x1 in windows]
         except Exception as e:
             if on_error == "raise":
                 raise
@@ -368,8 +373,9 @@ class LMAECompleter:
         ys, xs = _starts(H, wh), _starts(W, ww)
         return [(y, y + wh, x, x + ww) for y in ys for x in xs]
 
-    def _prepare(self, job: _Job, force_final: bool = False) -> _Job:
-        job.inputs = prepare(job.image, job.working, self.cfg, self.label_resize, self.unknown_index)
+    def _prepare(self, job: _Job, force_final: bool = False,
+                 propagated: tuple[np.ndarray, np.ndarray] | None = None) -> _Job:
+        job.inputs = prepare(job.image, job.working, self.cfg, self.label_resize, self.unknown_index, propagated)
         job.decision = route_image(job.inputs, self.cfg, self.mask_ratios, self.unknown_threshold,
                                    self.background_index, force_final)
         return job
@@ -422,7 +428,10 @@ class LMAECompleter:
             logits = item.jobs[0].logits
         else:
             logits = self._blend(item.jobs, partial.shape)
-        label, conf = finish(logits, partial, self.unknown_index, min_confidence, self.near_copy_px)
+        propagated = item.propagated
+        if propagated is None and self.near_copy_px > 0:  # tiled: propagate over the whole image
+            propagated = propagate(partial, item.image, self.cfg.prior_mode, self.unknown_index)
+        label, conf = finish(logits, partial, self.unknown_index, min_confidence, self.near_copy_px, propagated)
         hole = partial == self.unknown_index
         unreliable = int((label[hole] == self.unknown_index).sum())
         runs = Counter()
