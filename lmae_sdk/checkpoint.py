@@ -7,6 +7,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .labels import IMAGENET_MEAN, IMAGENET_STD, atomic_write_bytes
@@ -50,9 +51,21 @@ def make_checkpoint(model: LMAE, *, class_names: list[str], palette: list[list[i
     }
 
 
+def _builtin(obj: Any) -> Any:
+    """numpy scalars / arrays in metrics and arguments -> Python builtins: weights_only
+    loading refuses numpy types, so one stray ``np.float64`` would make the file unreadable."""
+    if isinstance(obj, dict):
+        return {k: _builtin(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_builtin(v) for v in obj)
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.tolist()
+    return obj
+
+
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
     buf = io.BytesIO()
-    torch.save(ckpt, buf)
+    torch.save(_builtin(ckpt), buf)
     atomic_write_bytes(path, buf.getvalue())
 
 

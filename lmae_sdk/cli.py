@@ -34,7 +34,7 @@ def _parse_ratios(s: str) -> list[tuple[float, ...]]:
                 step = rest[0] if rest else 0.1
                 if len(rest) > 1 or step <= 0 or hi < lo:
                     raise ValueError
-                out.append(tuple(round(v, 3) for v in np.arange(lo, hi + 1e-9, step)))
+                out.append(tuple(round(float(v), 3) for v in np.arange(lo, hi + 1e-9, step)))
             else:
                 out.append((float(part),))
         except ValueError:

@@ -28,6 +28,21 @@ def test_round_trip_with_weights_only(tmp_path):
         assert key in ck
 
 
+def test_numpy_values_are_saved_as_builtins(tmp_path):
+    """A numpy scalar anywhere (a metric, a parsed range of mask ratios) must not make the
+    file unreadable under weights_only."""
+    import numpy as np
+
+    model, path = _ckpt(tmp_path)
+    ck = load_checkpoint(path)
+    ck["metrics"] = {"pa_miou": np.float64(61.5), "confusion": np.eye(2, dtype=np.int64)}
+    ck["train_args"] = {"mask_ratios": (np.float64(0.25), np.float64(0.5))}
+    save_checkpoint(ck, path)
+    back = load_checkpoint(path)
+    assert back["metrics"] == {"pa_miou": 61.5, "confusion": [[1, 0], [0, 1]]}
+    assert back["train_args"]["mask_ratios"] == (0.25, 0.5) and type(back["train_args"]["mask_ratios"][0]) is float
+
+
 class Evil:
     def __reduce__(self):
         return (print, ("pwned",))

@@ -171,6 +171,7 @@ def test_train_mask_ratio_syntax():
     assert _parse_ratios("0.5,0.7") == [(0.5,), (0.7,)]  # one model each
     assert _parse_ratios("0.4:0.6") == [(0.4, 0.5, 0.6)]  # one range model, step 0.1
     assert _parse_ratios("0.25:0.75:0.25") == [(0.25, 0.5, 0.75)]
+    assert all(type(v) is float for v in _parse_ratios("0.25:0.75:0.25")[0])  # not numpy: checkpoints hold them
     for bad in ("0.8:0.4", "0.2:0.6:0", "a", "0.5:1.2"):
         with pytest.raises(click.BadParameter):
             _parse_ratios(bad)
