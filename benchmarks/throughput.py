@@ -317,6 +317,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--input-size", default="360x480", help="HxW of the synthetic input scenes")
     ap.add_argument("--model-size", default=None, help="HxW model input (default: the preset's 224x288)")
     ap.add_argument("--num-classes", type=int, default=11)
+    ap.add_argument("--prior-mode", default=None, choices=["euclidean", "geodesic"],
+                    help="host-side propagation for the prior planes (default: the preset's)")
     ap.add_argument("--mask-ratio", type=float, default=0.5, help="the engine measured engine-only")
     ap.add_argument("--engines", default="0.5,0.75", help="mask ratios of the checkpoint / bundle engines")
     ap.add_argument("--hole-ratio", type=float, default=0.35, help="unknown share of the partial labels")
@@ -408,10 +410,14 @@ def main(argv=None) -> dict[str, Any]:
             kw = {"img_size": _hw(a.model_size)} if a.model_size else {}
             from lmae_sdk.model import make_config
 
-            size = kw.get("img_size") or make_config(preset, num_classes).img_size
-            pt = random_checkpoint(tmp / f"{preset}.pt", preset, num_classes, size, engines)
+            prior = {"prior_mode": a.prior_mode} if a.prior_mode else {}
+            cfg = make_config(preset, num_classes, **prior)
+            size, prior_mode = kw.get("img_size") or cfg.img_size, cfg.prior_mode
+            pt = random_checkpoint(tmp / f"{preset}.pt", preset, num_classes, size, engines, **prior)
             flops[preset] = model_flops(pt, a.mask_ratio)
+            flops[preset]["prior_mode"] = prior_mode
             print(f"\n== preset {preset}: {flops[preset]['params'] / 1e6:.2f}M params, model {size[0]}x{size[1]}, "
+                  f"prior {prior_mode}, "
                   f"{flops[preset]['per_image'] / 1e9:.2f} GFLOP/image at m={a.mask_ratio} "
                   f"(refine head {flops[preset]['refine_head'] / 1e9:.2f})", flush=True)
             bundle = None
@@ -483,7 +489,8 @@ def _print_report(p: dict[str, Any]) -> None:
     print(table(p["results"], cols))
     for preset, f in p["flops"].items():
         print(f"{preset}: {f['per_image'] / 1e9:.2f} GFLOP/image (encoder {f['encoder'] / 1e9:.2f}, decoder "
-              f"{f['decoder'] / 1e9:.2f}, of which refine head {f['refine_head'] / 1e9:.2f}), {f['params'] / 1e6:.2f}M params")
+              f"{f['decoder'] / 1e9:.2f}, of which refine head {f['refine_head'] / 1e9:.2f}), "
+              f"{f['params'] / 1e6:.2f}M params, prior {f.get('prior_mode', 'euclidean')}")
     print(f"matmul peak: {p['matmul_peak']['gflops']:.1f} GFLOP/s")
     for b, why in p["skipped_backends"].items():
         print(f"skipped {b}: {why}")

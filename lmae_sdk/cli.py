@@ -91,7 +91,8 @@ def main() -> None:
 @click.option("--no-ips", is_flag=True, help="learned mask token instead of Image Patch Supplement")
 @click.option("--no-prior", is_flag=True, help="no propagation planes (the paper's input)")
 @click.option("--prior-mode", default=None, type=click.Choice(["euclidean", "geodesic"]),
-              help="propagation for the prior planes: nearest known label, or nearest along image paths")
+              help="propagation for the prior planes: nearest along image paths (the presets' default) "
+                   "or nearest known pixel (cheaper on the host)")
 @click.option("--refine-width", default=None, type=int, help="0 disables the refinement stage")
 @click.option("--refine-arch", default=None, type=click.Choice(["plain", "unet"]))
 @click.option("--init-from", default=None, type=click.Path(exists=True, dir_okay=False),
@@ -150,7 +151,8 @@ def train(**kw) -> None:
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="dataset with a val split")
 @click.option("--out", default=None, help="write the calibrated checkpoint here (default: in place, atomically)")
 @click.option("--thresholds", default="0.25,0.5,0.75,0.95", show_default=True)
-@click.option("--near-copy", default="0,2,4,8,12,16,24,32", show_default=True, help="near_copy_px values (input pixels)")
+@click.option("--near-copy", default="0,2,4,8,12,16,24,32", show_default=True,
+              help="near_copy_px values (input pixels)")
 @click.option("--setting", default="random:0.5", show_default=True, help="degrade STRATEGY:RATIO for the val labels")
 @click.option("--limit", default=0, type=int, help="first N val pairs (0 = all)")
 @click.option("--threads", default=0, type=int)

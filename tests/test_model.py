@@ -57,7 +57,8 @@ def test_config_round_trip():
 
 
 def test_prior_mode_defaults_for_older_checkpoints_and_is_validated():
-    cfg = make_config("tiny", 5, prior_mode="geodesic")
+    cfg = make_config("tiny", 5)
+    assert cfg.prior_mode == "geodesic" and make_config("small", 11).prior_mode == "geodesic"  # presets' default
     assert LMAEConfig.from_dict(cfg.to_dict()).prior_mode == "geodesic"
     older = cfg.to_dict()
     del older["prior_mode"]  # checkpoints written before the field existed

@@ -123,7 +123,7 @@ def test_warm_start_takes_matching_tensors(tmp_path, synth_root):
 
 
 def test_bf16_autocast_trains(tmp_path, synth_root):
-    best = train(_tc(synth_root, tmp_path / "bf.pt", epochs=2, amp="bf16"))
+    best = train(_tc(synth_root, tmp_path / "bf.pt", epochs=4, amp="bf16"))
     log = json.loads((tmp_path / "bf.log.json").read_text())
     assert all(np.isfinite(r["train_loss"]) for r in log)
     assert log[-1]["train_loss"] < log[0]["train_loss"]

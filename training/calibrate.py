@@ -31,8 +31,8 @@ from .train import routed_logits
 
 def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = None,
               thresholds: tuple[float, ...] = (0.25, 0.5, 0.75, 0.95),
-              near_copy: tuple[float, ...] = (0, 2, 4, 8, 12, 16, 24, 32), strategy: str = "random", ratio: float = 0.5,
-              limit: int = 0, threads: int = 0, tie_tolerance: float = 0.1, log=print) -> dict:
+              near_copy: tuple[float, ...] = (0, 2, 4, 8, 12, 16, 24, 32), strategy: str = "random",
+              ratio: float = 0.5, limit: int = 0, threads: int = 0, tie_tolerance: float = 0.1, log=print) -> dict:
     if threads:
         torch.set_num_threads(threads)
     ck = load_checkpoint(ckpt_path)
