@@ -28,7 +28,10 @@ BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
 # keys every engine of a bundle must agree on (they define pre/post-processing)
 SHARED_KEYS = ("class_names", "palette", "image_size", "patch_size", "num_patches", "normalization",
-               "unknown_index", "label_resize", "unknown_threshold", "background_index", "near_copy_px")
+               "unknown_index", "label_resize", "unknown_threshold", "background_index", "near_copy_px",
+               "prior_mode")
+# absent from bundles written before they existed; the runtime then reads the engines' model_config
+OPTIONAL_SHARED_KEYS = ("prior_mode",)
 ENGINE_KEYS = ("name", "mask_ratio", "num_visible", "num_patches", "precision", "backend", "encoder", "decoder",
                "inputs", "model_config", "producer")
 
@@ -104,7 +107,7 @@ def read_manifest(root: str | os.PathLike, verify_files: bool = True) -> Manifes
     if data.get("format_version") != BUNDLE_VERSION:
         raise BundleError(f"{path}: bundle format version {data.get('format_version')!r} is not supported "
                           f"(this lmae-sdk reads version {BUNDLE_VERSION})")
-    missing = [k for k in SHARED_KEYS + ("engines",) if k not in data]
+    missing = [k for k in SHARED_KEYS + ("engines",) if k not in data and k not in OPTIONAL_SHARED_KEYS]
     if missing:
         raise BundleError(f"{path}: missing keys {missing}")
     for e in data["engines"]:

@@ -124,3 +124,21 @@ def test_cli_complete_with_bundle(bundle, tmp_path):
         done, _ = read_label(out / f"f{i}.png")
         part, _ = read_label(labs / f"f{i}.png")
         assert (done != 255).all() and (done[part != 255] == part[part != 255]).all()
+
+
+def test_manifest_states_the_prior_mode_and_older_bundles_still_load(bundle, tmp_path):
+    import shutil
+
+    from lmae_sdk import LMAECompleter
+
+    data = json.loads((bundle / "manifest.json").read_text())
+    assert data["prior_mode"] == "geodesic"  # pre-processing is readable from the manifest alone
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    del data["prior_mode"]  # a bundle written before the key existed
+    (copy / "manifest.json").write_text(json.dumps(data))
+    assert LMAECompleter.load(copy, backend="onnxruntime", threads=1).cfg.prior_mode == "geodesic"
+    data["prior_mode"] = "euclidean"  # contradicts the engines
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BackendError, match="prior_mode"):
+        LMAECompleter.load(copy, backend="onnxruntime", threads=1)

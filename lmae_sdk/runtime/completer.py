@@ -226,6 +226,9 @@ class LMAECompleter:
             raise BackendError(f"{man.root}: no {backend} engine with precision {list(pref)}"
                                + (f" and mask ratios {list(mask_ratios)}" if mask_ratios else ""))
         cfg = _filter_config(next(iter(by_ratio.values()))["model_config"])
+        if cfg.prior and man.data.get("prior_mode") not in (None, cfg.prior_mode):
+            raise BackendError(f"{man.root}: manifest prior_mode {man.data['prior_mode']!r} contradicts the "
+                               f"engines' model_config ({cfg.prior_mode!r})")
         engines = []
         for m, e in sorted(by_ratio.items()):
             enc, dec = man.file(e, "encoder"), man.file(e, "decoder")
