@@ -84,6 +84,7 @@ def test_geodesic_nearest_stops_at_image_edges(transpose):
 def _dijkstra_labels(img: np.ndarray, lab: np.ndarray, edge_weight: float) -> tuple[np.ndarray, np.ndarray]:
     """Reference: exact 4-connected geodesic nearest label and the gap to the best other label."""
     import heapq
+
     g = img.astype(np.float64) / 255
     h, w = lab.shape
     best = {}
