@@ -86,8 +86,8 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
         "gpu": _gpu(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "versions": {m: _version(m) for m in ("lmae_sdk", "torch", "onnxruntime", "onnx", "numpy", "cv2", "scipy",
-                                               "skimage", "tensorrt", "matplotlib")},
+        "versions": {m: _version(m) for m in ("lmae_sdk", "torch", "onnxruntime", "onnx", "numpy", "numba", "cv2",
+                                               "scipy", "skimage", "tensorrt", "matplotlib")},
         "git_commit": _git_commit(),
     }
 

@@ -10,7 +10,9 @@ On a dataset's val split, each full label is degraded with ``lmae_sdk.degrade.de
 * L-MAE (every ``--model``: a ``.pt`` or a bundle, through ``LMAECompleter``),
 * ``nearest`` (nearest known label), ``random_walker`` (scikit-image; beta tuned on a few
   TRAIN images only, at random 0.5), ``slic_vote`` (SLIC superpixel majority),
-  ``geodesic`` (the SDK's edge-aware nearest fill, the propagation behind its geodesic prior).
+  ``geodesic`` (the SDK's edge-aware nearest fill, the propagation behind its geodesic prior);
+with ``--oracle`` also the border-label oracle (reads the ground truth: a hole pixel is right
+whenever its class occurs on its hole's border), the headroom of label re-distribution.
 
 Reported per (method, setting): PA-mIoU (completed pixels), unknown-area pixel accuracy,
 global mIoU, seconds per image (everything the method does, reading aside).  Targets:
@@ -38,6 +40,7 @@ DEFAULT_SETTINGS = "random:0.3,random:0.5,random:0.7,blocks:0.5,objects:0.5"
 TARGET_MARGIN_PA = 8.0  # L-MAE - RW, PA-mIoU points, at random 0.5 and blocks 0.5
 TARGET_OBJECTS_PA = 35.0  # L-MAE PA-mIoU at objects 0.5
 TARGET_SPEEDUP = 20.0  # RW s/img / L-MAE s/img
+ORACLE = "border-label oracle"
 
 
 def parse_settings(s: str) -> list[tuple[str, float]]:
@@ -69,15 +72,16 @@ def make_partials(data, strategy: str, ratio: float, seed: int, patch: int, back
                     background_index=background_index) for i, (_, lab) in enumerate(data)]
 
 
-def score(method_fn, data, partials, num_classes: int) -> tuple[dict[str, Any], float]:
-    """Run a per-image completer, pool the metrics; (summary, seconds per image)."""
+def score(method_fn, data, partials, num_classes: int, with_truth: bool = False) -> tuple[dict[str, Any], float]:
+    """Run a per-image completer, pool the metrics; (summary, seconds per image).
+    ``with_truth``: the method also gets the ground truth (the oracle)."""
     from lmae_sdk.metrics import CompletionMeter
 
     meter = CompletionMeter(num_classes)
     secs = 0.0
     for (img, gt), partial in zip(data, partials):
         t0 = time.perf_counter()
-        out = method_fn(img, partial)
+        out = method_fn(img, partial, gt) if with_truth else method_fn(img, partial)
         secs += time.perf_counter() - t0
         meter.update(out, gt, partial)
     return meter.summary(), secs / max(len(data), 1)
@@ -115,6 +119,26 @@ def tune_beta(root: str, betas: list[float], n_images: int, seed: int, patch: in
     return {"chosen": best, "split": "train", "images": len(data), "setting": "random 0.5", "scores": scores}
 
 
+def tune_geodesic(root: str, blurs: list[float], edge_weights: list[float], n_images: int, seed: int,
+                  patch: int) -> dict[str, Any]:
+    """Geodesic fill's (blur, edge weight) grid by PA-mIoU on ``n_images`` TRAIN images at
+    random 0.5 (how ``labels.TUNED_BLUR`` / ``TUNED_EDGE_WEIGHT`` were chosen)."""
+    from lmae_sdk.labels import geodesic_nearest
+
+    data, info = load_split(root, "train", n_images)
+    partials = make_partials(data, "random", 0.5, seed + 1000, patch, info.background_index)
+    grid = []
+    for blur in blurs:
+        for ew in edge_weights:
+            s, secs = score(lambda im, p, b=blur, e=ew: geodesic_nearest(im, p, edge_weight=e, blur_sigma=b), data,
+                            partials, info.num_classes)
+            grid.append({"blur_sigma": blur, "edge_weight": ew, "pa_miou": s["pa_miou"], "seconds_per_image": secs})
+            print(f"  geodesic blur {blur:g} edge weight {ew:g}: PA-mIoU {s['pa_miou']:.2f}", flush=True)
+    best = max(grid, key=lambda r: r["pa_miou"])
+    return {"chosen": {k: best[k] for k in ("blur_sigma", "edge_weight")}, "split": "train", "images": len(data),
+            "setting": "random 0.5", "grid": grid}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_CAMVID))
@@ -124,8 +148,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--baselines", default="nearest,geodesic,random_walker,slic_vote")
     ap.add_argument("--settings", default=DEFAULT_SETTINGS, help="strategy:ratio,...")
+    ap.add_argument("--oracle", action="store_true",
+                    help="add the border-label oracle (reads the ground truth: headroom, not a completer)")
     ap.add_argument("--tune-beta", default="50,130,500,1000,2000", help="RW betas tried on train images")
     ap.add_argument("--tune-images", type=int, default=10)
+    ap.add_argument("--tune-geodesic", default=None, metavar="BLURS:EDGE_WEIGHTS",
+                    help="grid-search the geodesic fill on --tune-images TRAIN images first, "
+                         "e.g. 0,0.7,1.2,2:30,100,300,1000")
     ap.add_argument("--beta", type=float, default=None, help="fixed RW beta (skips tuning)")
     ap.add_argument("--patch", type=int, default=32, help="degrade grid patch / minimum block side (px)")
     ap.add_argument("--batch-size", type=int, default=8)
@@ -140,7 +169,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict[str, Any]:
     a = parse_args(argv)
     set_threads(a.threads)
-    from benchmarks.baselines import BASELINES
+    from benchmarks.baselines import BASELINES, border_oracle_fill
     from lmae_sdk.runtime.completer import LMAECompleter
 
     json_path, png_path = out_paths(a.out, "quality", a.smoke)
@@ -152,6 +181,8 @@ def main(argv=None) -> dict[str, Any]:
                                          class_names=["background", "disc", "box", "bar", "blob"]))]
         a.limit, a.tune_images, a.tune_beta, a.patch = 4, 2, "130,1000", 16
         a.settings = "random:0.5,blocks:0.5,objects:0.5"
+        a.oracle = True
+        a.tune_geodesic = "0,1.2:100,1000"
     t_start = time.perf_counter()
     payload: dict[str, Any] = {"benchmark": "quality", "smoke": a.smoke, "args": vars(a),
                                "machine": machine_info(a.threads)}
@@ -171,6 +202,10 @@ def main(argv=None) -> dict[str, Any]:
                 beta_info["tuned"] = True
             print(f"RW beta = {beta_info['chosen']:g}", flush=True)
         payload["random_walker_beta"] = beta_info
+        if a.tune_geodesic:
+            blurs, weights = ([float(v) for v in part.split(",")] for part in a.tune_geodesic.split(":"))
+            print(f"tuning the geodesic fill on {a.tune_images} train images (random 0.5)", flush=True)
+            payload["geodesic_tuning"] = tune_geodesic(a.data, blurs, weights, a.tune_images, a.seed, a.patch)
 
         completers = {}
         for m in a.model:
@@ -198,6 +233,10 @@ def main(argv=None) -> dict[str, Any]:
                 rows.append(_row(b, "baseline", sname, s, secs, hole))
                 print(f"  {sname:>12} {b:>24}: PA-mIoU {s['pa_miou']:6.2f}  acc {s['pa_pixel_acc']:6.2f}  "
                       f"global {s['global_miou']:6.2f}  {secs:.3f} s/img", flush=True)
+            if a.oracle:
+                s, secs = score(border_oracle_fill, data, partials, n, with_truth=True)
+                rows.append(_row(ORACLE, "oracle", sname, s, secs, hole))
+                print(f"  {sname:>12} {ORACLE:>24}: PA-mIoU {s['pa_miou']:6.2f}  (reads the ground truth)", flush=True)
         payload["results"] = rows
         payload["dataset"] = {"root": a.data, "split": a.split, "images": len(data), "classes": info.class_names}
         payload["target_checks"] = _targets(rows, list(completers))

@@ -158,7 +158,7 @@ def example_inputs(cfg: LMAEConfig, part: str, mask_ratio: float, batch: int = 2
     full = {
         "image": torch.randn(batch, 3, h, w, generator=g),
         "label_planes": torch.rand(batch, n, h, w, generator=g),
-        "prior": torch.rand(batch, n + 1, h, w, generator=g),
+        "prior": torch.rand(batch, cfg.prior_channels, h, w, generator=g),
         "ids_keep": keep.long(), "ids_mask": mask.long(), "ids_restore": restore.long(),
         "latent": torch.randn(batch, k, cfg.embed_dim, generator=g),
     }

@@ -12,9 +12,10 @@ tokens.  Two things differ from MAE:
 Our presets add two levers that the paper does not have (both switchable, off in the
 ``paper`` preset):
 
-* ``prior``: propagation planes (nearest-known-label one-hot + distance to the nearest
-  known pixel) computed on the host, fed next to the image; they reach masked positions
-  through IPS, so the model starts from what label propagation knows.
+* ``prior``: propagation planes (propagated-label one-hot + distance to the nearest
+  known pixel [+ the geodesic path cost of the copy]) computed on the host, fed next to
+  the image; they reach masked positions through IPS, so the model starts from what
+  label propagation knows, and the path cost tells it where that copy crossed image edges.
 * ``refine``: a light full-resolution conv stage over (coarse logits, image, label,
   prior) that restores thin structures the 16x16 patch head blurs.
 
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .labels import PRIOR_MODES
+from .labels import PRIOR_MODES, TUNED_BLUR, TUNED_EDGE_WEIGHT
 
 FUSE_MODES = ("layer", "concat", "insert")
 
@@ -53,6 +54,11 @@ class LMAEConfig:
     prior: bool = True  # propagation planes as extra input (ours)
     prior_gain: float = 2.0  # initial weight of the nearest-label logit bias
     prior_mode: str = "euclidean"  # how the prior propagates labels: euclidean | geodesic (edge-aware)
+    # geodesic step cost 1 + edge_weight * |colour change| on the image blurred by geodesic_blur;
+    # the defaults are the first geodesic models'; presets use the values tuned on CamVid train
+    geodesic_edge_weight: float = 100.0
+    geodesic_blur: float = 2.0
+    prior_path_cost: bool = False  # + a plane of the geodesic path cost (where the copy crossed edges)
     refine_width: int = 32  # 0 disables the full-resolution refinement stage
     refine_depth: int = 4
     refine_arch: str = "plain"  # plain (dilated convs) | unet (multi-scale, sees across holes)
@@ -67,6 +73,8 @@ class LMAEConfig:
             raise ValueError(f"refine_arch must be 'plain' or 'unet', got {self.refine_arch!r}")
         if self.prior_mode not in PRIOR_MODES:
             raise ValueError(f"prior_mode must be one of {PRIOR_MODES}, got {self.prior_mode!r}")
+        if self.prior_path_cost and not (self.prior and self.prior_mode == "geodesic"):
+            raise ValueError("prior_path_cost needs prior=True and prior_mode='geodesic'")
         if self.fuse not in FUSE_MODES:
             raise ValueError(f"fuse must be one of {FUSE_MODES}, got {self.fuse!r}")
         if self.num_classes < 2:
@@ -83,7 +91,7 @@ class LMAEConfig:
 
     @property
     def prior_channels(self) -> int:
-        return self.num_classes + 1 if self.prior else 0
+        return self.num_classes + 1 + int(self.prior_path_cost) if self.prior else 0
 
     def graph_inputs(self) -> dict[str, list[str]]:
         """Input names of the encoder and decoder graphs, in order: the contract between
@@ -113,17 +121,20 @@ class LMAEConfig:
         return cls(**d)
 
 
+_GEODESIC = dict(prior_mode="geodesic", geodesic_edge_weight=TUNED_EDGE_WEIGHT, geodesic_blur=TUNED_BLUR,
+                 prior_path_cost=True)
 PRESETS: dict[str, dict[str, Any]] = {
     # Ours use the geodesic prior (+2 to +4 PA-mIoU over the Euclidean one on CamVid val,
-    # benchmarks/RESULTS.md); LMAEConfig's own default stays Euclidean for older checkpoints.
+    # benchmarks/RESULTS.md) with its parameters tuned on CamVid train, and its path-cost plane;
+    # LMAEConfig's own defaults stay those of older checkpoints.
     # CI scale: trains in seconds on synthetic data.
     "tiny": dict(embed_dim=64, depth=2, num_heads=2, decoder_embed_dim=64, decoder_depth=1,
-                 decoder_num_heads=2, refine_width=16, refine_depth=2, prior_mode="geodesic"),
+                 decoder_num_heads=2, refine_width=16, refine_depth=2, **_GEODESIC),
     # Trains usefully on 2 CPU cores within two hours.
     "small": dict(embed_dim=192, depth=4, num_heads=3, decoder_embed_dim=128, decoder_depth=2,
-                  decoder_num_heads=4, refine_width=16, refine_arch="unet", prior_mode="geodesic"),
+                  decoder_num_heads=4, refine_width=16, refine_arch="unet", **_GEODESIC),
     "base": dict(embed_dim=384, depth=8, num_heads=6, decoder_embed_dim=256, decoder_depth=4,
-                 decoder_num_heads=8, refine_width=32, refine_arch="unet", prior_mode="geodesic"),
+                 decoder_num_heads=8, refine_width=32, refine_arch="unet", **_GEODESIC),
     # The paper's model: EB=8, DB=6, ED=1440, DD=720, no prior, no refinement.
     "paper": dict(embed_dim=1440, depth=8, num_heads=16, decoder_embed_dim=720, decoder_depth=6,
                   decoder_num_heads=16, prior=False, refine_width=0),
@@ -134,6 +145,8 @@ def make_config(preset: str, num_classes: int, **overrides: Any) -> LMAEConfig:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     kw = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    if "prior_path_cost" not in overrides and not (kw.get("prior", True) and kw.get("prior_mode") == "geodesic"):
+        kw["prior_path_cost"] = False  # the preset's plane goes with the geodesic prior it was set for
     return LMAEConfig(num_classes=num_classes, preset=preset, **kw)
 
 
@@ -211,7 +224,7 @@ class StackFuse(nn.Module):
     layer : [label planes (N), RGB (3)]                     -> N + 3 channels
     concat: [label as one channel (id+1)/N, 0 = unknown, RGB] -> 4 channels
     insert: [R, L, G, L, B, L] with L the one-channel label  -> 6 channels
-    The prior planes (N + 1), when enabled, are appended in every mode.
+    The prior planes (cfg.prior_channels), when enabled, are appended in every mode.
     """
 
     def __init__(self, cfg: LMAEConfig) -> None:

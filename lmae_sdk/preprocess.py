@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .labels import UNKNOWN, label_planes, nearest_known, normalize_image, prior_planes, upsampled_prediction
+from .labels import (UNKNOWN, Propagation, label_planes, nearest_known, normalize_image, prior_planes, propagate,
+                     upsampled_prediction)
 from .masking import (DEFAULT_UNKNOWN_THRESHOLD, MaskPlan, num_masked, patch_class_share, plan_masks,
                       strategy_scores, unknown_share)
 from .model import LMAEConfig
@@ -16,7 +17,7 @@ from .model import LMAEConfig
 class ModelInputs:
     image: np.ndarray  # (3, h, w) float32, normalized
     label_planes: np.ndarray  # (N, h, w) float32, unknown = 0
-    prior: np.ndarray | None  # (N + 1, h, w) float32 or None
+    prior: np.ndarray | None  # (cfg.prior_channels, h, w) float32 or None
 
     def item(self, j: int) -> "ModelInputs":
         """Image ``j`` of a stacked batch."""
@@ -28,17 +29,27 @@ class ModelInputs:
         return ModelInputs(np.stack([i.image for i in items]), np.stack([i.label_planes for i in items]), pri)
 
 
+def propagate_for(cfg: LMAEConfig, partial: np.ndarray, image: np.ndarray, unknown: int = UNKNOWN) -> Propagation:
+    """The model's label propagation (its prior mode and geodesic parameters) of a whole
+    partial label: the prior's input, and what near-copy copies."""
+    return propagate(partial, image, cfg.prior_mode, unknown, cfg.geodesic_edge_weight, cfg.geodesic_blur)
+
+
 def prepare(image: np.ndarray, partial: np.ndarray, cfg: LMAEConfig, label_resize: str = "soft",
-            unknown: int = UNKNOWN, propagated: tuple[np.ndarray, np.ndarray] | None = None) -> ModelInputs:
+            unknown: int = UNKNOWN, propagated: Propagation | None = None) -> ModelInputs:
     """RGB uint8 (H, W, 3) + partial ids (H, W) -> model-size inputs.
 
-    ``propagated``: ``labels.propagate(partial, image, cfg.prior_mode)`` when the caller
-    already has it (it is the costly part of the prior; near-copy reuses it).
+    ``propagated``: ``propagate_for(cfg, partial, image)`` when the caller already has it
+    (it is the costly part of the prior; near-copy reuses it).
     """
     size = cfg.img_size
     planes = label_planes(partial, cfg.num_classes, size, label_resize, unknown)
-    prior = (prior_planes(partial, cfg.num_classes, size, unknown, image=image, mode=cfg.prior_mode,
-                          propagated=propagated) if cfg.prior else None)
+    prior = None
+    if cfg.prior:
+        if propagated is None:
+            propagated = propagate_for(cfg, partial, image, unknown)
+        prior = prior_planes(partial, cfg.num_classes, size, unknown, propagated=propagated,
+                             path_cost_plane=cfg.prior_path_cost)
     return ModelInputs(normalize_image(image, size), planes, prior)
 
 
@@ -55,13 +66,13 @@ def route(inputs: ModelInputs, cfg: LMAEConfig, mask_ratio: float, strategy: str
 
 def finish(logits: np.ndarray, partial: np.ndarray, unknown: int = UNKNOWN, min_confidence: float = 0.0,
            near_copy_px: float = 0.0,
-           propagated: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+           propagated: Propagation | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Model-size logits (N, h, w) -> (completed label (H, W) uint8, confidence (H, W)).
 
     Known pixels keep their label and confidence 1; unknown pixels take the argmax; with
     ``min_confidence`` the unreliable ones stay unknown.  ``near_copy_px`` > 0: hole
     pixels closer than that (input pixels) to a known pixel copy the propagated label
-    (``propagated`` = (ids, distance) from ``labels.propagate``; default: the nearest known
+    (``propagated`` from :func:`propagate_for`; default: the nearest known
     label), because at full resolution the copy is sharper than the model's upsampled
     logits there (their confidence is the model's probability of the copied class).
     """
@@ -71,7 +82,7 @@ def finish(logits: np.ndarray, partial: np.ndarray, unknown: int = UNKNOWN, min_
     if hole.any():
         forced = None
         if near_copy_px > 0 and not hole.all():
-            nearest, dist = propagated if propagated is not None else nearest_known(partial, unknown)
+            nearest, dist = propagated[:2] if propagated is not None else nearest_known(partial, unknown)
             forced = np.where(hole & (dist < near_copy_px), nearest, UNKNOWN).astype(np.uint8)
         pred, p = upsampled_prediction(logits, partial.shape, forced)
         out[hole] = pred[hole]

@@ -50,7 +50,12 @@ def test_smoke(name, tmp_path):
         assert all(r["e2e_ips"] > 0 and r["engine_ips"] > 0 for r in data["results"])
     if name == "quality":
         assert data["random_walker_beta"]["chosen"] > 0
-        assert {r["method"] for r in rows} >= {"nearest", "random_walker", "slic_vote"}
+        assert len(data["geodesic_tuning"]["grid"]) == 4
+        assert {r["method"] for r in rows} >= {"nearest", "random_walker", "slic_vote", "border-label oracle"}
+        by = {(r["method"], r["setting"]): r["pa_pixel_acc"] for r in rows}
+        for (method, setting), acc in by.items():  # the oracle only turns geodesic-fill pixels right
+            if method == "border-label oracle":
+                assert acc >= by[("geodesic", setting)] - 1e-9
     assert out.with_suffix(".png").is_file() or not _has_matplotlib()
 
 

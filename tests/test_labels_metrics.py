@@ -1,10 +1,11 @@
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from lmae_sdk.degrade import degrade
-from lmae_sdk.labels import (InputError, geodesic_nearest, label_planes, nearest_known, prior_planes, propagate,
-                             read_label, resize_logits, upsampled_prediction, write_label)
+from lmae_sdk.labels import (InputError, geodesic_nearest, geodesic_propagate, label_planes, nearest_known,
+                             prior_planes, propagate, read_label, resize_logits, upsampled_prediction, write_label)
 from lmae_sdk.metrics import CompletionMeter, confusion, iou_per_class, mean_iou
 from lmae_sdk.preprocess import finish
 
@@ -108,19 +109,49 @@ def _dijkstra_labels(img: np.ndarray, lab: np.ndarray, edge_weight: float) -> tu
     stack = np.stack([best[c] for c in classes])
     order = np.sort(stack, axis=0)
     gap = order[1] - order[0] if len(classes) > 1 else np.full((h, w), np.inf)
-    return np.asarray(classes)[stack.argmin(0)], gap
+    return np.asarray(classes)[stack.argmin(0)], gap, order[0]
 
 
+@pytest.mark.parametrize("backend", ["auto", "numpy"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_geodesic_nearest_matches_dijkstra(seed):
+def test_geodesic_nearest_matches_dijkstra(seed, backend):
     rng = np.random.default_rng(seed)
     img = rng.integers(0, 256, (12, 15, 3)).astype(np.uint8)
     lab = np.where(rng.random((12, 15)) < 0.15, rng.integers(0, 3, (12, 15)), 255).astype(np.uint8)
-    ref, gap = _dijkstra_labels(img, lab, edge_weight=2.0)
-    got = geodesic_nearest(img, lab, edge_weight=2.0, blur_sigma=0, rounds=12)  # enough sweeps to converge
+    ref, gap, ref_cost = _dijkstra_labels(img, lab, edge_weight=2.0)
+    got, cost = geodesic_propagate(img, lab, edge_weight=2.0, blur_sigma=0, rounds=12,  # enough sweeps to converge
+                                   backend=backend)
     clear = gap > 1e-3  # ties may go either way
     assert clear.mean() > 0.8
     assert (got[clear] == ref[clear]).all()
+    np.testing.assert_allclose(cost, ref_cost, rtol=1e-4, atol=1e-3)  # the path cost is the geodesic distance
+
+
+def test_compiled_and_numpy_geodesic_sweeps_agree():
+    pytest.importorskip("numba", reason="numba not installed: only the numpy sweeps exist here")
+    rng = np.random.default_rng(5)
+    img = cv2.resize(rng.integers(0, 256, (12, 16, 3)).astype(np.uint8), (160, 120), interpolation=cv2.INTER_NEAREST)
+    lab = cv2.resize(rng.integers(0, 4, (6, 8)).astype(np.uint8), (160, 120), interpolation=cv2.INTER_NEAREST)
+    lab[rng.random((120, 160)) < 0.6] = 255
+    ids_c, cost_c = geodesic_propagate(img, lab, edge_weight=1000.0, blur_sigma=1.2)
+    ids_n, cost_n = geodesic_propagate(img, lab, edge_weight=1000.0, blur_sigma=1.2, backend="numpy")
+    assert (ids_c == ids_n).mean() > 0.999  # float rounding may flip an exact tie
+    np.testing.assert_allclose(cost_c, cost_n, rtol=1e-3, atol=1e-2)
+
+
+def test_path_cost_plane_marks_holes_behind_image_edges():
+    img = np.zeros((32, 64, 3), np.uint8)
+    img[8:24, 40:56] = 255  # a bright object
+    lab = np.zeros((32, 64), np.uint8)
+    lab[8:24, 8:24] = 255  # a hole in the same flat surface
+    lab[8:24, 40:56] = 255  # the object removed whole
+    prop = propagate(lab, img, "geodesic", edge_weight=1000.0, blur_sigma=0)
+    plane = prior_planes(lab, 2, (32, 64), propagated=prop, path_cost_plane=True)[-1]
+    assert plane.shape == (32, 64) and plane.min() >= 0 and plane.max() <= 1
+    assert plane[16, 48] > 2 * plane[16, 16]  # reaching the object's inside crosses its edge
+    assert plane[0, 0] == 0  # known pixels
+    with pytest.raises(ValueError, match="geodesic"):
+        prior_planes(lab, 2, (32, 64), path_cost_plane=True)  # Euclidean propagation has no path cost
 
 
 def test_prior_modes():

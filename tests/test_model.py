@@ -19,7 +19,7 @@ def _inputs(cfg, b=2, seed=0):
     image = torch.randn(b, 3, h, w, generator=g)
     planes = torch.nn.functional.one_hot(torch.randint(0, cfg.num_classes, (b, h, w), generator=g),
                                          cfg.num_classes).permute(0, 3, 1, 2).float()
-    prior = torch.rand(b, cfg.num_classes + 1, h, w, generator=g) if cfg.prior else None
+    prior = torch.rand(b, cfg.prior_channels, h, w, generator=g) if cfg.prior else None
     return image, planes, prior
 
 
@@ -61,10 +61,22 @@ def test_prior_mode_defaults_for_older_checkpoints_and_is_validated():
     assert cfg.prior_mode == "geodesic" and make_config("small", 11).prior_mode == "geodesic"  # presets' default
     assert LMAEConfig.from_dict(cfg.to_dict()).prior_mode == "geodesic"
     older = cfg.to_dict()
-    del older["prior_mode"]  # checkpoints written before the field existed
-    assert LMAEConfig.from_dict(older).prior_mode == "euclidean"
+    for name in ("prior_mode", "geodesic_edge_weight", "geodesic_blur", "prior_path_cost"):
+        del older[name]  # checkpoints written before the fields existed
+    old = LMAEConfig.from_dict(older)
+    assert (old.prior_mode, old.geodesic_edge_weight, old.geodesic_blur, old.prior_path_cost) == \
+        ("euclidean", 100.0, 2.0, False)
     with pytest.raises(ValueError, match="prior_mode"):
         make_config("tiny", 5, prior_mode="bilateral")
+
+
+def test_path_cost_plane_goes_with_the_geodesic_prior():
+    n = 5
+    assert make_config("small", n).prior_channels == n + 2  # one-hot, distance, path cost
+    assert make_config("small", n, prior_mode="euclidean").prior_channels == n + 1  # dropped with the mode
+    assert make_config("small", n, prior=False).prior_channels == 0
+    with pytest.raises(ValueError, match="prior_path_cost"):
+        make_config("small", n, prior_mode="euclidean", prior_path_cost=True)
 
 
 def test_pos_embed_is_sincos_and_distinct():

@@ -172,9 +172,11 @@ def test_geodesic_model_propagates_once_and_near_copy_follows_image_edges(tmp_pa
     lab[:, 70:] = 3
     lab[:20, 20:30] = 255
     calls = []
-    real = completer_module.propagate
-    monkeypatch.setattr(completer_module, "propagate", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    real = completer_module.propagate_for
+    monkeypatch.setattr(completer_module, "propagate_for", lambda cfg, *a, **k: calls.append(cfg.prior_mode) or
+                        real(cfg, *a, **k))
     r = c.complete(img, lab, tile=tile, tile_scale=0.6)
     assert calls == ["geodesic"]  # the whole image propagated once, in the model's mode
-    np.testing.assert_array_equal(r.label, geodesic_nearest(img, lab))
+    np.testing.assert_array_equal(r.label, geodesic_nearest(img, lab, edge_weight=c.cfg.geodesic_edge_weight,
+                                                            blur_sigma=c.cfg.geodesic_blur))
     assert (r.label[:, 50:70] == 3).all()

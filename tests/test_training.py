@@ -144,6 +144,9 @@ def test_calibrate_stores_the_best_rule(tmp_path, synth_root):
     ties = [x for x in r["rows"] if x["pa_miou"] >= best - 0.1]
     assert chosen["unknown_threshold"] == max(x["unknown_threshold"] for x in ties)
     assert ck["unknown_threshold"] == chosen["unknown_threshold"] and ck["near_copy_px"] == chosen["near_copy_px"]
+    for row in r["rows"]:  # the objective is the mean over the default settings (random holes, whole objects)
+        assert set(row["pa_miou_by_setting"]) == {"random:0.5", "objects:0.5"}
+        assert row["pa_miou"] == pytest.approx(np.mean(list(row["pa_miou_by_setting"].values())))
 
 
 def test_calibrate_routes_a_range_model_like_the_runtime(tmp_path, synth_root, monkeypatch):
@@ -158,7 +161,8 @@ def test_calibrate_routes_a_range_model_like_the_runtime(tmp_path, synth_root, m
         return real(model, inp, mask_ratio, *a, **kw)
 
     monkeypatch.setattr(cal, "routed_logits", spy)
-    cal.calibrate(best, synth_root, tmp_path / "cal.pt", thresholds=(0.3,), near_copy=(0,), log=lambda s: None)
+    cal.calibrate(best, synth_root, tmp_path / "cal.pt", thresholds=(0.3,), near_copy=(0,),
+                  settings=(("random", 0.5),), log=lambda s: None)
     # val holes are 50% random patches: 0.25 masks too few patches, so the runtime (and
     # calibrate) must use the 0.75 engine; the old rule used the first ratio for every image
     assert used and set(used) == {0.75}

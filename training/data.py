@@ -11,10 +11,10 @@ import torch
 from torch.utils.data import Dataset
 
 from lmae_sdk.degrade import degrade
-from lmae_sdk.labels import UNKNOWN, InputError, check_label_ids, propagate, read_image, read_label
+from lmae_sdk.labels import UNKNOWN, InputError, check_label_ids, read_image, read_label
 from lmae_sdk.masking import DEFAULT_MIX, DEFAULT_UNKNOWN_THRESHOLD, sample_strategy
 from lmae_sdk.model import LMAEConfig
-from lmae_sdk.preprocess import ModelInputs, prepare, route
+from lmae_sdk.preprocess import ModelInputs, prepare, propagate_for, route
 
 # how training holes are made (ours): share of each degrade strategy; "none" = the
 # paper's setting, where the only unknown region is the masked patches themselves
@@ -126,7 +126,7 @@ class ValSet:
         for i, (img, lab) in enumerate(data):
             partial = degrade(lab, ratio, strategy, np.random.default_rng([seed, i]), patch=patch,
                               background_index=background_index)
-            propagated = propagate(partial, img, cfg.prior_mode)  # for the prior and for near-copy
+            propagated = propagate_for(cfg, partial, img)  # for the prior and for near-copy
             self.items.append((lab, partial, prepare(img, partial, cfg, label_resize, propagated=propagated),
                                propagated))
         self.strategy, self.ratio = strategy, ratio

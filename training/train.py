@@ -160,6 +160,8 @@ def train(tc: TrainConfig) -> Path:
     eval_ratio = float(np.median(tc.mask_ratios))
     val_bg = ValSet(val_data, cfg, "background", eval_ratio, tc.label_resize, background_index=info.background_index)
     val_rand = ValSet(val_data, cfg, "random", eval_ratio, tc.label_resize)
+    # whole objects removed: what propagation cannot recover, logged (never used to pick the best)
+    val_obj = ValSet(val_data, cfg, "objects", 0.5, tc.label_resize)
 
     cw = None
     if tc.class_weighting:
@@ -250,13 +252,15 @@ def train(tc: TrainConfig) -> Path:
                             background_index=info.background_index)
             m_rand = evaluate(model, val_rand, eval_ratio, "background_first", tc.threshold, info.class_names,
                               device, background_index=info.background_index)
+            m_obj = evaluate(model, val_obj, eval_ratio, "background_first", tc.threshold, info.class_names,
+                             device, background_index=info.background_index)
             row.update({"val_pa_miou_background": m_bg["pa_miou"], "val_global_miou_background": m_bg["global_miou"],
                         "val_pa_miou_random": m_rand["pa_miou"], "val_global_miou_random": m_rand["global_miou"],
-                        "val_pa_acc_random": m_rand["pa_pixel_acc"]})
+                        "val_pa_acc_random": m_rand["pa_pixel_acc"], "val_pa_miou_objects": m_obj["pa_miou"]})
             score = m_rand["pa_miou"]
             if plateau is not None:
                 plateau.step(score)
-            metrics = {"epoch": epoch + 1, "val_random": m_rand, "val_background": m_bg}
+            metrics = {"epoch": epoch + 1, "val_random": m_rand, "val_background": m_bg, "val_objects": m_obj}
             ck_kw = dict(class_names=info.class_names, palette=info.palette, mask_ratios=list(tc.mask_ratios),
                          label_resize=tc.label_resize, unknown_threshold=tc.threshold, train_args=args_dict,
                          background_index=info.background_index)
@@ -272,6 +276,7 @@ def train(tc: TrainConfig) -> Path:
             _write_logs(history, paths)
             print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  val PA-mIoU random {m_rand['pa_miou']:.2f} "
                   f"(acc {m_rand['pa_pixel_acc']:.1f})  background-first {m_bg['pa_miou']:.2f}  "
+                  f"objects {m_obj['pa_miou']:.2f}  "
                   f"global {m_rand['global_miou']:.2f}  [{row['epoch_s']:.0f}s, {row['elapsed_s'] / 60:.1f} min]",
                   flush=True)
         elif rank == 0:

@@ -24,10 +24,10 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..bundle import Manifest, read_manifest
-from ..labels import UNKNOWN, InputError, check_label_ids, propagate, read_image, read_label, resize_logits
+from ..labels import UNKNOWN, InputError, Propagation, check_label_ids, read_image, read_label, resize_logits
 from ..masking import MaskPlan, num_masked
 from ..model import LMAEConfig
-from ..preprocess import ModelInputs, finish, prepare
+from ..preprocess import ModelInputs, finish, prepare, propagate_for
 from .backends import (Backend, BackendError, OrtBackend, TorchBackend, TrtBackend,
                        ort_available, ort_cuda_available, trt_available)
 from .router import RouteDecision, apply_pass, route_image
@@ -86,7 +86,7 @@ class _Item:
     image: np.ndarray | None = None
     partial: np.ndarray | None = None
     palette: list | None = None
-    propagated: tuple[np.ndarray, np.ndarray] | None = None  # labels.propagate of the whole partial
+    propagated: Propagation | None = None  # propagate_for of the whole partial
     jobs: list[_Job] = field(default_factory=list)
     error: Exception | None = None
 
@@ -326,7 +326,7 @@ class LMAECompleter:
             item.image, item.partial, item.palette = img, lab, palette
             windows = self._windows(lab.shape, tile, tile_scale)
             if len(windows) == 1 and (self.cfg.prior or self.near_copy_px > 0):  # serves prior and near-copy
-                item.propagated = propagate(lab, img, self.cfg.prior_mode, self.unknown_index)
+                item.propagated = propagate_for(self.cfg, lab, img, self.unknown_index)
             item.jobs = [self._prepare(_Job(img[y0:y1, x0:x1], lab[y0:y1, x0:x1], lab[y0:y1, x0:x1],
                                             (y0, y1, x0, x1)), propagated=item.propagated)
                          for y0, y1, x0, x1 in windows]
@@ -377,7 +377,7 @@ class LMAECompleter:
         return [(y, y + wh, x, x + ww) for y in ys for x in xs]
 
     def _prepare(self, job: _Job, force_final: bool = False,
-                 propagated: tuple[np.ndarray, np.ndarray] | None = None) -> _Job:
+                 propagated: Propagation | None = None) -> _Job:
         job.inputs = prepare(job.image, job.working, self.cfg, self.label_resize, self.unknown_index, propagated)
         job.decision = route_image(job.inputs, self.cfg, self.mask_ratios, self.unknown_threshold,
                                    self.background_index, force_final)
@@ -433,7 +433,7 @@ class LMAECompleter:
             logits = self._blend(item.jobs, partial.shape)
         propagated = item.propagated
         if propagated is None and self.near_copy_px > 0:  # tiled: propagate over the whole image
-            propagated = propagate(partial, item.image, self.cfg.prior_mode, self.unknown_index)
+            propagated = propagate_for(self.cfg, partial, item.image, self.unknown_index)
         label, conf = finish(logits, partial, self.unknown_index, min_confidence, self.near_copy_px, propagated)
         hole = partial == self.unknown_index
         unreliable = int((label[hole] == self.unknown_index).sum())
