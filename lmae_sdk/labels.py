@@ -281,18 +281,18 @@ def geodesic_propagate(image: np.ndarray, label: np.ndarray, unknown: int = UNKN
     Returns (ids (H, W) uint8, geodesic distance (H, W) float32, 0 on known pixels).
     A fast stand-in for random-walker propagation (holes stop at image edges): alternating
     row / column sweeps of a 4-connected geodesic distance transform.  ``backend`` "auto"
-    runs them compiled by numba when it is installed (~3 ms for 360x480), else vectorised
-    numpy (~25 ms); "numpy" forces the latter.
+    runs them compiled by numba when it is installed (a few ms for 360x480), else
+    vectorised numpy (~25 ms); "numpy" forces the latter.  With no known pixel (or no
+    unknown one) this is :func:`nearest_known`.
     """
+    if backend not in ("auto", "numpy"):
+        raise ValueError(f"backend must be 'auto' or 'numpy', got {backend!r}")
     unknown_mask = label == unknown
     if unknown_mask.all() or not unknown_mask.any():
-        ids, dist = nearest_known(label, unknown)
-        return ids, dist
+        return nearest_known(label, unknown)
     g = image.astype(np.float32) * np.float32(1 / 255)
     if blur_sigma > 0:
         g = cv2.GaussianBlur(g, (0, 0), blur_sigma)
-    if backend not in ("auto", "numpy"):
-        raise ValueError(f"backend must be 'auto' or 'numpy', got {backend!r}")
     h, w = label.shape
     step_x = np.zeros((h, w), np.float32)  # cost of the step (y, x-1) -> (y, x)
     step_y = np.zeros((h, w), np.float32)  # (y-1, x) -> (y, x)
@@ -347,14 +347,18 @@ def propagate(label: np.ndarray, image: np.ndarray | None = None, mode: str = "e
     return Propagation(ids, dist, cost)
 
 
+PATH_COST_MAX = 1e5  # geodesic costs above this read as "no path" in the path-cost plane
+
+
 def prior_planes(label: np.ndarray, num_classes: int, size: tuple[int, int], unknown: int = UNKNOWN,
                  distance_scale: float = 8.0, image: np.ndarray | None = None, mode: str = "euclidean",
                  propagated: Propagation | None = None, path_cost_plane: bool = False) -> np.ndarray:
     """(N + 1 [+ 1], h, w): propagated-label planes (area-resized), a distance plane and,
     with ``path_cost_plane``, a geodesic path-cost plane.
 
-    Propagation as :func:`propagate` (``mode``, ``image``), or ``propagated`` when the
-    caller already has it.  The distance plane is 1 - exp(-d / distance_scale), d the
+    Propagation as :func:`propagate` (``mode``, ``image``, its default step costs), or
+    ``propagated`` when the caller already has it (``preprocess.propagate_for`` uses the
+    model's step costs).  The distance plane is 1 - exp(-d / distance_scale), d the
     Euclidean distance to the nearest known pixel in model pixels: 0 on known pixels,
     towards 1 far inside a hole, so the model knows how far to trust the copy.  The
     path-cost plane is log1p(cost) / log1p(PATH_COST_MAX), clipped to [0, 1]: near 1 where
@@ -375,9 +379,6 @@ def prior_planes(label: np.ndarray, num_classes: int, size: tuple[int, int], unk
         cost = np.log1p(np.minimum(propagated.path_cost, PATH_COST_MAX)) * np.float32(1 / np.log1p(PATH_COST_MAX))
         out[num_classes + 1] = cv2.resize(cost.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
     return out
-
-
-PATH_COST_MAX = 1e5  # geodesic costs above this read as "no path" in the path-cost plane
 
 
 def resize_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
