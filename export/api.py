@@ -60,6 +60,7 @@ def shared_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
         "unknown_threshold": float(ckpt["unknown_threshold"]),
         "background_index": ckpt.get("background_index"),
         "near_copy_px": float(ckpt.get("near_copy_px", 0.0)),
+        "near_copy_min_prob": float(ckpt.get("near_copy_min_prob", 0.0)),
         # host-side propagation for the prior planes and near-copy (None: the model has no prior)
         "prior_mode": cfg.prior_mode if cfg.prior else None,
     }

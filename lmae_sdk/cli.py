@@ -83,7 +83,7 @@ def main() -> None:
               help="mixed: realistic partial labels; none: the paper's (masked patches only)")
 @click.option("--mask-mix", default=None, help="e.g. random=1,label_first=2,background_first=2 (the default)")
 @click.option("--hole-mix", default=None,
-              help="training partial labels, e.g. random=0.5,blocks=0.15,objects=0.15,background=0.1,label=0.1")
+              help="training partial labels (default random=0.4,blocks=0.15,objects=0.25,background=0.1,label=0.1)")
 @click.option("--class-weighting/--no-class-weighting", default=True, show_default=True,
               help="the paper's class-weighted cross-entropy")
 @click.option("--label-resize", default="soft", show_default=True, type=click.Choice(["soft", "nearest"]))
@@ -153,13 +153,15 @@ def train(**kw) -> None:
 @click.option("--thresholds", default="0.25,0.5,0.75,0.95", show_default=True)
 @click.option("--near-copy", default="0,2,4,8,12,16,24,32", show_default=True,
               help="near_copy_px values (input pixels)")
+@click.option("--near-copy-min-prob", default="0,0.05,0.1,0.2,0.3", show_default=True,
+              help="near_copy_min_prob values: copy only where the model gives the copied class this probability")
 @click.option("--setting", default="random:0.5,objects:0.5", show_default=True,
               help="degrade STRATEGY:RATIO[,...] for the val labels; the rule maximises the mean PA-mIoU")
 @click.option("--limit", default=0, type=int, help="first N val pairs (0 = all)")
 @click.option("--threads", default=0, type=int)
-def calibrate(ckpt: str, data: str, out: str | None, thresholds: str, near_copy: str, setting: str, limit: int,
-              threads: int) -> None:
-    """Choose the routing threshold and near-copy distance on val; store them in the checkpoint."""
+def calibrate(ckpt: str, data: str, out: str | None, thresholds: str, near_copy: str, near_copy_min_prob: str,
+              setting: str, limit: int, threads: int) -> None:
+    """Choose the routing threshold and near-copy rule on val; store them in the checkpoint."""
     from lmae_sdk.training.calibrate import calibrate as run
 
     settings = []
@@ -169,7 +171,8 @@ def calibrate(ckpt: str, data: str, out: str | None, thresholds: str, near_copy:
             raise click.BadParameter(f"{strategy!r} is not one of {DEGRADE_STRATEGIES}", param_hint="--setting")
         settings.append((strategy, float(ratio or 0.5)))
     run(ckpt, data, out, tuple(float(v) for v in thresholds.split(",")),
-        tuple(float(v) for v in near_copy.split(",")), tuple(settings), limit, threads, log=click.echo)
+        tuple(float(v) for v in near_copy.split(",")), tuple(float(v) for v in near_copy_min_prob.split(",")),
+        tuple(settings), limit, threads, log=click.echo)
 
 
 @main.command()

@@ -388,14 +388,15 @@ def resize_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resize_planes(np.ascontiguousarray(logits, dtype=np.float32), size, cv2.INTER_LINEAR)
 
 
-def upsampled_prediction(logits: np.ndarray, size: tuple[int, int],
-                         forced: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def upsampled_prediction(logits: np.ndarray, size: tuple[int, int], forced: np.ndarray | None = None,
+                         min_forced_prob: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(N, h, w) model-size logits -> per input pixel the argmax id (H, W) uint8 and its
     softmax probability (H, W) float32, as argmax / softmax of ``resize_logits(...)``.
 
     Works one bilinear-upsampled class plane at a time on dense 2-D arrays: no (N, M)
     boolean gather, which cost more than the resize itself.  ``forced`` (H, W) ids (255 =
-    not forced): where set, that class is the prediction and its probability the confidence.
+    not forced): where set, that class is the prediction and its probability the confidence,
+    unless the model gives it less than ``min_forced_prob`` (then the argmax stands).
     """
     n, (h, w) = logits.shape[0], size
     planes = resize_logits(logits, size)  # (N, H, W)
@@ -414,5 +415,9 @@ def upsampled_prediction(logits: np.ndarray, size: tuple[int, int],
     chosen = top.copy()  # the logit of the predicted class
     for c in range(n):
         cv2.copyTo(planes[c], cv2.compare(forced, c, cv2.CMP_EQ), chosen)
-    pred = np.where(forced != UNKNOWN, forced, arg).astype(np.uint8)
-    return pred, np.exp(chosen - top) / total
+    p_forced = np.exp(chosen - top) / total
+    use = forced != UNKNOWN
+    if min_forced_prob > 0:
+        use &= p_forced >= min_forced_prob
+    pred = np.where(use, forced, arg).astype(np.uint8)
+    return pred, np.where(use, p_forced, 1.0 / total)

@@ -65,8 +65,8 @@ def route(inputs: ModelInputs, cfg: LMAEConfig, mask_ratio: float, strategy: str
 
 
 def finish(logits: np.ndarray, partial: np.ndarray, unknown: int = UNKNOWN, min_confidence: float = 0.0,
-           near_copy_px: float = 0.0,
-           propagated: Propagation | None = None) -> tuple[np.ndarray, np.ndarray]:
+           near_copy_px: float = 0.0, propagated: Propagation | None = None,
+           near_copy_min_prob: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Model-size logits (N, h, w) -> (completed label (H, W) uint8, confidence (H, W)).
 
     Known pixels keep their label and confidence 1; unknown pixels take the argmax; with
@@ -75,6 +75,10 @@ def finish(logits: np.ndarray, partial: np.ndarray, unknown: int = UNKNOWN, min_
     (``propagated`` from :func:`propagate_for`; default: the nearest known
     label), because at full resolution the copy is sharper than the model's upsampled
     logits there (their confidence is the model's probability of the copied class).
+    ``near_copy_min_prob`` > 0 copies only where the model gives the copied class at least
+    that probability: the model says which classes can be there, the propagation where their
+    boundary runs; a whole removed object, whose class the copy cannot know, stays the
+    model's.
     """
     hole = partial == unknown
     out = partial.copy()
@@ -84,7 +88,7 @@ def finish(logits: np.ndarray, partial: np.ndarray, unknown: int = UNKNOWN, min_
         if near_copy_px > 0 and not hole.all():
             nearest, dist = propagated[:2] if propagated is not None else nearest_known(partial, unknown)
             forced = np.where(hole & (dist < near_copy_px), nearest, UNKNOWN).astype(np.uint8)
-        pred, p = upsampled_prediction(logits, partial.shape, forced)
+        pred, p = upsampled_prediction(logits, partial.shape, forced, near_copy_min_prob)
         out[hole] = pred[hole]
         conf[hole] = p[hole]
     if min_confidence > 0:

@@ -262,3 +262,17 @@ def test_upsampled_prediction_matches_resize_then_softmax(size):
     np.testing.assert_array_equal(fpred[~sel], ref_pred[~sel])
     ys, xs = np.nonzero(sel)
     np.testing.assert_allclose(fconf[sel], p[forced[sel], ys, xs], rtol=1e-5)
+
+
+def test_near_copy_min_prob_keeps_the_model_where_it_rules_the_copied_class_out():
+    partial = np.full((16, 16), 255, np.uint8)
+    partial[:, :2] = 0  # known column of class 0 on the left; the rest is a hole
+    logits = np.zeros((3, 16, 16), np.float32)
+    logits[2, :, 8:] = 8.0  # right half: the model is sure it is class 2 (a removed object)
+    logits[1, :, :8] = 0.5  # left half: undecided between 0 and 1 (a boundary to place)
+    prop = propagate(partial)  # copies class 0 everywhere
+    always, _ = finish(logits, partial, near_copy_px=100, propagated=prop)
+    gated, conf = finish(logits, partial, near_copy_px=100, propagated=prop, near_copy_min_prob=0.2)
+    assert (always[:, 2:] == 0).all()  # the plain copy overwrites the object
+    assert (gated[:, 8:] == 2).all() and (gated[:, 2:8] == 0).all()  # the gate keeps it, copies the rest
+    assert (gated[:, :2] == 0).all() and np.allclose(conf[:, :2], 1.0)  # known pixels untouched

@@ -135,15 +135,17 @@ def test_calibrate_stores_the_best_rule(tmp_path, synth_root):
     from lmae_sdk.training.calibrate import calibrate
 
     best = train(_tc(synth_root, tmp_path / "c.pt", epochs=1))
-    r = calibrate(best, synth_root, tmp_path / "cal.pt", thresholds=(0.3, 0.9), near_copy=(0, 3), log=lambda s: None)
+    r = calibrate(best, synth_root, tmp_path / "cal.pt", thresholds=(0.3, 0.9), near_copy=(0, 3),
+                  near_copy_min_prob=(0.0, 0.2), log=lambda s: None)
     ck = torch.load(tmp_path / "cal.pt", weights_only=True)
-    assert len(r["rows"]) == 4
+    assert len(r["rows"]) == 6  # 2 thresholds x (no copy, copy within 3 px, copy where p >= 0.2)
     best = max(x["pa_miou"] for x in r["rows"])
     chosen = ck["metrics"]["calibration"]["chosen"]
     assert chosen["pa_miou"] >= best - 0.1
     ties = [x for x in r["rows"] if x["pa_miou"] >= best - 0.1]
     assert chosen["unknown_threshold"] == max(x["unknown_threshold"] for x in ties)
     assert ck["unknown_threshold"] == chosen["unknown_threshold"] and ck["near_copy_px"] == chosen["near_copy_px"]
+    assert ck["near_copy_min_prob"] == chosen["near_copy_min_prob"]
     for row in r["rows"]:  # the objective is the mean over the default settings (random holes, whole objects)
         assert set(row["pa_miou_by_setting"]) == {"random:0.5", "objects:0.5"}
         assert row["pa_miou"] == pytest.approx(np.mean(list(row["pa_miou_by_setting"].values())))

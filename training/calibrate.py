@@ -4,9 +4,11 @@
   the decoder) instead of staying visible with pixel holes;
 * ``near_copy_px``: hole pixels this close to a known pixel copy the propagated label (the
   model runs at model resolution; near known pixels the full-resolution copy is sharper,
-  and a geodesic copy, which stops at image edges, stays better further into the hole).
+  and a geodesic copy, which stops at image edges, stays better further into the hole);
+* ``near_copy_min_prob``: ... but only where the model gives the copied class at least this
+  probability (a removed object's inside is not its surroundings' class: the copy hurts there).
 
-The model runs once per threshold; every ``near_copy_px`` value reuses those logits.  Each
+The model runs once per threshold; every near-copy rule reuses those logits.  Each
 image goes to the engine the runtime would pick (a range model: the smallest of its ratios
 that covers the patches needing completion; one pass, the largest ratio, when none does).
 The objective is the mean PA-mIoU over the val settings (default: 50% random holes and
@@ -37,6 +39,7 @@ DEFAULT_SETTINGS = (("random", 0.5), ("objects", 0.5))
 def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = None,
               thresholds: tuple[float, ...] = (0.25, 0.5, 0.75, 0.95),
               near_copy: tuple[float, ...] = (0, 2, 4, 8, 12, 16, 24, 32),
+              near_copy_min_prob: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3),
               settings: tuple[tuple[str, float], ...] = DEFAULT_SETTINGS, limit: int = 0, threads: int = 0,
               tie_tolerance: float = 0.1, log=print) -> dict:
     """Pick the rule with the best mean val PA-mIoU over ``settings`` (degrade strategy, ratio).
@@ -56,8 +59,9 @@ def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = 
     ratios = [float(r) for r in ck["mask_ratios"]]
     bg = ck.get("background_index")
     names = [f"{st}:{r:g}" for st, r in settings]
-    meters = {(name, *k): CompletionMeter(cfg.num_classes)
-              for name in names for k in itertools.product(thresholds, near_copy)}
+    rules = [(nc, q) for nc in near_copy for q in (near_copy_min_prob if nc > 0 else (0.0,))]
+    meters = {(name, th, *rule): CompletionMeter(cfg.num_classes)
+              for name in names for th in thresholds for rule in rules}
     model.eval()
     for name, (strategy, ratio) in zip(names, settings):
         vs = ValSet(val, cfg, strategy, ratio, ck["label_resize"], background_index=bg)
@@ -73,17 +77,18 @@ def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = 
                     for j, lg in zip(idx, group):
                         logits[j] = lg
                 for j, (gt, partial) in enumerate(zip(gts, partials)):
-                    for nc in near_copy:
-                        completed = finish(logits[j], partial, near_copy_px=nc, propagated=propagated[j])[0]
-                        meters[(name, th, nc)].update(completed, gt, partial)
+                    for nc, q in rules:
+                        completed = finish(logits[j], partial, near_copy_px=nc, propagated=propagated[j],
+                                           near_copy_min_prob=q)[0]
+                        meters[(name, th, nc, q)].update(completed, gt, partial)
     rows = []
-    for th, nc in itertools.product(thresholds, near_copy):
-        by = {name: meters[(name, th, nc)].summary(info.class_names) for name in names}
-        rows.append({"unknown_threshold": th, "near_copy_px": nc,
+    for th, (nc, q) in itertools.product(thresholds, rules):
+        by = {name: meters[(name, th, nc, q)].summary(info.class_names) for name in names}
+        rows.append({"unknown_threshold": th, "near_copy_px": nc, "near_copy_min_prob": q,
                      "pa_miou": float(np.mean([b["pa_miou"] for b in by.values()])),
                      "pa_miou_by_setting": {name: b["pa_miou"] for name, b in by.items()},
                      "pa_pixel_acc_by_setting": {name: b["pa_pixel_acc"] for name, b in by.items()}})
-        log(f"threshold {th:<5g} near_copy_px {nc:<4g} PA-mIoU mean {rows[-1]['pa_miou']:6.2f}  " +
+        log(f"threshold {th:<5g} near_copy_px {nc:<4g} min_prob {q:<4g} PA-mIoU mean {rows[-1]['pa_miou']:6.2f}  " +
             "  ".join(f"{name} {b['pa_miou']:6.2f}" for name, b in by.items()))
     # near-ties go to the higher threshold: it masks fewer patches, so the runtime routes
     # images to the smallest engine (the ratio the model was trained at) more often
@@ -92,10 +97,12 @@ def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = 
                key=lambda r: (r["unknown_threshold"], r["pa_miou"]))
     ck["unknown_threshold"] = float(best["unknown_threshold"])
     ck["near_copy_px"] = float(best["near_copy_px"])
+    ck["near_copy_min_prob"] = float(best["near_copy_min_prob"])
     ck.setdefault("metrics", {})["calibration"] = {"split": "val", "settings": names, "objective": "mean PA-mIoU",
                                                    "images": len(val), "rows": rows, "chosen": best}
     target = Path(out) if out else Path(ckpt_path)
     save_checkpoint(ck, target)
-    log(f"chosen: unknown_threshold {best['unknown_threshold']:g}, near_copy_px {best['near_copy_px']:g} "
+    log(f"chosen: unknown_threshold {best['unknown_threshold']:g}, near_copy_px {best['near_copy_px']:g}, "
+        f"near_copy_min_prob {best['near_copy_min_prob']:g} "
         f"(mean val PA-mIoU {best['pa_miou']:.2f} over {', '.join(names)}) -> {target}")
     return {"rows": rows, "chosen": best, "checkpoint": str(target)}

@@ -111,7 +111,7 @@ class LMAECompleter:
     def __init__(self, cfg: LMAEConfig, engines: Sequence[Engine], *, class_names: list[str],
                  palette: list[list[int]] | None, label_resize: str, unknown_threshold: float,
                  background_index: int | None = None, unknown_index: int = UNKNOWN, near_copy_px: float = 0.0,
-                 source: str = "",
+                 near_copy_min_prob: float = 0.0, source: str = "",
                  backend_name: str = "") -> None:
         if not engines:
             raise ValueError("a completer needs at least one engine")
@@ -126,6 +126,7 @@ class LMAECompleter:
         self.background_index = background_index
         self.unknown_index = int(unknown_index)
         self.near_copy_px = float(near_copy_px)
+        self.near_copy_min_prob = float(near_copy_min_prob)
         self.source = source
         self.backend_name = backend_name or engines[0].backend.name
 
@@ -170,6 +171,7 @@ class LMAECompleter:
                    label_resize=ckpt.get("label_resize", "soft"),
                    unknown_threshold=ckpt.get("unknown_threshold", 0.5),
                    background_index=ckpt.get("background_index"), near_copy_px=ckpt.get("near_copy_px", 0.0),
+                   near_copy_min_prob=ckpt.get("near_copy_min_prob", 0.0),
                    unknown_index=ckpt.get("unknown_index", UNKNOWN) if unknown_index is None else unknown_index,
                    source=source or str(path), backend_name="torch")
 
@@ -243,6 +245,7 @@ class LMAECompleter:
         return cls(cfg, engines, class_names=d["class_names"], palette=d.get("palette"),
                    label_resize=d["label_resize"], unknown_threshold=d["unknown_threshold"],
                    background_index=d.get("background_index"), near_copy_px=d.get("near_copy_px", 0.0),
+                   near_copy_min_prob=d.get("near_copy_min_prob", 0.0),
                    unknown_index=d["unknown_index"] if unknown_index is None else unknown_index,
                    source=str(man.root), backend_name=engines[0].backend.name)
 
@@ -434,7 +437,8 @@ class LMAECompleter:
         propagated = item.propagated
         if propagated is None and self.near_copy_px > 0:  # tiled: propagate over the whole image
             propagated = propagate_for(self.cfg, partial, item.image, self.unknown_index)
-        label, conf = finish(logits, partial, self.unknown_index, min_confidence, self.near_copy_px, propagated)
+        label, conf = finish(logits, partial, self.unknown_index, min_confidence, self.near_copy_px, propagated,
+                             self.near_copy_min_prob)
         hole = partial == self.unknown_index
         unreliable = int((label[hole] == self.unknown_index).sum())
         runs = Counter()
