@@ -4,6 +4,7 @@ Everything here is numpy / OpenCV / Pillow on the host; nothing knows about mode
 """
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -256,20 +257,14 @@ def _geodesic_sweeps_loops(dist: np.ndarray, ids: np.ndarray, step_x: np.ndarray
                     ids[y, x] = ids[y + 1, x]
 
 
+@functools.cache
 def _compiled_sweeps():
     """numba-compiled sweeps, or None (numba is optional: the numpy form gives the same labels)."""
-    global _SWEEPS
-    if _SWEEPS is None:
-        try:
-            import numba
-
-            _SWEEPS = numba.njit(cache=True, nogil=True)(_geodesic_sweeps_loops)
-        except Exception:  # not installed, or no wheel for this platform
-            _SWEEPS = False
-    return _SWEEPS or None
-
-
-_SWEEPS = None
+    try:
+        import numba
+    except Exception:  # not installed, or no wheel for this platform
+        return None
+    return numba.njit(cache=True, nogil=True)(_geodesic_sweeps_loops)
 
 
 def geodesic_propagate(image: np.ndarray, label: np.ndarray, unknown: int = UNKNOWN, edge_weight: float = 100.0,
@@ -281,8 +276,9 @@ def geodesic_propagate(image: np.ndarray, label: np.ndarray, unknown: int = UNKN
     Returns (ids (H, W) uint8, geodesic distance (H, W) float32, 0 on known pixels).
     A fast stand-in for random-walker propagation (holes stop at image edges): alternating
     row / column sweeps of a 4-connected geodesic distance transform.  ``backend`` "auto"
-    runs them compiled by numba when it is installed (a few ms for 360x480), else
-    vectorised numpy (~25 ms); "numpy" forces the latter.  With no known pixel (or no
+    runs them compiled by numba when it is installed (about half of ``prepare``'s cost
+    went with it, benchmarks/RESULTS.md section 1), else vectorised numpy; "numpy" forces the
+    latter.  With no known pixel (or no
     unknown one) this is :func:`nearest_known`.
     """
     if backend not in ("auto", "numpy"):
