@@ -105,7 +105,7 @@ def encode_png(label: np.ndarray, palette: list[list[int]] | None = None) -> byt
         flat = [int(v) for rgb in palette for v in rgb]
         im.putpalette(flat + [0] * (768 - len(flat)))
     buf = io.BytesIO()
-    im.save(buf, format="PNG")
+    im.save(buf, format="PNG", compress_level=3)  # ~35% faster than the default 6, files ~25% larger
     return buf.getvalue()
 
 
@@ -149,6 +149,74 @@ def resize_planes(planes: np.ndarray, size: tuple[int, int], interpolation: int)
     return out
 
 
+def _area_table(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV's INTER_AREA weights for a downscale src -> dst along one axis (its
+    computeResizeAreaTab): (source index, destination index, weight) per entry; each
+    destination's weights sum to 1."""
+    scale = src / dst
+    s_idx, d_idx, wts = [], [], []
+    for d in range(dst):
+        f1 = d * scale
+        f2 = f1 + scale
+        cell = min(scale, src - f1)
+        s1, s2 = int(np.ceil(f1)), int(np.floor(f2))
+        s2 = min(s2, src - 1)
+        s1 = min(s1, s2)
+        if s1 - f1 > 1e-3:
+            s_idx.append(s1 - 1), d_idx.append(d), wts.append((s1 - f1) / cell)
+        for s in range(s1, s2):
+            s_idx.append(s), d_idx.append(d), wts.append(1.0 / cell)
+        if f2 - s2 > 1e-3:
+            s_idx.append(s2), d_idx.append(d), wts.append(min(min(f2 - s2, 1.0), cell) / cell)
+    return np.asarray(s_idx, np.int32), np.asarray(d_idx, np.int32), np.asarray(wts, np.float32)
+
+
+def _area_one_hot_loops(ids: np.ndarray, n: int, ys: np.ndarray, yd: np.ndarray, yw: np.ndarray, xs: np.ndarray,
+                        xd: np.ndarray, xw: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - numba
+    """out[c, dy, dx] += wy * wx for every (source pixel of class c, overlapping output
+    cell): the area resize of the one-hot planes without building them."""
+    for i in range(ys.shape[0]):
+        row, dy, wy = ys[i], yd[i], yw[i]
+        for j in range(xs.shape[0]):
+            c = ids[row, xs[j]]
+            if c < n:
+                out[c, dy, xd[j]] += wy * xw[j]
+
+
+@functools.cache
+def _compiled_area_one_hot():
+    try:
+        import numba
+    except Exception:
+        return None
+    return numba.njit(cache=True, nogil=True)(_area_one_hot_loops)
+
+
+@functools.cache
+def _area_tables(src: tuple[int, int], dst: tuple[int, int]):
+    return _area_table(src[0], dst[0]), _area_table(src[1], dst[1])
+
+
+def area_one_hot(label: np.ndarray, num_classes: int, size: tuple[int, int], unknown: int = UNKNOWN) -> np.ndarray:
+    """(H, W) ids -> (N, h, w) float32 per-class area fractions: the same numbers as
+    ``resize_planes(one_hot(label, N), size, cv2.INTER_AREA)`` (to float rounding).
+
+    Compiled by numba, a downscale never builds the N full-size planes: ~10x faster than
+    N OpenCV resizes (OpenCV's INTER_AREA takes at most 4 channels).  Without numba, or
+    when a side grows, it is that per-plane OpenCV resize.
+    """
+    (h, w), (H, W) = size, label.shape
+    compiled = _compiled_area_one_hot()
+    if compiled is None or h > H or w > W:
+        return resize_planes(one_hot(label, num_classes, unknown), size, cv2.INTER_AREA)
+    if unknown < num_classes:
+        raise ValueError("unknown index collides with a class id")
+    (ys, yd, yw), (xs, xd, xw) = _area_tables((H, W), (h, w))
+    out = np.zeros((num_classes, h, w), np.float32)
+    compiled(np.ascontiguousarray(label), num_classes, ys, yd, yw, xs, xd, xw, out)
+    return out
+
+
 def label_planes(label: np.ndarray, num_classes: int, size: tuple[int, int], mode: str = "soft",
                  unknown: int = UNKNOWN) -> np.ndarray:
     """(H, W) ids -> (N, h, w) float32 planes at model size; unknown pixels are all zero.
@@ -161,7 +229,7 @@ def label_planes(label: np.ndarray, num_classes: int, size: tuple[int, int], mod
         return one_hot(small, num_classes, unknown)
     if mode != "soft":
         raise ValueError(f"label resize mode must be one of {LABEL_RESIZE_MODES}")
-    return resize_planes(one_hot(label, num_classes, unknown), size, cv2.INTER_AREA)
+    return area_one_hot(label, num_classes, size, unknown)
 
 
 def nearest_known(label: np.ndarray, unknown: int = UNKNOWN) -> tuple[np.ndarray, np.ndarray]:
@@ -366,7 +434,7 @@ def prior_planes(label: np.ndarray, num_classes: int, size: tuple[int, int], unk
     nearest, dist = propagated.ids, propagated.distance
     h, w = size
     out = np.empty((num_classes + 1 + int(path_cost_plane), h, w), np.float32)
-    out[:num_classes] = resize_planes(one_hot(nearest, num_classes, unknown), size, cv2.INTER_AREA)
+    out[:num_classes] = area_one_hot(nearest, num_classes, size, unknown)
     dfeat = 1.0 - np.exp(-np.minimum(dist * (h / label.shape[0]), 1e4) / distance_scale)
     out[num_classes] = cv2.resize(dfeat.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
     if path_cost_plane:

@@ -4,8 +4,9 @@ import pytest
 from PIL import Image
 
 from lmae_sdk.degrade import degrade
-from lmae_sdk.labels import (InputError, geodesic_nearest, geodesic_propagate, label_planes, nearest_known,
-                             prior_planes, propagate, read_label, resize_logits, upsampled_prediction, write_label)
+from lmae_sdk.labels import (InputError, area_one_hot, geodesic_nearest, geodesic_propagate, label_planes, nearest_known,
+                             one_hot, prior_planes, propagate, read_label, resize_logits, resize_planes,
+                             upsampled_prediction, write_label)
 from lmae_sdk.metrics import CompletionMeter, confusion, iou_per_class, mean_iou
 from lmae_sdk.preprocess import finish
 
@@ -48,6 +49,20 @@ def test_soft_planes_keep_thin_structures_nearest_may_drop_them():
     lab[10:20, 10:20] = 255
     soft = label_planes(lab, 2, (16, 16), "soft")
     assert soft.sum(0).min() < 1.0  # unknown mass is missing, not spread
+
+
+@pytest.mark.parametrize("src,dst", [((360, 480), (224, 288)), ((360, 480), (180, 240)), ((97, 131), (32, 48)),
+                                     ((40, 40), (40, 40)), ((30, 50), (64, 40))])
+def test_area_one_hot_equals_per_plane_opencv_area_resize(src, dst):
+    rng = np.random.default_rng(3)
+    label = rng.integers(0, 8, src).astype(np.uint8)
+    label[label == 7] = 255  # unknown pixels: no mass in any plane
+    label[:, : src[1] // 3] = 2  # a large region, so fractions are not all tiny
+    got = area_one_hot(label, 6, dst)  # ids 6 (a class >= N) also count as no mass
+    ref = resize_planes(one_hot(label, 6), dst, cv2.INTER_AREA)
+    assert got.shape == (6, *dst) and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    assert np.abs(got[2]).max() > 0.99
 
 
 def test_nearest_known_and_prior():
