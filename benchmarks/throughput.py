@@ -224,17 +224,21 @@ def stage_profile(completer, pairs, out_dir: Path, mask_ratio: float) -> dict[st
     """Serial per-image seconds of each e2e stage over ``pairs`` (one batch): where time goes."""
     from lmae_sdk.labels import read_image, read_label, write_label
     from lmae_sdk.masking import MaskPlan
-    from lmae_sdk.preprocess import ModelInputs, finish, prepare, route
+    from lmae_sdk.preprocess import ModelInputs, finish, prepare, propagate_for, route
 
     cfg = completer.cfg
+    fusion = completer.fusion
     eng = completer.engines[round(mask_ratio, 6)].backend
     t: dict[str, float] = {k: 0.0 for k in ("decode", "prepare", "route", "engine", "finish", "write")}
-    imgs, labs, inputs, plans = [], [], [], []
+    imgs, labs, inputs, plans, props = [], [], [], [], []
     for ip, lp in pairs:
         t0 = time.perf_counter()
         img, lab = read_image(ip), read_label(lp)[0]
         t1 = time.perf_counter()
-        inp = prepare(img, lab, cfg, completer.label_resize)
+        # as the completer: one propagation serves the prior and the finish (near-copy / fusion)
+        prop = propagate_for(cfg, lab, img, class_costs=fusion is not None)
+        props.append(prop)
+        inp = prepare(img, lab, cfg, completer.label_resize, propagated=prop)
         t2 = time.perf_counter()
         plan = route(inp, cfg, mask_ratio, "background_first", completer.unknown_threshold, completer.background_index)
         t3 = time.perf_counter()
@@ -250,7 +254,8 @@ def stage_profile(completer, pairs, out_dir: Path, mask_ratio: float) -> dict[st
     t["engine"] += time.perf_counter() - t0
     for i, lab in enumerate(labs):
         t0 = time.perf_counter()
-        out, _ = finish(logits[i], lab)
+        out, _ = finish(logits[i], lab, near_copy_px=completer.near_copy_px, propagated=props[i],
+                        near_copy_min_prob=completer.near_copy_min_prob, fusion=fusion)
         t1 = time.perf_counter()
         write_label(out_dir / f"profile_{i:04d}.png", out)
         t["write"] += time.perf_counter() - t1
@@ -319,6 +324,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--num-classes", type=int, default=11)
     ap.add_argument("--prior-mode", default=None, choices=["euclidean", "geodesic"],
                     help="host-side propagation for the prior planes (default: the preset's)")
+    ap.add_argument("--checkpoint", default=None, metavar="CKPT",
+                    help="time this trained checkpoint (one --presets name labels it) instead of random weights: "
+                         "e2e then includes its own finish rule (near-copy or pixel fusion) on real predictions")
     ap.add_argument("--mask-ratio", type=float, default=0.5, help="the engine measured engine-only")
     ap.add_argument("--engines", default="0.5,0.75", help="mask ratios of the checkpoint / bundle engines")
     ap.add_argument("--hole-ratio", type=float, default=0.35, help="unknown share of the partial labels")
@@ -405,6 +413,8 @@ def main(argv=None) -> dict[str, Any]:
                 plans[b] = plan
         payload["skipped_backends"] = skipped
 
+        if a.checkpoint and len(presets) != 1:
+            raise SystemExit("--checkpoint times one model: give one --presets name to label it")
         results, flops, exports, profiles = [], {}, {}, {}
         for preset in presets:
             kw = {"img_size": _hw(a.model_size)} if a.model_size else {}
@@ -413,7 +423,17 @@ def main(argv=None) -> dict[str, Any]:
             prior = {"prior_mode": a.prior_mode} if a.prior_mode else {}
             cfg = make_config(preset, num_classes, **prior)
             size, prior_mode = kw.get("img_size") or cfg.img_size, cfg.prior_mode
-            pt = random_checkpoint(tmp / f"{preset}.pt", preset, num_classes, size, engines, **prior)
+            if a.checkpoint:
+                from lmae_sdk.checkpoint import load_checkpoint
+                from lmae_sdk.model import LMAEConfig
+
+                ck = load_checkpoint(a.checkpoint)
+                cfg = LMAEConfig.from_dict(ck["config"])
+                size, prior_mode, pt = cfg.img_size, cfg.prior_mode, Path(a.checkpoint)
+                payload["checkpoint"] = {"path": str(pt), "pixel_fusion": bool(ck.get("fusion")),
+                                         "near_copy_px": ck.get("near_copy_px", 0.0)}
+            else:
+                pt = random_checkpoint(tmp / f"{preset}.pt", preset, num_classes, size, engines, **prior)
             flops[preset] = model_flops(pt, a.mask_ratio)
             flops[preset]["prior_mode"] = prior_mode
             print(f"\n== preset {preset}: {flops[preset]['params'] / 1e6:.2f}M params, model {size[0]}x{size[1]}, "

@@ -63,6 +63,8 @@ def shared_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
         "near_copy_min_prob": float(ckpt.get("near_copy_min_prob", 0.0)),
         # host-side propagation for the prior planes and near-copy (None: the model has no prior)
         "prior_mode": cfg.prior_mode if cfg.prior else None,
+        # pixel fusion's weights (lmae fit-fusion), or None: the near-copy rule decides
+        "fusion": ckpt.get("fusion"),
     }
 
 

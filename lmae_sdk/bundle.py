@@ -29,10 +29,10 @@ MANIFEST = "manifest.json"
 # keys every engine of a bundle must agree on (they define pre/post-processing)
 SHARED_KEYS = ("class_names", "palette", "image_size", "patch_size", "num_patches", "normalization",
                "unknown_index", "label_resize", "unknown_threshold", "background_index", "near_copy_px",
-               "near_copy_min_prob", "prior_mode")
+               "near_copy_min_prob", "prior_mode", "fusion")
 # absent from bundles written before they existed; the runtime then reads the engines' model_config
-# (prior_mode) or copies unconditionally (near_copy_min_prob = 0)
-OPTIONAL_SHARED_KEYS = ("prior_mode", "near_copy_min_prob")
+# (prior_mode), copies unconditionally (near_copy_min_prob = 0) or has no pixel fusion (fusion)
+OPTIONAL_SHARED_KEYS = ("prior_mode", "near_copy_min_prob", "fusion")
 ENGINE_KEYS = ("name", "mask_ratio", "num_visible", "num_patches", "precision", "backend", "encoder", "decoder",
                "inputs", "model_config", "producer")
 

@@ -61,6 +61,17 @@ def _parse_mix(s: str | None, names: tuple[str, ...] | None = None) -> dict[str,
     return out
 
 
+def _parse_settings(s: str) -> tuple[tuple[str, float], ...]:
+    """"random:0.5,objects:0.5" -> ((strategy, ratio), ...)."""
+    settings = []
+    for part in filter(None, s.split(",")):
+        strategy, _, ratio = part.partition(":")
+        if strategy not in DEGRADE_STRATEGIES:
+            raise click.BadParameter(f"{strategy!r} is not one of {DEGRADE_STRATEGIES}", param_hint="--setting")
+        settings.append((strategy, float(ratio or 0.5)))
+    return tuple(settings)
+
+
 @click.group()
 @click.version_option(package_name="lmae-sdk")
 def main() -> None:
@@ -164,15 +175,32 @@ def calibrate(ckpt: str, data: str, out: str | None, thresholds: str, near_copy:
     """Choose the routing threshold and near-copy rule on val; store them in the checkpoint."""
     from lmae_sdk.training.calibrate import calibrate as run
 
-    settings = []
-    for part in filter(None, setting.split(",")):
-        strategy, _, ratio = part.partition(":")
-        if strategy not in DEGRADE_STRATEGIES:
-            raise click.BadParameter(f"{strategy!r} is not one of {DEGRADE_STRATEGIES}", param_hint="--setting")
-        settings.append((strategy, float(ratio or 0.5)))
     run(ckpt, data, out, tuple(float(v) for v in thresholds.split(",")),
         tuple(float(v) for v in near_copy.split(",")), tuple(float(v) for v in near_copy_min_prob.split(",")),
-        tuple(settings), limit, threads, log=click.echo)
+        _parse_settings(setting), limit, threads, log=click.echo)
+
+
+@main.command("fit-fusion")
+@click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="dataset root")
+@click.option("--split", default="train", show_default=True, help="the split whose labels are degraded and completed")
+@click.option("--out", default=None, help="write the checkpoint with pixel fusion here (default: in place, atomically)")
+@click.option("--setting", default="random:0.5,objects:0.5,blocks:0.5,random:0.3,random:0.7", show_default=True,
+              help="degrade STRATEGY:RATIO[,...]; image i gets setting i mod count")
+@click.option("--images", default=0, type=int, help="first N pairs of the split (0 = all)")
+@click.option("--per-image", default=3000, show_default=True, type=int, help="hole pixels sampled per image")
+@click.option("--hidden", default=16, show_default=True, type=int)
+@click.option("--steps", default=1500, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--threads", default=0, type=int)
+def fit_fusion(ckpt: str, data: str, split: str, out: str | None, setting: str, images: int, per_image: int,
+               hidden: int, steps: int, seed: int, threads: int) -> None:
+    """Fit pixel fusion (model probability x per-class geodesic cost, per hole pixel) and
+    store it in the checkpoint; run before calibrate and export."""
+    from lmae_sdk.training.fusion_fit import fit_fusion as run
+
+    run(ckpt, data, out, split, _parse_settings(setting), images, per_image, hidden, steps, seed=seed,
+        threads=threads, log=click.echo)
 
 
 @main.command()

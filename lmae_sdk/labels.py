@@ -335,6 +335,23 @@ def _compiled_sweeps():
     return numba.njit(cache=True, nogil=True)(_geodesic_sweeps_loops)
 
 
+def _step_costs(image: np.ndarray, edge_weight: float, blur_sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Geodesic step costs 1 + edge_weight * |colour change| (sum over RGB, image blurred):
+    step_x[y, x] for (y, x-1) -> (y, x), step_y[y, x] for (y-1, x) -> (y, x); 0 off the image."""
+    g = image.astype(np.float32) * np.float32(1 / 255)
+    if blur_sigma > 0:
+        g = cv2.GaussianBlur(g, (0, 0), blur_sigma)
+    h, w = g.shape[:2]
+    step_x = np.zeros((h, w), np.float32)
+    step_y = np.zeros((h, w), np.float32)
+    # channel sums by hand: numpy's .sum(-1) over a length-3 axis is ~10x slower
+    dx = np.abs(g[:, 1:] - g[:, :-1])
+    step_x[:, 1:] = 1 + edge_weight * (dx[..., 0] + dx[..., 1] + dx[..., 2])
+    dy = np.abs(g[1:] - g[:-1])
+    step_y[1:] = 1 + edge_weight * (dy[..., 0] + dy[..., 1] + dy[..., 2])
+    return step_x, step_y
+
+
 def geodesic_propagate(image: np.ndarray, label: np.ndarray, unknown: int = UNKNOWN, edge_weight: float = 100.0,
                        blur_sigma: float = 2.0, rounds: int = 2,
                        backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
@@ -354,17 +371,7 @@ def geodesic_propagate(image: np.ndarray, label: np.ndarray, unknown: int = UNKN
     unknown_mask = label == unknown
     if unknown_mask.all() or not unknown_mask.any():
         return nearest_known(label, unknown)
-    g = image.astype(np.float32) * np.float32(1 / 255)
-    if blur_sigma > 0:
-        g = cv2.GaussianBlur(g, (0, 0), blur_sigma)
-    h, w = label.shape
-    step_x = np.zeros((h, w), np.float32)  # cost of the step (y, x-1) -> (y, x)
-    step_y = np.zeros((h, w), np.float32)  # (y-1, x) -> (y, x)
-    # channel sums by hand: numpy's .sum(-1) over a length-3 axis is ~10x slower
-    dx = np.abs(g[:, 1:] - g[:, :-1])
-    step_x[:, 1:] = 1 + edge_weight * (dx[..., 0] + dx[..., 1] + dx[..., 2])
-    dy = np.abs(g[1:] - g[:-1])
-    step_y[1:] = 1 + edge_weight * (dy[..., 0] + dy[..., 1] + dy[..., 2])
+    step_x, step_y = _step_costs(image, edge_weight, blur_sigma)
     dist = np.where(unknown_mask, np.float32(1e9), np.float32(0))
     ids = label.copy()
     compiled = _compiled_sweeps() if backend == "auto" else None
@@ -384,31 +391,120 @@ def geodesic_nearest(image: np.ndarray, label: np.ndarray, unknown: int = UNKNOW
     return geodesic_propagate(image, label, unknown, edge_weight, blur_sigma, rounds)[0]
 
 
+def _class_sweeps_loops(dist: np.ndarray, step_x: np.ndarray, step_y: np.ndarray,
+                        rounds: int) -> None:  # pragma: no cover - compiled by numba
+    """The sweeps of :func:`_geodesic_sweeps_loops` for C labels at once, dist (H, W, C):
+    each class keeps its own cheapest path (the class axis innermost, contiguous)."""
+    h, w, n = dist.shape
+    for _ in range(rounds):
+        for y in range(h):
+            for x in range(1, w):
+                s = step_x[y, x]
+                for c in range(n):
+                    v = dist[y, x - 1, c] + s
+                    if v < dist[y, x, c]:
+                        dist[y, x, c] = v
+            for x in range(w - 2, -1, -1):
+                s = step_x[y, x + 1]
+                for c in range(n):
+                    v = dist[y, x + 1, c] + s
+                    if v < dist[y, x, c]:
+                        dist[y, x, c] = v
+        for y in range(1, h):
+            for x in range(w):
+                s = step_y[y, x]
+                for c in range(n):
+                    v = dist[y - 1, x, c] + s
+                    if v < dist[y, x, c]:
+                        dist[y, x, c] = v
+        for y in range(h - 2, -1, -1):
+            for x in range(w):
+                s = step_y[y + 1, x]
+                for c in range(n):
+                    v = dist[y + 1, x, c] + s
+                    if v < dist[y, x, c]:
+                        dist[y, x, c] = v
+
+
+@functools.cache
+def _compiled_class_sweeps():
+    try:
+        import numba
+    except Exception:
+        return None
+    return numba.njit(cache=True, nogil=True)(_class_sweeps_loops)
+
+
+NO_PATH = np.float32(1e9)  # the path cost of a class with no known pixel
+
+
+def geodesic_class_costs(image: np.ndarray, label: np.ndarray, num_classes: int, unknown: int = UNKNOWN,
+                         edge_weight: float = 100.0, blur_sigma: float = 2.0, rounds: int = 2,
+                         backend: str = "auto") -> np.ndarray:
+    """(H, W, N) float32: per pixel, the geodesic path cost (as :func:`geodesic_propagate`)
+    to the nearest known pixel of *each* class; ``NO_PATH`` for classes with no known pixel.
+
+    Its argmin / min over classes are ``geodesic_propagate``'s ids / cost; the other classes'
+    costs say how close the runner-up was (pixel fusion's input).  Only classes present in
+    the label are swept (~2 ms per class at 480x360, compiled, one core).
+    """
+    if backend not in ("auto", "numpy"):
+        raise ValueError(f"backend must be 'auto' or 'numpy', got {backend!r}")
+    out = np.full(label.shape + (num_classes,), NO_PATH, np.float32)
+    present = [c for c in np.unique(label).tolist() if c < num_classes and c != unknown]
+    if not present:
+        return out
+    step_x, step_y = _step_costs(image, edge_weight, blur_sigma)
+    dist = np.ascontiguousarray(
+        np.where(label[..., None] == np.asarray(present, label.dtype), np.float32(0), NO_PATH))
+    compiled = _compiled_class_sweeps() if backend == "auto" else None
+    if compiled is not None:
+        compiled(dist, step_x, step_y, rounds)
+    else:
+        ids = np.zeros(label.shape, np.uint8)  # unused: one class per sweep
+        for k in range(len(present)):
+            plane = np.ascontiguousarray(dist[..., k])
+            _geodesic_sweeps_numpy(plane, ids, step_x, step_y, rounds)
+            dist[..., k] = plane
+    out[..., present] = dist
+    return out
+
+
 class Propagation(NamedTuple):
     """Label propagation over a whole partial label (input size)."""
 
     ids: np.ndarray  # (H, W) uint8: the propagated label (known pixels: their own)
     distance: np.ndarray  # (H, W) float32: Euclidean distance to the nearest known pixel, px
     path_cost: np.ndarray | None  # (H, W) float32: geodesic path cost to that label (geodesic mode)
+    class_costs: np.ndarray | None = None  # (H, W, N) float32: geodesic_class_costs, for pixel fusion
 
 
 def propagate(label: np.ndarray, image: np.ndarray | None = None, mode: str = "euclidean",
-              unknown: int = UNKNOWN, edge_weight: float = 100.0, blur_sigma: float = 2.0) -> Propagation:
-    """Label propagation for the prior and for near-copy.
+              unknown: int = UNKNOWN, edge_weight: float = 100.0, blur_sigma: float = 2.0,
+              num_classes: int | None = None) -> Propagation:
+    """Label propagation for the prior, near-copy and pixel fusion.
 
     ``mode`` "euclidean": each pixel's nearest known label; "geodesic": the nearest along
     image paths (:func:`geodesic_propagate` with ``edge_weight`` and ``blur_sigma``, needs
     ``image``), which does not leak across object edges, and its path cost.
+    ``num_classes``: also every class's geodesic cost (:func:`geodesic_class_costs`, for
+    pixel fusion); in geodesic mode the ids and cost are then read off them (same sweeps).
     """
     if mode not in PRIOR_MODES:
         raise ValueError(f"prior mode must be one of {PRIOR_MODES}, got {mode!r}")
+    if (mode == "geodesic" or num_classes) and image is None:
+        raise ValueError("geodesic propagation needs the image")
     ids, dist = nearest_known(label, unknown)
-    cost = None
+    cost = costs = None
+    if num_classes and not (label == unknown).all():
+        costs = geodesic_class_costs(image, label, num_classes, unknown, edge_weight, blur_sigma)
     if mode == "geodesic":
-        if image is None:
-            raise ValueError("the geodesic prior needs the image")
-        ids, cost = geodesic_propagate(image, label, unknown, edge_weight, blur_sigma)
-    return Propagation(ids, dist, cost)
+        if costs is not None:
+            ids = np.where(label == unknown, costs.argmin(-1).astype(np.uint8), label)
+            cost = np.where(label == unknown, costs.min(-1), np.float32(0))
+        else:
+            ids, cost = geodesic_propagate(image, label, unknown, edge_weight, blur_sigma)
+    return Propagation(ids, dist, cost, costs)
 
 
 PATH_COST_MAX = 1e5  # geodesic costs above this read as "no path" in the path-cost plane

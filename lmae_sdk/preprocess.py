@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .fusion import PixelFusion
 from .labels import (UNKNOWN, Propagation, label_planes, nearest_known, normalize_image, prior_planes, propagate,
                      upsampled_prediction)
 from .masking import (DEFAULT_UNKNOWN_THRESHOLD, MaskPlan, num_masked, patch_class_share, plan_masks,
@@ -29,10 +30,13 @@ class ModelInputs:
         return ModelInputs(np.stack([i.image for i in items]), np.stack([i.label_planes for i in items]), pri)
 
 
-def propagate_for(cfg: LMAEConfig, partial: np.ndarray, image: np.ndarray, unknown: int = UNKNOWN) -> Propagation:
+def propagate_for(cfg: LMAEConfig, partial: np.ndarray, image: np.ndarray, unknown: int = UNKNOWN,
+                  class_costs: bool = False) -> Propagation:
     """The model's label propagation (its prior mode and geodesic parameters) of a whole
-    partial label: the prior's input, and what near-copy copies."""
-    return propagate(partial, image, cfg.prior_mode, unknown, cfg.geodesic_edge_weight, cfg.geodesic_blur)
+    partial label: the prior's input, and what near-copy copies; ``class_costs``: also
+    every class's path cost (pixel fusion's input; the same sweeps serve the prior)."""
+    return propagate(partial, image, cfg.prior_mode, unknown, cfg.geodesic_edge_weight, cfg.geodesic_blur,
+                     cfg.num_classes if class_costs else None)
 
 
 def prepare(image: np.ndarray, partial: np.ndarray, cfg: LMAEConfig, label_resize: str = "soft",
@@ -66,7 +70,7 @@ def route(inputs: ModelInputs, cfg: LMAEConfig, mask_ratio: float, strategy: str
 
 def finish(logits: np.ndarray, partial: np.ndarray, unknown: int = UNKNOWN, min_confidence: float = 0.0,
            near_copy_px: float = 0.0, propagated: Propagation | None = None,
-           near_copy_min_prob: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+           near_copy_min_prob: float = 0.0, fusion: PixelFusion | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Model-size logits (N, h, w) -> (completed label (H, W) uint8, confidence (H, W)).
 
     Known pixels keep their label and confidence 1; unknown pixels take the argmax; with
@@ -78,12 +82,17 @@ def finish(logits: np.ndarray, partial: np.ndarray, unknown: int = UNKNOWN, min_
     ``near_copy_min_prob`` > 0 copies only where the model gives the copied class at least
     that probability: the model says which classes can be there, the propagation where their
     boundary runs; a whole removed object, whose class the copy cannot know, stays the
-    model's.
+    model's.  ``fusion``: pixel fusion decides instead of the near-copy rule (needs
+    ``propagated`` with class costs: ``propagate_for(..., class_costs=True)``).
     """
     hole = partial == unknown
     out = partial.copy()
     conf = np.ones(partial.shape, np.float32)
-    if hole.any():
+    if fusion is not None and hole.any() and not hole.all():
+        if propagated is None or propagated.class_costs is None:
+            raise ValueError("pixel fusion needs the propagation's class costs (propagate_for(..., class_costs=True))")
+        out, conf = fusion.complete(logits, partial, propagated.class_costs, unknown)
+    elif hole.any():
         forced = None
         if near_copy_px > 0 and not hole.all():
             nearest, dist = propagated[:2] if propagated is not None else nearest_known(partial, unknown)

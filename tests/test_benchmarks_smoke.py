@@ -65,3 +65,29 @@ def _has_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_throughput_times_a_given_checkpoint_with_its_pixel_fusion(tmp_path):
+    import numpy as np
+    import torch
+
+    from benchmarks._common import random_checkpoint
+    from lmae_sdk.fusion import FUSION_FEATURES, PixelFusion
+
+    ck_path = random_checkpoint(tmp_path / "fused.pt", "tiny", 11, (64, 96), (0.5, 0.75))
+    ck = torch.load(ck_path, weights_only=True)
+    rng = np.random.default_rng(0)
+    f, h = len(FUSION_FEATURES), 4
+    ck["fusion"] = PixelFusion([(rng.normal(size=(f, h)), np.zeros(h)), (rng.normal(size=(h, h)), np.zeros(h)),
+                                (rng.normal(size=(h, 1)), np.zeros(1))], np.zeros(11)).to_dict()
+    torch.save(ck, ck_path)
+    out = tmp_path / "t.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--smoke", "--backends", "torch",
+                           "--checkpoint", str(ck_path), "--out", str(out), "--no-plot"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["checkpoint"] == {"path": str(ck_path), "pixel_fusion": True, "near_copy_px": 0.0}
+    assert data["results"] and all(r["e2e_ips"] > 0 for r in data["results"])
+    assert data["stage_profile"]["tiny/torch"]["seconds_per_image"]["finish"] > 0

@@ -8,6 +8,9 @@
 * ``near_copy_min_prob``: ... but only where the model gives the copied class at least this
   probability (a removed object's inside is not its surroundings' class: the copy hurts there).
 
+A checkpoint with pixel fusion (``lmae fit-fusion``) uses it instead of near-copy; then only
+the threshold is chosen.
+
 The model runs once per threshold; every near-copy rule reuses those logits.  Each
 image goes to the engine the runtime would pick (a range model: the smallest of its ratios
 that covers the patches needing completion; one pass, the largest ratio, when none does).
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 
 from lmae_sdk.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from lmae_sdk.fusion import PixelFusion
 from lmae_sdk.metrics import CompletionMeter
 from lmae_sdk.preprocess import ModelInputs, finish
 from lmae_sdk.runtime.router import route_image
@@ -34,6 +38,24 @@ from .train import routed_logits
 
 
 DEFAULT_SETTINGS = (("random", 0.5), ("objects", 0.5))
+
+
+def runtime_logits(model, inp: ModelInputs, ratios: list[float], threshold: float,
+                   background_index: int | None) -> list[np.ndarray]:
+    """Logits (N, h, w) per image of a stacked batch, each from the engine the runtime would
+    pick (a range model: the smallest of its ratios that covers the patches needing
+    completion; one pass, the largest ratio, when none does); one model call per engine."""
+    items = [inp.item(j) for j in range(inp.image.shape[0])]
+    engine = [route_image(it, model.cfg, ratios, threshold, background_index, force_final=True).mask_ratio
+              for it in items]
+    logits: list[np.ndarray] = [None] * len(items)  # type: ignore[list-item]
+    for m in set(engine):
+        idx = [j for j, e in enumerate(engine) if e == m]
+        group = routed_logits(model, ModelInputs.stack([items[j] for j in idx]), m, "background_first", threshold,
+                              background_index)
+        for j, lg in zip(idx, group):
+            logits[j] = lg
+    return logits
 
 
 def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = None,
@@ -59,27 +81,24 @@ def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = 
     ratios = [float(r) for r in ck["mask_ratios"]]
     bg = ck.get("background_index")
     names = [f"{st}:{r:g}" for st, r in settings]
+    fusion = PixelFusion.from_dict(ck["fusion"], str(ckpt_path)) if ck.get("fusion") else None
     rules = [(nc, q) for nc in near_copy for q in (near_copy_min_prob if nc > 0 else (0.0,))]
+    if fusion is not None:  # pixel fusion replaces the near-copy rule: only the threshold is chosen
+        log("the checkpoint has pixel fusion (lmae fit-fusion): near-copy rules are not used")
+        rules = [(0.0, 0.0)]
     meters = {(name, th, *rule): CompletionMeter(cfg.num_classes)
               for name in names for th in thresholds for rule in rules}
     model.eval()
     for name, (strategy, ratio) in zip(names, settings):
-        vs = ValSet(val, cfg, strategy, ratio, ck["label_resize"], background_index=bg)
+        vs = ValSet(val, cfg, strategy, ratio, ck["label_resize"], background_index=bg,
+                    class_costs=fusion is not None)
         for th in thresholds:
             for gts, partials, inp, propagated in vs.batches(16):
-                items = [inp.item(j) for j in range(len(gts))]
-                engine = [route_image(it, cfg, ratios, th, bg, force_final=True).mask_ratio for it in items]
-                logits = [None] * len(items)
-                for m in set(engine):  # one model call per engine, like the runtime
-                    idx = [j for j, e in enumerate(engine) if e == m]
-                    group = routed_logits(model, ModelInputs.stack([items[j] for j in idx]), m, "background_first",
-                                          th, bg)
-                    for j, lg in zip(idx, group):
-                        logits[j] = lg
+                logits = runtime_logits(model, inp, ratios, th, bg)
                 for j, (gt, partial) in enumerate(zip(gts, partials)):
                     for nc, q in rules:
                         completed = finish(logits[j], partial, near_copy_px=nc, propagated=propagated[j],
-                                           near_copy_min_prob=q)[0]
+                                           near_copy_min_prob=q, fusion=fusion)[0]
                         meters[(name, th, nc, q)].update(completed, gt, partial)
     rows = []
     for th, (nc, q) in itertools.product(thresholds, rules):
@@ -99,7 +118,8 @@ def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = 
     ck["near_copy_px"] = float(best["near_copy_px"])
     ck["near_copy_min_prob"] = float(best["near_copy_min_prob"])
     ck.setdefault("metrics", {})["calibration"] = {"split": "val", "settings": names, "objective": "mean PA-mIoU",
-                                                   "images": len(val), "rows": rows, "chosen": best}
+                                                   "images": len(val), "rows": rows, "chosen": best,
+                                                   "pixel_fusion": fusion is not None}
     target = Path(out) if out else Path(ckpt_path)
     save_checkpoint(ck, target)
     log(f"chosen: unknown_threshold {best['unknown_threshold']:g}, near_copy_px {best['near_copy_px']:g}, "

@@ -123,12 +123,14 @@ class ValSet:
     """Fixed partial labels for validation: full-resolution GT, partial and model inputs."""
 
     def __init__(self, data: list[tuple[np.ndarray, np.ndarray]], cfg: LMAEConfig, strategy: str, ratio: float,
-                 label_resize: str, seed: int = 0, patch: int = 32, background_index: int | None = None) -> None:
+                 label_resize: str, seed: int = 0, patch: int = 32, background_index: int | None = None,
+                 class_costs: bool = False) -> None:
         self.items = []
         for i, (img, lab) in enumerate(data):
             partial = degrade(lab, ratio, strategy, np.random.default_rng([seed, i]), patch=patch,
                               background_index=background_index)
-            propagated = propagate_for(cfg, partial, img)  # for the prior and for near-copy
+            # for the prior, near-copy and (class_costs) pixel fusion
+            propagated = propagate_for(cfg, partial, img, class_costs=class_costs)
             self.items.append((lab, partial, prepare(img, partial, cfg, label_resize, propagated=propagated),
                                propagated))
         self.strategy, self.ratio = strategy, ratio

@@ -26,6 +26,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks._common import DEFAULT_CAMVID  # noqa: E402
+from benchmarks.experiments._parts import cbr, random_crop  # noqa: E402
 from benchmarks.quality import load_split, make_partials  # noqa: E402
 from lmae_sdk.degrade import degrade  # noqa: E402
 from lmae_sdk.labels import (IMAGENET_MEAN, IMAGENET_STD, TUNED_BLUR, TUNED_EDGE_WEIGHT, UNKNOWN,  # noqa: E402
@@ -41,10 +42,6 @@ def features(img: np.ndarray, partial: np.ndarray, n: int) -> tuple[np.ndarray, 
     f = np.concatenate([x.transpose(2, 0, 1), one_hot(partial, n), one_hot(geo, n),
                         (1 - np.exp(-np.minimum(dist, 1e4) / 8))[None], hole[None].astype(np.float32)])
     return f.astype(np.float32), geo
-
-
-def cbr(i: int, o: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
 
 
 class UNet(nn.Module):
@@ -93,11 +90,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
 
     def sample() -> tuple[np.ndarray, np.ndarray]:
-        img, lab = train[rng.integers(len(train))]
-        y, x = rng.integers(0, lab.shape[0] - a.crop + 1), rng.integers(0, lab.shape[1] - a.crop + 1)
-        img, lab = img[y:y + a.crop, x:x + a.crop], lab[y:y + a.crop, x:x + a.crop]
-        if rng.random() < 0.5:
-            img, lab = img[:, ::-1].copy(), lab[:, ::-1].copy()
+        img, lab = random_crop(train[rng.integers(len(train))], a.crop, rng)
         strategy = rng.choice(["random", "random", "random", "blocks", "objects"])
         partial = degrade(lab, rng.uniform(0.2, 0.8), strategy, rng, patch=int(rng.choice([16, 24, 32, 48])))
         return features(img, partial, n)[0], np.where(partial == UNKNOWN, lab, UNKNOWN).astype(np.int64)

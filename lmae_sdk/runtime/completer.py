@@ -24,6 +24,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..bundle import Manifest, read_manifest
+from ..fusion import PixelFusion
 from ..labels import UNKNOWN, InputError, Propagation, check_label_ids, read_image, read_label, resize_logits
 from ..masking import MaskPlan, num_masked
 from ..model import LMAEConfig
@@ -111,7 +112,7 @@ class LMAECompleter:
     def __init__(self, cfg: LMAEConfig, engines: Sequence[Engine], *, class_names: list[str],
                  palette: list[list[int]] | None, label_resize: str, unknown_threshold: float,
                  background_index: int | None = None, unknown_index: int = UNKNOWN, near_copy_px: float = 0.0,
-                 near_copy_min_prob: float = 0.0, source: str = "",
+                 near_copy_min_prob: float = 0.0, fusion: PixelFusion | None = None, source: str = "",
                  backend_name: str = "") -> None:
         if not engines:
             raise ValueError("a completer needs at least one engine")
@@ -127,8 +128,16 @@ class LMAECompleter:
         self.unknown_index = int(unknown_index)
         self.near_copy_px = float(near_copy_px)
         self.near_copy_min_prob = float(near_copy_min_prob)
+        if fusion is not None and fusion.num_classes != cfg.num_classes:
+            raise ValueError(f"pixel fusion for {fusion.num_classes} classes, the model has {cfg.num_classes}")
+        self.fusion = fusion  # decides hole pixels instead of the near-copy rule
         self.source = source
         self.backend_name = backend_name or engines[0].backend.name
+
+    @property
+    def _needs_propagation(self) -> bool:
+        """Whether ``finish`` reads the propagation (near-copy or pixel fusion)."""
+        return self.near_copy_px > 0 or self.fusion is not None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -172,6 +181,7 @@ class LMAECompleter:
                    unknown_threshold=ckpt.get("unknown_threshold", 0.5),
                    background_index=ckpt.get("background_index"), near_copy_px=ckpt.get("near_copy_px", 0.0),
                    near_copy_min_prob=ckpt.get("near_copy_min_prob", 0.0),
+                   fusion=PixelFusion.from_dict(ckpt["fusion"], str(path)) if ckpt.get("fusion") else None,
                    unknown_index=ckpt.get("unknown_index", UNKNOWN) if unknown_index is None else unknown_index,
                    source=source or str(path), backend_name="torch")
 
@@ -246,6 +256,7 @@ class LMAECompleter:
                    label_resize=d["label_resize"], unknown_threshold=d["unknown_threshold"],
                    background_index=d.get("background_index"), near_copy_px=d.get("near_copy_px", 0.0),
                    near_copy_min_prob=d.get("near_copy_min_prob", 0.0),
+                   fusion=PixelFusion.from_dict(d["fusion"], str(man.root)) if d.get("fusion") else None,
                    unknown_index=d["unknown_index"] if unknown_index is None else unknown_index,
                    source=str(man.root), backend_name=engines[0].backend.name)
 
@@ -328,8 +339,8 @@ class LMAECompleter:
             img, lab, palette = self._validate(image, partial)
             item.image, item.partial, item.palette = img, lab, palette
             windows = self._windows(lab.shape, tile, tile_scale)
-            if len(windows) == 1 and (self.cfg.prior or self.near_copy_px > 0):  # serves prior and near-copy
-                item.propagated = propagate_for(self.cfg, lab, img, self.unknown_index)
+            if len(windows) == 1 and (self.cfg.prior or self._needs_propagation):  # serves prior and finish
+                item.propagated = propagate_for(self.cfg, lab, img, self.unknown_index, self.fusion is not None)
             item.jobs = [self._prepare(_Job(img[y0:y1, x0:x1], lab[y0:y1, x0:x1], lab[y0:y1, x0:x1],
                                             (y0, y1, x0, x1)), propagated=item.propagated)
                          for y0, y1, x0, x1 in windows]
@@ -435,10 +446,10 @@ class LMAECompleter:
         else:
             logits = self._blend(item.jobs, partial.shape)
         propagated = item.propagated
-        if propagated is None and self.near_copy_px > 0:  # tiled: propagate over the whole image
-            propagated = propagate_for(self.cfg, partial, item.image, self.unknown_index)
+        if propagated is None and self._needs_propagation:  # tiled: propagate over the whole image
+            propagated = propagate_for(self.cfg, partial, item.image, self.unknown_index, self.fusion is not None)
         label, conf = finish(logits, partial, self.unknown_index, min_confidence, self.near_copy_px, propagated,
-                             self.near_copy_min_prob)
+                             self.near_copy_min_prob, self.fusion)
         hole = partial == self.unknown_index
         unreliable = int((label[hole] == self.unknown_index).sum())
         runs = Counter()

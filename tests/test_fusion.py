@@ -1,0 +1,152 @@
+"""Pixel fusion: per-class geodesic costs, the fused decision, fitting, checkpoint and bundle."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lmae_sdk.degrade import degrade
+from lmae_sdk.fusion import FUSION_FEATURES, FusionError, PixelFusion, pixel_features
+from lmae_sdk.labels import NO_PATH, geodesic_class_costs, geodesic_propagate, propagate, upsampled_prediction
+from lmae_sdk.preprocess import finish
+
+
+def _scene(seed=0, n=4):
+    """A blocky image whose label follows it, with random holes."""
+    rng = np.random.default_rng(seed)
+    label = np.kron(rng.integers(0, n, (6, 8)), np.ones((10, 10), np.int64)).astype(np.uint8)
+    colours = rng.integers(0, 256, (n, 3))
+    image = (colours[label] + rng.normal(0, 4, label.shape + (3,))).clip(0, 255).astype(np.uint8)
+    partial = degrade(label, 0.5, "random", rng, patch=10)
+    return image, label, partial
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_class_costs_min_and_argmin_are_geodesic_propagation(seed):
+    image, _, partial = _scene(seed)
+    partial[partial == 3] = 255  # class 3 has no known pixel
+    costs = geodesic_class_costs(image, partial, 5, edge_weight=300, blur_sigma=1)
+    ids, cost = geodesic_propagate(image, partial, edge_weight=300, blur_sigma=1)
+    hole = partial == 255
+    assert costs.shape == partial.shape + (5,)
+    assert (costs[..., 3] == NO_PATH).all() and (costs[..., 4] == NO_PATH).all()
+    np.testing.assert_array_equal(costs.argmin(-1)[hole], ids[hole])
+    np.testing.assert_allclose(costs.min(-1)[hole], cost[hole], rtol=1e-6)
+    slow = geodesic_class_costs(image, partial, 5, edge_weight=300, blur_sigma=1, backend="numpy")
+    np.testing.assert_allclose(slow, costs, rtol=1e-4, atol=1e-2)  # the numpy form sums by cumsum
+    # propagate reads its ids / cost off the class costs when it computes them
+    prop = propagate(partial, image, "geodesic", edge_weight=300, blur_sigma=1, num_classes=5)
+    np.testing.assert_array_equal(prop.ids, np.where(hole, ids, partial))
+
+
+def _pass_through(feature: int, sign: float, hidden: int = 4) -> PixelFusion:
+    """A fusion whose score is sign * feature (relu(sign * f) carried through two layers)."""
+    w1 = np.zeros((len(FUSION_FEATURES), hidden), np.float32)
+    w1[feature, 0] = sign
+    w2 = np.eye(hidden, dtype=np.float32)
+    w3 = np.zeros((hidden, 1), np.float32)
+    w3[0, 0] = sign
+    return PixelFusion([(w1, np.zeros(hidden)), (w2, np.zeros(hidden)), (w3, np.zeros(1))], np.zeros(5))
+
+
+def test_fusion_reduces_to_the_copy_or_to_the_model_by_its_weights():
+    image, _, partial = _scene(2)
+    rng = np.random.default_rng(0)
+    logits = (3 * rng.standard_normal((5, 16, 24))).astype(np.float32)
+    prop = propagate(partial, image, "geodesic", num_classes=5)
+    hole = partial == 255
+    as_copy, conf = finish(logits, partial, propagated=prop, fusion=_pass_through(3, 1.0))  # is_nearest
+    np.testing.assert_array_equal(as_copy[hole], prop.ids[hole])
+    as_model, _ = finish(logits, partial, propagated=prop, fusion=_pass_through(0, -1.0))  # log_prob
+    model, _ = upsampled_prediction(logits, partial.shape)
+    np.testing.assert_array_equal(as_model[hole], model[hole])
+    for out in (as_copy, as_model):  # known pixels are never changed
+        np.testing.assert_array_equal(out[~hole], partial[~hole])
+    assert (conf[~hole] == 1).all() and (conf[hole] > 0).all() and (conf[hole] <= 1).all()
+    with pytest.raises(ValueError, match="class costs"):
+        finish(logits, partial, propagated=propagate(partial, image, "geodesic"), fusion=_pass_through(3, 1.0))
+
+
+def test_features_and_serialisation():
+    image, _, partial = _scene(3)
+    prop = propagate(partial, image, "geodesic", num_classes=5)
+    logits = np.zeros((5, 16, 24), np.float32)
+    idx, f = pixel_features(logits, partial, prop.class_costs)
+    assert f.shape == (idx.size, 5, len(FUSION_FEATURES)) and idx.size == (partial == 255).sum()
+    assert np.isfinite(f).all()
+    np.testing.assert_allclose(f[..., 0], np.log(1 / 5), rtol=1e-6)  # flat logits: log(1/N)
+    assert (f[..., 3].sum(1) >= 1).all()  # every hole pixel has a nearest class
+    fusion = _pass_through(3, 1.0)
+    again = PixelFusion.from_dict(json.loads(json.dumps(fusion.to_dict())))
+    np.testing.assert_array_equal(again.scores(f), fusion.scores(f))
+    with pytest.raises(FusionError, match="version"):
+        PixelFusion.from_dict({**fusion.to_dict(), "version": 99})
+    with pytest.raises(FusionError, match="features"):
+        PixelFusion.from_dict({**fusion.to_dict(), "features": ["log_prob"]})
+    with pytest.raises(FusionError, match="chain"):
+        PixelFusion([(np.zeros((3, 2)), np.zeros(2))], np.zeros(5))
+
+
+def test_fit_fusion_calibrate_export_and_runtime(tmp_path, synth_root):
+    from lmae_sdk import LMAECompleter
+    from lmae_sdk.checkpoint import load_checkpoint
+    from lmae_sdk.training.calibrate import calibrate
+    from lmae_sdk.training.fusion_fit import fit_fusion
+    from lmae_sdk.training.train import TrainConfig, train
+
+    best = train(TrainConfig(data=str(synth_root), out=str(tmp_path / "f.pt"), preset="tiny", image_size=(64, 96),
+                             epochs=1, batch_size=4, workers=0, threads=1, progress=False, warmup_epochs=0.5))
+    fused = tmp_path / "fused.pt"
+    info = fit_fusion(best, synth_root, fused, images=10, per_image=400, steps=60, log=lambda s: None)
+    ck = load_checkpoint(fused)
+    assert info["pixels"] > 1000 and ck["fusion"]["info"]["split"] == "train"
+    fusion = PixelFusion.from_dict(ck["fusion"])
+    assert fusion.num_classes == ck["config"]["num_classes"]
+    assert "fusion" not in load_checkpoint(best)  # the input checkpoint is untouched
+
+    r = calibrate(fused, synth_root, thresholds=(0.5,), near_copy=(0, 8), log=lambda s: None)
+    assert len(r["rows"]) == 1 and load_checkpoint(fused)["metrics"]["calibration"]["pixel_fusion"]
+
+    tc = LMAECompleter.load(fused, backend="torch", threads=1)
+    assert tc.fusion is not None
+    image, _, partial = _scene(4)
+    res = tc.complete(image, partial.copy())
+    hole = partial == 255
+    np.testing.assert_array_equal(res.label[~hole], partial[~hole])
+    assert (res.label[hole] != 255).all()
+    try:
+        from lmae_sdk.export import export_bundle
+    except ImportError as e:
+        pytest.skip(f"lmae_sdk.export is unavailable: {e}")
+    out = tmp_path / "bundle"
+    export_bundle([fused], out, verify=False, lint=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["fusion"] == json.loads(json.dumps(ck["fusion"]))
+    oc = LMAECompleter.load(out, backend="onnxruntime", threads=1)
+    assert oc.fusion is not None
+    res_ort = oc.complete(image, partial.copy())
+    assert (res_ort.label[hole] == res.label[hole]).mean() > 0.999
+    torch.set_num_threads(1)
+
+
+def test_compiled_and_numpy_fusion_agree_and_confident_agreement_is_kept(monkeypatch):
+    import lmae_sdk.fusion as fusion_module
+
+    rng = np.random.default_rng(5)
+    f, h = len(FUSION_FEATURES), 8
+    fusion = PixelFusion([(rng.normal(0, 1, (f, h)), rng.normal(0, 0.1, h)), (rng.normal(0, 0.5, (h, h)),
+                          rng.normal(0, 0.1, h)), (rng.normal(0, 1, (h, 1)), np.zeros(1))], rng.normal(0, 0.3, 5))
+    image, _, partial = _scene(6)
+    logits = (2 * rng.standard_normal((5, 16, 24))).astype(np.float32)
+    costs = propagate(partial, image, "geodesic", num_classes=5).class_costs
+    fast, fast_conf = fusion.complete(logits, partial, costs)
+    monkeypatch.setattr(fusion_module, "_compiled_fusion", lambda: None)
+    slow, slow_conf = fusion.complete(logits, partial, costs)
+    hole = partial == 255
+    assert (fast[hole] == slow[hole]).mean() > 0.999
+    np.testing.assert_allclose(fast_conf, slow_conf, atol=1e-4)
+    # where the model's argmax is the copied label and the model is sure, that label stands
+    model, p_model = upsampled_prediction(logits, partial.shape)
+    sure = hole & (model == costs.argmin(-1)) & (p_model >= fusion.agree_skip_prob)
+    assert sure.any()
+    np.testing.assert_array_equal(slow[sure], model[sure])

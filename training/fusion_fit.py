@@ -1,0 +1,132 @@
+"""Fit pixel fusion (``lmae_sdk.fusion``) for a trained checkpoint and store it in it.
+
+The checkpoint's model completes partial labels made from a split's full labels (by
+default train: the model is no better on its own training images than on val, so the
+fit does not learn to over-trust it, and val stays untouched for ``lmae calibrate`` and
+the benchmarks), the way the runtime would (routing, engines); pixels are sampled from
+the holes; the fusion MLP is fitted with class-weighted cross-entropy.  Each image gets
+one kind of hole, cycling through ``settings``, so one fusion serves them all.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmae_sdk.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from lmae_sdk.degrade import degrade
+from lmae_sdk.fusion import FUSION_FEATURES, PixelFusion, pixel_features
+from lmae_sdk.labels import UNKNOWN
+from lmae_sdk.preprocess import ModelInputs, prepare, propagate_for
+
+from .calibrate import runtime_logits
+from .data import load_pairs
+from .datasets import load_dataset
+
+DEFAULT_FIT_SETTINGS = (("random", 0.5), ("objects", 0.5), ("blocks", 0.5), ("random", 0.3), ("random", 0.7))
+
+
+class FusionMLP(torch.nn.Module):
+    """The torch twin of :class:`PixelFusion` (fitted here, exported as plain lists)."""
+
+    def __init__(self, num_classes: int, hidden: int) -> None:
+        super().__init__()
+        f = len(FUSION_FEATURES)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(f, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden),
+                                       torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+        self.class_bias = torch.nn.Parameter(torch.zeros(num_classes))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:  # (M, N, F) -> (M, N)
+        return self.mlp(feats)[..., 0] + self.class_bias
+
+    def to_fusion(self, info: dict) -> PixelFusion:
+        linears = [m for m in self.mlp if isinstance(m, torch.nn.Linear)]
+        return PixelFusion([(m.weight.detach().T.numpy(), m.bias.detach().numpy()) for m in linears],
+                           self.class_bias.detach().numpy(), info)
+
+
+def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: int, per_image: int, seed: int,
+                   log=print) -> tuple[np.ndarray, np.ndarray]:
+    """(features (P, N, F), true class (P,)) of pixels sampled from the holes."""
+    model = model_from_checkpoint(ckpt)
+    cfg = model.cfg
+    info = load_dataset(data, (split,))
+    pairs = info.pairs[split][: images or None]
+    ratios = [float(r) for r in ckpt["mask_ratios"]]
+    bg = ckpt.get("background_index")
+    th = float(ckpt["unknown_threshold"])
+    rng = np.random.default_rng(seed)
+    feats, targets = [], []
+    t0 = time.time()
+    for start in range(0, len(pairs), 16):
+        chunk = load_pairs(pairs[start: start + 16], cfg.num_classes)
+        parts, props, inputs = [], [], []
+        for i, (img, lab) in enumerate(chunk, start):
+            strategy, ratio = settings[i % len(settings)]
+            partial = degrade(lab, ratio, strategy, np.random.default_rng([seed, i]), background_index=bg)
+            prop = propagate_for(cfg, partial, img, class_costs=True)
+            parts.append(partial)
+            props.append(prop)
+            inputs.append(prepare(img, partial, cfg, ckpt["label_resize"], propagated=prop))
+        logits = runtime_logits(model, ModelInputs.stack(inputs), ratios, th, bg)
+        for (_, lab), partial, prop, lg in zip(chunk, parts, props, logits):
+            if prop.class_costs is None:  # nothing known: no fusion decision to learn
+                continue
+            idx, f = pixel_features(lg, partial, prop.class_costs)
+            truth = lab.reshape(-1)[idx]
+            keep = np.flatnonzero(truth < cfg.num_classes)  # void pixels teach nothing
+            pick = rng.choice(keep, min(per_image, keep.size), replace=False)
+            feats.append(f[pick])
+            targets.append(truth[pick].astype(np.int64))
+        log(f"  {min(start + 16, len(pairs))}/{len(pairs)} images ({time.time() - t0:.0f} s)")
+    return np.concatenate(feats), np.concatenate(targets)
+
+
+def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None = None, split: str = "train",
+               settings=DEFAULT_FIT_SETTINGS, images: int = 0, per_image: int = 3000, hidden: int = 16,
+               steps: int = 1500, class_weight_power: float = 0.25, seed: int = 0, threads: int = 0,
+               log=print) -> dict:
+    """Fit pixel fusion on ``split`` and store it in the checkpoint (``out``, default in place).
+
+    Class weights are (total / count) ** ``class_weight_power`` (0.25: rare classes count
+    more, but not so much that the fusion paints them over common ones; 1 cost 9 PA-mIoU
+    points on random holes, 0 see benchmarks/RESULTS.md section 2).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    ck = load_checkpoint(ckpt_path)
+    n = int(ck["config"]["num_classes"])
+    log(f"collecting hole pixels from {split} ({', '.join(f'{s}:{r:g}' for s, r in settings)})")
+    x, y = collect_pixels(ck, data, split, settings, images, per_image, seed, log)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    counts = torch.bincount(y, minlength=n).double() + 1
+    weight = ((counts.sum() / counts) ** class_weight_power).float()
+    weight = weight / weight.mean()
+    net = FusionMLP(n, hidden)
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        idx = torch.randint(0, len(y), (8192,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx], weight=weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 500 == 0 or step == steps - 1:
+            log(f"  step {step}: loss {loss.item():.4f}")
+    with torch.no_grad():
+        full_loss = float(torch.nn.functional.cross_entropy(net(x), y, weight=weight))
+        acc = float((net(x).argmax(1) == y).float().mean())
+    info = {"split": split, "settings": [f"{s}:{r:g}" for s, r in settings], "pixels": int(len(y)),
+            "hidden": hidden, "steps": steps, "class_weight_power": class_weight_power, "seed": seed,
+            "fit_loss": full_loss, "fit_pixel_acc": acc}
+    ck["fusion"] = net.to_fusion(info).to_dict()
+    target = Path(out) if out else Path(ckpt_path)
+    save_checkpoint(ck, target)
+    log(f"pixel fusion fitted on {len(y)} {split} hole pixels: loss {full_loss:.4f}, pixel acc {100 * acc:.2f}% "
+        f"-> {target}")
+    return info
