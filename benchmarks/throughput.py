@@ -327,6 +327,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--checkpoint", default=None, metavar="CKPT",
                     help="time this trained checkpoint (one --presets name labels it) instead of random weights: "
                          "e2e then includes its own finish rule (near-copy or pixel fusion) on real predictions")
+    ap.add_argument("--compare-fusion", action="store_true",
+                    help="with a --checkpoint that has pixel fusion: also time it without (rows '<backend>-nofusion')")
     ap.add_argument("--mask-ratio", type=float, default=0.5, help="the engine measured engine-only")
     ap.add_argument("--engines", default="0.5,0.75", help="mask ratios of the checkpoint / bundle engines")
     ap.add_argument("--hole-ratio", type=float, default=0.35, help="unknown share of the partial labels")
@@ -452,27 +454,32 @@ def main(argv=None) -> dict[str, Any]:
                               max_batch=max(batch_sizes), legacy=a.legacy_export)
                 exports[preset] = {"seconds": time.perf_counter() - te, "fp16": gpu, "tensorrt": trt,
                                    "exporter": "legacy" if a.legacy_export else "dynamo"}
-            for b, plan in plans.items():
+            for b0, plan in plans.items():
                 try:
                     completer = load_completer(plan, pt, bundle, a.threads)
                 except Exception as e:  # e.g. a GPU wheel that cannot load CUDA
-                    skipped[f"{b}@{preset}"] = f"{type(e).__name__}: {e}"
-                    print(f"skip {b} ({preset}): {e}", flush=True)
+                    skipped[f"{b0}@{preset}"] = f"{type(e).__name__}: {e}"
+                    print(f"skip {b0} ({preset}): {e}", flush=True)
                     continue
-                for bs in batch_sizes:
-                    n_stream = max(a.images, 4 * bs)  # >= 2 chunks of 2 * bs: prep overlaps inference
-                    cell = bench_cell(completer, pairs, tmp / "run", bs, n_stream, a.reps, a.latency_reps,
-                                      a.prep_workers or max(1, a.threads), a.mask_ratio)
-                    gfl = flops[preset]["per_image"] * cell["engine_ips"] / 1e9
-                    cell.update({"preset": preset, "backend": b, "providers": completer.providers,
-                                 "engine_gflops": gfl, "roofline_share": gfl / peak["gflops"],
-                                 "e2e_vs_engine": cell["e2e_ips"] / cell["engine_ips"]})
-                    results.append(cell)
-                    print(f"  {b:>13} bs={bs:<3} e2e {cell['e2e_ips']:7.2f} img/s  engine {cell['engine_ips']:7.2f} "
-                          f"img/s  ({cell['e2e_vs_engine']:.2f})  roofline {100 * cell['roofline_share']:.0f}%  "
-                          f"rss {cell['peak_rss_mb']:.0f} MB", flush=True)
+                fusion = completer.fusion
+                # --compare-fusion: the same engines again without pixel fusion, side by side
+                runs = [(b0, fusion)] + ([(f"{b0}-nofusion", None)] if a.compare_fusion and fusion else [])
                 pbs = min(16, max(batch_sizes))
-                profiles[f"{preset}/{b}"] = stage_profile(completer, pairs[:pbs], tmp / "run", a.mask_ratio)
+                for b, fusion_used in runs:
+                    completer.fusion = fusion_used
+                    for bs in batch_sizes:
+                        n_stream = max(a.images, 4 * bs)  # >= 2 chunks of 2 * bs: prep overlaps inference
+                        cell = bench_cell(completer, pairs, tmp / "run", bs, n_stream, a.reps, a.latency_reps,
+                                          a.prep_workers or max(1, a.threads), a.mask_ratio)
+                        gfl = flops[preset]["per_image"] * cell["engine_ips"] / 1e9
+                        cell.update({"preset": preset, "backend": b, "providers": completer.providers,
+                                     "engine_gflops": gfl, "roofline_share": gfl / peak["gflops"],
+                                     "e2e_vs_engine": cell["e2e_ips"] / cell["engine_ips"]})
+                        results.append(cell)
+                        print(f"  {b:>13} bs={bs:<3} e2e {cell['e2e_ips']:7.2f} img/s  engine "
+                              f"{cell['engine_ips']:7.2f} img/s  ({cell['e2e_vs_engine']:.2f})  roofline "
+                              f"{100 * cell['roofline_share']:.0f}%  rss {cell['peak_rss_mb']:.0f} MB", flush=True)
+                    profiles[f"{preset}/{b}"] = stage_profile(completer, pairs[:pbs], tmp / "run", a.mask_ratio)
                 del completer
         # the peak again at the end (a busy machine can spoil one measurement): keep the best
         peak_end = matmul_peak_gflops(a.threads, a.matmul_n)

@@ -328,12 +328,13 @@ def _confidence_png(conf: np.ndarray) -> bytes:
               help="leave filled pixels below this confidence unknown")
 @click.option("--mask-ratios", default=None, help="use only these engines, e.g. 0.5,0.7 (a .pt: run it at these ratios)")
 @click.option("--tile", is_flag=True, help="overlapping model-size windows for large images")
+@click.option("--no-fusion", is_flag=True, help="ignore the model's pixel fusion (faster host work, lower quality)")
 @click.option("--overwrite", is_flag=True, help="redo files already in --out")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def complete(model_path: str, images: str, labels_dir: str, out: str, backend: str, device: str | None,
              precision: str | None, batch_size: int, threads: int, workers: int, unknown_index: int,
-             confidence_dir: str | None, min_confidence: float, mask_ratios: str | None, tile: bool, overwrite: bool,
-             quiet: bool) -> None:
+             confidence_dir: str | None, min_confidence: float, mask_ratios: str | None, tile: bool, no_fusion: bool,
+             overwrite: bool, quiet: bool) -> None:
     """Fill the unknown pixels of every partial label in --labels; one PNG each in --out."""
     import logging
     import time
@@ -356,7 +357,8 @@ def complete(model_path: str, images: str, labels_dir: str, out: str, backend: s
     try:
         completer = LMAECompleter.load(model_path, backend=backend, device=device, threads=threads,
                                        precision=precision, unknown_index=unknown_index,
-                                       mask_ratios=[float(v) for v in mask_ratios.split(",")] if mask_ratios else None)
+                                       mask_ratios=[float(v) for v in mask_ratios.split(",")] if mask_ratios else None,
+                                       pixel_fusion=not no_fusion)
     except (BundleError, CheckpointError, BackendError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"model: {completer.describe()}", err=True)

@@ -394,36 +394,29 @@ def geodesic_nearest(image: np.ndarray, label: np.ndarray, unknown: int = UNKNOW
 def _class_sweeps_loops(dist: np.ndarray, step_x: np.ndarray, step_y: np.ndarray,
                         rounds: int) -> None:  # pragma: no cover - compiled by numba
     """The sweeps of :func:`_geodesic_sweeps_loops` for C labels at once, dist (H, W, C):
-    each class keeps its own cheapest path (the class axis innermost, contiguous)."""
+    each class keeps its own cheapest path (the class axis innermost, contiguous; the
+    branch-free min vectorises over it)."""
     h, w, n = dist.shape
     for _ in range(rounds):
         for y in range(h):
             for x in range(1, w):
                 s = step_x[y, x]
                 for c in range(n):
-                    v = dist[y, x - 1, c] + s
-                    if v < dist[y, x, c]:
-                        dist[y, x, c] = v
+                    dist[y, x, c] = min(dist[y, x, c], dist[y, x - 1, c] + s)
             for x in range(w - 2, -1, -1):
                 s = step_x[y, x + 1]
                 for c in range(n):
-                    v = dist[y, x + 1, c] + s
-                    if v < dist[y, x, c]:
-                        dist[y, x, c] = v
+                    dist[y, x, c] = min(dist[y, x, c], dist[y, x + 1, c] + s)
         for y in range(1, h):
             for x in range(w):
                 s = step_y[y, x]
                 for c in range(n):
-                    v = dist[y - 1, x, c] + s
-                    if v < dist[y, x, c]:
-                        dist[y, x, c] = v
+                    dist[y, x, c] = min(dist[y, x, c], dist[y - 1, x, c] + s)
         for y in range(h - 2, -1, -1):
             for x in range(w):
                 s = step_y[y + 1, x]
                 for c in range(n):
-                    v = dist[y + 1, x, c] + s
-                    if v < dist[y, x, c]:
-                        dist[y, x, c] = v
+                    dist[y, x, c] = min(dist[y, x, c], dist[y + 1, x, c] + s)
 
 
 @functools.cache
@@ -450,13 +443,15 @@ def geodesic_class_costs(image: np.ndarray, label: np.ndarray, num_classes: int,
     """
     if backend not in ("auto", "numpy"):
         raise ValueError(f"backend must be 'auto' or 'numpy', got {backend!r}")
-    out = np.full(label.shape + (num_classes,), NO_PATH, np.float32)
     present = [c for c in np.unique(label).tolist() if c < num_classes and c != unknown]
     if not present:
-        return out
+        return np.full(label.shape + (num_classes,), NO_PATH, np.float32)
     step_x, step_y = _step_costs(image, edge_weight, blur_sigma)
-    dist = np.ascontiguousarray(
-        np.where(label[..., None] == np.asarray(present, label.dtype), np.float32(0), NO_PATH))
+    slot = np.full(max(UNKNOWN, int(label.max())) + 1, -1, np.int64)
+    slot[present] = np.arange(len(present))
+    dist = np.full(label.shape + (len(present),), NO_PATH, np.float32)
+    ys, xs = np.nonzero(slot[label] >= 0)
+    dist[ys, xs, slot[label[ys, xs]]] = 0
     compiled = _compiled_class_sweeps() if backend == "auto" else None
     if compiled is not None:
         compiled(dist, step_x, step_y, rounds)
@@ -466,6 +461,9 @@ def geodesic_class_costs(image: np.ndarray, label: np.ndarray, num_classes: int,
             plane = np.ascontiguousarray(dist[..., k])
             _geodesic_sweeps_numpy(plane, ids, step_x, step_y, rounds)
             dist[..., k] = plane
+    if len(present) == num_classes:
+        return dist
+    out = np.full(label.shape + (num_classes,), NO_PATH, np.float32)
     out[..., present] = dist
     return out
 
@@ -500,8 +498,11 @@ def propagate(label: np.ndarray, image: np.ndarray | None = None, mode: str = "e
         costs = geodesic_class_costs(image, label, num_classes, unknown, edge_weight, blur_sigma)
     if mode == "geodesic":
         if costs is not None:
-            ids = np.where(label == unknown, costs.argmin(-1).astype(np.uint8), label)
-            cost = np.where(label == unknown, costs.min(-1), np.float32(0))
+            nearest = costs.argmin(-1)
+            # take_along_axis, not min(-1): numpy reduces a length-N last axis slowly
+            best = np.take_along_axis(costs, nearest[..., None], -1)[..., 0]
+            ids = np.where(label == unknown, nearest.astype(np.uint8), label)
+            cost = np.where(label == unknown, best, np.float32(0))
         else:
             ids, cost = geodesic_propagate(image, label, unknown, edge_weight, blur_sigma)
     return Propagation(ids, dist, cost, costs)

@@ -104,11 +104,21 @@ def test_fit_fusion_calibrate_export_and_runtime(tmp_path, synth_root):
     assert fusion.num_classes == ck["config"]["num_classes"]
     assert "fusion" not in load_checkpoint(best)  # the input checkpoint is untouched
 
-    r = calibrate(fused, synth_root, thresholds=(0.5,), near_copy=(0, 8), log=lambda s: None)
-    assert len(r["rows"]) == 1 and load_checkpoint(fused)["metrics"]["calibration"]["pixel_fusion"]
+    r = calibrate(fused, synth_root, thresholds=(0.5,), near_copy=(0, 8), near_copy_min_prob=(0.0, 0.2),
+                  log=lambda s: None)
+    assert [row["pixel_fusion"] for row in r["rows"]] == [False, False, False, True]
+    cal = load_checkpoint(fused)
+    assert cal["metrics"]["calibration"]["pixel_fusion"] and r["chosen"]["pixel_fusion"]
+    # the near-copy rule is still chosen, for completers that turn fusion off
+    copy_rows = [row for row in r["rows"] if not row["pixel_fusion"]]
+    best_copy = max(row["pa_miou"] for row in copy_rows)
+    kept = [row for row in copy_rows if row["near_copy_px"] == cal["near_copy_px"]
+            and row["near_copy_min_prob"] == cal["near_copy_min_prob"]]
+    assert kept and kept[0]["pa_miou"] >= best_copy - 0.1
 
     tc = LMAECompleter.load(fused, backend="torch", threads=1)
-    assert tc.fusion is not None
+    assert tc.fusion is not None and "pixel fusion" in tc.describe()
+    assert LMAECompleter.load(fused, backend="torch", threads=1, pixel_fusion=False).fusion is None
     image, _, partial = _scene(4)
     res = tc.complete(image, partial.copy())
     hole = partial == 255

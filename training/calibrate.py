@@ -8,8 +8,8 @@
 * ``near_copy_min_prob``: ... but only where the model gives the copied class at least this
   probability (a removed object's inside is not its surroundings' class: the copy hurts there).
 
-A checkpoint with pixel fusion (``lmae fit-fusion``) uses it instead of near-copy; then only
-the threshold is chosen.
+A checkpoint with pixel fusion (``lmae fit-fusion``) decides with it: the threshold is chosen
+for fusion, and the near-copy rule (at that threshold) is kept for when fusion is turned off.
 
 The model runs once per threshold; every near-copy rule reuses those logits.  Each
 image goes to the engine the runtime would pick (a range model: the smallest of its ratios
@@ -82,10 +82,11 @@ def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = 
     bg = ck.get("background_index")
     names = [f"{st}:{r:g}" for st, r in settings]
     fusion = PixelFusion.from_dict(ck["fusion"], str(ckpt_path)) if ck.get("fusion") else None
-    rules = [(nc, q) for nc in near_copy for q in (near_copy_min_prob if nc > 0 else (0.0,))]
-    if fusion is not None:  # pixel fusion replaces the near-copy rule: only the threshold is chosen
-        log("the checkpoint has pixel fusion (lmae fit-fusion): near-copy rules are not used")
-        rules = [(0.0, 0.0)]
+    # a rule: (near_copy_px, near_copy_min_prob, uses pixel fusion); with fusion, the near-copy
+    # rules are still chosen: they decide when a user turns fusion off (pixel_fusion=False)
+    rules = [(nc, q, False) for nc in near_copy for q in (near_copy_min_prob if nc > 0 else (0.0,))]
+    if fusion is not None:
+        rules.append((0.0, 0.0, True))
     meters = {(name, th, *rule): CompletionMeter(cfg.num_classes)
               for name in names for th in thresholds for rule in rules}
     model.eval()
@@ -96,33 +97,40 @@ def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = 
             for gts, partials, inp, propagated in vs.batches(16):
                 logits = runtime_logits(model, inp, ratios, th, bg)
                 for j, (gt, partial) in enumerate(zip(gts, partials)):
-                    for nc, q in rules:
+                    for nc, q, fused in rules:
                         completed = finish(logits[j], partial, near_copy_px=nc, propagated=propagated[j],
-                                           near_copy_min_prob=q, fusion=fusion)[0]
-                        meters[(name, th, nc, q)].update(completed, gt, partial)
+                                           near_copy_min_prob=q, fusion=fusion if fused else None)[0]
+                        meters[(name, th, nc, q, fused)].update(completed, gt, partial)
     rows = []
-    for th, (nc, q) in itertools.product(thresholds, rules):
-        by = {name: meters[(name, th, nc, q)].summary(info.class_names) for name in names}
-        rows.append({"unknown_threshold": th, "near_copy_px": nc, "near_copy_min_prob": q,
+    for th, (nc, q, fused) in itertools.product(thresholds, rules):
+        by = {name: meters[(name, th, nc, q, fused)].summary(info.class_names) for name in names}
+        rows.append({"unknown_threshold": th, "near_copy_px": nc, "near_copy_min_prob": q, "pixel_fusion": fused,
                      "pa_miou": float(np.mean([b["pa_miou"] for b in by.values()])),
                      "pa_miou_by_setting": {name: b["pa_miou"] for name, b in by.items()},
                      "pa_pixel_acc_by_setting": {name: b["pa_pixel_acc"] for name, b in by.items()}})
-        log(f"threshold {th:<5g} near_copy_px {nc:<4g} min_prob {q:<4g} PA-mIoU mean {rows[-1]['pa_miou']:6.2f}  " +
+        rule = "pixel fusion" if fused else f"near_copy_px {nc:<4g} min_prob {q:<4g}"
+        log(f"threshold {th:<5g} {rule:<32} PA-mIoU mean {rows[-1]['pa_miou']:6.2f}  " +
             "  ".join(f"{name} {b['pa_miou']:6.2f}" for name, b in by.items()))
-    # near-ties go to the higher threshold: it masks fewer patches, so the runtime routes
-    # images to the smallest engine (the ratio the model was trained at) more often
-    top = max(r["pa_miou"] for r in rows)
-    best = max((r for r in rows if r["pa_miou"] >= top - tie_tolerance),
-               key=lambda r: (r["unknown_threshold"], r["pa_miou"]))
+
+    def pick(candidates: list[dict]) -> dict:
+        # near-ties go to the higher threshold: it masks fewer patches, so the runtime routes
+        # images to the smallest engine (the ratio the model was trained at) more often
+        top = max(r["pa_miou"] for r in candidates)
+        return max((r for r in candidates if r["pa_miou"] >= top - tie_tolerance),
+                   key=lambda r: (r["unknown_threshold"], r["pa_miou"]))
+
+    best = pick([r for r in rows if r["pixel_fusion"] == (fusion is not None)])
+    copy_rule = pick([r for r in rows if not r["pixel_fusion"] and r["unknown_threshold"] == best["unknown_threshold"]])
     ck["unknown_threshold"] = float(best["unknown_threshold"])
-    ck["near_copy_px"] = float(best["near_copy_px"])
-    ck["near_copy_min_prob"] = float(best["near_copy_min_prob"])
+    ck["near_copy_px"] = float(copy_rule["near_copy_px"])
+    ck["near_copy_min_prob"] = float(copy_rule["near_copy_min_prob"])
     ck.setdefault("metrics", {})["calibration"] = {"split": "val", "settings": names, "objective": "mean PA-mIoU",
                                                    "images": len(val), "rows": rows, "chosen": best,
-                                                   "pixel_fusion": fusion is not None}
+                                                   "near_copy_rule": copy_rule, "pixel_fusion": fusion is not None}
     target = Path(out) if out else Path(ckpt_path)
     save_checkpoint(ck, target)
-    log(f"chosen: unknown_threshold {best['unknown_threshold']:g}, near_copy_px {best['near_copy_px']:g}, "
-        f"near_copy_min_prob {best['near_copy_min_prob']:g} "
+    log(f"chosen: unknown_threshold {best['unknown_threshold']:g}, "
+        f"{'pixel fusion, ' if fusion is not None else ''}near_copy_px {copy_rule['near_copy_px']:g}, "
+        f"near_copy_min_prob {copy_rule['near_copy_min_prob']:g} "
         f"(mean val PA-mIoU {best['pa_miou']:.2f} over {', '.join(names)}) -> {target}")
     return {"rows": rows, "chosen": best, "checkpoint": str(target)}

@@ -90,9 +90,9 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
                log=print) -> dict:
     """Fit pixel fusion on ``split`` and store it in the checkpoint (``out``, default in place).
 
-    Class weights are (total / count) ** ``class_weight_power`` (0.25: rare classes count
-    more, but not so much that the fusion paints them over common ones; 1 cost 9 PA-mIoU
-    points on random holes, 0 see benchmarks/RESULTS.md section 2).
+    Class weights are (total / count) ** ``class_weight_power``: at 0.25 rare classes count
+    more, but not so much that the fusion paints them over common ones (full inverse
+    frequency, power 1, did that and lost points on random holes in a one-off probe).
     """
     if threads:
         torch.set_num_threads(threads)

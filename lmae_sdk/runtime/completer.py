@@ -143,13 +143,14 @@ class LMAECompleter:
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "auto", *, device: str | None = None, threads: int = 0,
              precision: str | None = None, mask_ratios: Sequence[float] | None = None,
-             unknown_index: int | None = None) -> "LMAECompleter":
+             unknown_index: int | None = None, pixel_fusion: bool = True) -> "LMAECompleter":
         """A bundle folder (manifest.json) or a ``.pt`` checkpoint.
 
         backend: auto | torch | onnxruntime | tensorrt.  ``auto`` picks TensorRT > ONNX Runtime
         CUDA > ONNX Runtime CPU > torch from what is installed and what the bundle holds.
         ``mask_ratios`` restricts (bundle) or sets (checkpoint: a range model serves any) the
-        engines.
+        engines.  ``pixel_fusion=False`` ignores the model's pixel fusion (its near-copy rule
+        decides): faster host work, lower quality (benchmarks/RESULTS.md, sections 1-2).
         """
         p = Path(path)
         if backend not in ("auto", "torch", "onnxruntime", "tensorrt"):
@@ -158,9 +159,13 @@ class LMAECompleter:
             if backend not in ("auto", "torch"):
                 raise BackendError(f"{p} is a .pt checkpoint: it runs on the torch backend; export a bundle "
                                    f"(lmae-export) for {backend}")
-            return cls._from_checkpoint(p, device, threads, mask_ratios, unknown_index)
-        manifest = read_manifest(p)
-        return cls._from_bundle(manifest, backend, device, threads, precision, mask_ratios, unknown_index)
+            completer = cls._from_checkpoint(p, device, threads, mask_ratios, unknown_index)
+        else:
+            completer = cls._from_bundle(read_manifest(p), backend, device, threads, precision, mask_ratios,
+                                         unknown_index)
+        if not pixel_fusion:
+            completer.fusion = None
+        return completer
 
     @classmethod
     def _from_checkpoint(cls, path: Path, device: str | None, threads: int, mask_ratios, unknown_index,
@@ -284,8 +289,10 @@ class LMAECompleter:
         return next(iter(self.engines.values())).backend.providers
 
     def describe(self) -> str:
+        finish = "pixel fusion" if self.fusion is not None else (
+            f"near-copy {self.near_copy_px:g} px" if self.near_copy_px > 0 else "argmax")
         return (f"{self.backend_name} {self.providers} engines m={self.mask_ratios} model "
-                f"{self.cfg.img_size[0]}x{self.cfg.img_size[1]} ({self.num_classes} classes)")
+                f"{self.cfg.img_size[0]}x{self.cfg.img_size[1]} ({self.num_classes} classes), {finish}")
 
     # ------------------------------------------------------------------ public API
     def complete(self, image, partial, *, min_confidence: float = 0.0, tile: bool = False,

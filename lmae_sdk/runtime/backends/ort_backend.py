@@ -44,6 +44,9 @@ class OrtBackend(Backend):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads) if threads else max(1, os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
+        # idle intra-op threads sleep instead of spinning: in complete_batch the pre/post
+        # workers share the cores with the engine, and spinning threads starve them
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         want = ["CPUExecutionProvider"]
