@@ -222,6 +222,9 @@ class PixelFusion:
         if idx.size == 0:
             return out, conf
         n = self.num_classes
+        if logits.shape[0] != n or class_costs.shape[-1] != n:
+            raise FusionError(f"fusion fitted for {n} classes, got {logits.shape[0]} logit planes and "
+                              f"{class_costs.shape[-1]} class costs")
         lp = hole_log_probs(logits, partial.shape, idx)  # (M, N)
         model = lp.argmax(1)
         p_model = np.exp(np.take_along_axis(lp, model[:, None], 1)[:, 0])
