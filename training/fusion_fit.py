@@ -17,7 +17,7 @@ import torch
 
 from lmae_sdk.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from lmae_sdk.degrade import degrade
-from lmae_sdk.fusion import FUSION_FEATURES, PixelFusion, pixel_features
+from lmae_sdk.fusion import FUSION_FEATURES, PixelFusion, features_at, hole_log_probs
 from lmae_sdk.labels import UNKNOWN
 from lmae_sdk.preprocess import ModelInputs, prepare, propagate_for
 
@@ -74,11 +74,12 @@ def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: i
         for (_, lab), partial, prop, lg in zip(chunk, parts, props, logits):
             if prop.class_costs is None:  # nothing known: no fusion decision to learn
                 continue
-            idx, f = pixel_features(lg, partial, prop.class_costs)
+            idx = np.flatnonzero(partial.reshape(-1) == UNKNOWN)
             truth = lab.reshape(-1)[idx]
             keep = np.flatnonzero(truth < cfg.num_classes)  # void pixels teach nothing
             pick = rng.choice(keep, min(per_image, keep.size), replace=False)
-            feats.append(f[pick])
+            at = idx[pick]  # features of the sampled pixels only
+            feats.append(features_at(hole_log_probs(lg, partial.shape, at), partial, prop.class_costs, at))
             targets.append(truth[pick].astype(np.int64))
         log(f"  {min(start + 16, len(pairs))}/{len(pairs)} images ({time.time() - t0:.0f} s)")
     return np.concatenate(feats), np.concatenate(targets)

@@ -26,7 +26,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks._common import DEFAULT_CAMVID  # noqa: E402
-from benchmarks.experiments._parts import cbr, random_crop  # noqa: E402
+from benchmarks.experiments._parts import UNet4, random_crop  # noqa: E402
 from benchmarks.quality import load_split, make_partials  # noqa: E402
 from lmae_sdk.degrade import degrade  # noqa: E402
 from lmae_sdk.labels import (IMAGENET_MEAN, IMAGENET_STD, TUNED_BLUR, TUNED_EDGE_WEIGHT, UNKNOWN,  # noqa: E402
@@ -44,30 +44,17 @@ def features(img: np.ndarray, partial: np.ndarray, n: int) -> tuple[np.ndarray, 
     return f.astype(np.float32), geo
 
 
-class UNet(nn.Module):
+class UNet(UNet4):
+    """UNet4 over the features, a residual on the geodesic fill's one-hot."""
+
     def __init__(self, n: int, w: int) -> None:
-        super().__init__()
+        super().__init__(3 + 2 * n + 2, n, w)
         self.n = n
-        self.e1 = nn.Sequential(cbr(3 + 2 * n + 2, w), cbr(w, w))
-        self.e2 = nn.Sequential(cbr(w, 2 * w), cbr(2 * w, 2 * w))
-        self.e3 = nn.Sequential(cbr(2 * w, 3 * w), cbr(3 * w, 3 * w))
-        self.e4 = nn.Sequential(cbr(3 * w, 4 * w), cbr(4 * w, 4 * w))
-        self.d3, self.d2 = cbr(7 * w, 3 * w), cbr(5 * w, 2 * w)
-        self.d1 = nn.Sequential(cbr(3 * w, w), nn.Conv2d(w, n, 1))
         self.gain = nn.Parameter(torch.tensor(4.0))
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        def up(a, b):
-            return F.interpolate(a, size=b.shape[-2:], mode="bilinear", align_corners=False)
-
-        e1 = self.e1(f)
-        e2 = self.e2(F.max_pool2d(e1, 2))
-        e3 = self.e3(F.max_pool2d(e2, 2))
-        e4 = self.e4(F.max_pool2d(e3, 2))
-        d3 = self.d3(torch.cat([up(e4, e3), e3], 1))
-        d2 = self.d2(torch.cat([up(d3, e2), e2], 1))
         geo = f[:, 3 + self.n: 3 + 2 * self.n]
-        return self.d1(torch.cat([up(d2, e1), e1], 1)) + self.gain * geo
+        return super().forward(f) + self.gain * geo
 
 
 def main() -> None:
