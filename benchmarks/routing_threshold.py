@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks._common import machine_info, write_json  # noqa: E402
+from lmae_sdk.boundaries import boundaries_from_checkpoint, boundary_maps  # noqa: E402
 from lmae_sdk.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from lmae_sdk.training.data import ValSet, load_pairs  # noqa: E402
 from lmae_sdk.training.datasets import load_dataset  # noqa: E402
@@ -37,11 +38,12 @@ def main(argv: list[str] | None = None) -> dict:
     info = load_dataset(a.data, ("val",))
     pairs = info.pairs["val"][: a.limit or None]
     data = load_pairs(pairs, info.num_classes)
+    maps = boundary_maps(boundaries_from_checkpoint(ck, source=a.model), [img for img, _ in data])
     ratio = float(ck["mask_ratios"][0])
     rows = []
     for setting in a.settings.split(","):
         strategy, r = setting.split(":")
-        vs = ValSet(data, model.cfg, strategy, float(r), ck["label_resize"])
+        vs = ValSet(data, model.cfg, strategy, float(r), ck["label_resize"], boundary_maps=maps)
         for th in (float(t) for t in a.thresholds.split(",")):
             t0 = time.time()
             s = evaluate(model, vs, ratio, "background_first", th, info.class_names)

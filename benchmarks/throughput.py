@@ -196,7 +196,8 @@ def engine_feed(completer, pairs: list[tuple[Path, Path]], mask_ratio: float) ->
     cfg = completer.cfg
     inputs, plans = [], []
     for ip, lp in pairs:
-        inp = prepare(read_image(ip), read_label(lp)[0], cfg, completer.label_resize)
+        img = read_image(ip)
+        inp = prepare(img, read_label(lp)[0], cfg, completer.label_resize, boundary=completer.boundary_map(img))
         inputs.append(inp)
         plans.append(route(inp, cfg, mask_ratio, "background_first", completer.unknown_threshold,
                            completer.background_index))
@@ -229,14 +230,18 @@ def stage_profile(completer, pairs, out_dir: Path, mask_ratio: float) -> dict[st
     cfg = completer.cfg
     fusion = completer.fusion
     eng = completer.engines[round(mask_ratio, 6)].backend
-    t: dict[str, float] = {k: 0.0 for k in ("decode", "prepare", "route", "engine", "finish", "write")}
+    t: dict[str, float] = {k: 0.0 for k in ("decode", "boundaries", "prepare", "route", "engine", "finish", "write")}
     imgs, labs, inputs, plans, props = [], [], [], [], []
     for ip, lp in pairs:
         t0 = time.perf_counter()
         img, lab = read_image(ip), read_label(lp)[0]
+        tb = time.perf_counter()
+        bmap = completer.boundary_map(img)  # None unless the model has a boundary net
         t1 = time.perf_counter()
+        t["boundaries"] += t1 - tb
+        t0 += t1 - tb  # keep "decode" to decoding
         # as the completer: one propagation serves the prior and the finish (near-copy / fusion)
-        prop = propagate_for(cfg, lab, img, class_costs=fusion is not None)
+        prop = propagate_for(cfg, lab, img, class_costs=fusion is not None, boundary=bmap)
         props.append(prop)
         inp = prepare(img, lab, cfg, completer.label_resize, propagated=prop)
         t2 = time.perf_counter()

@@ -25,16 +25,18 @@ import onnx
 import torch
 
 from lmae_sdk import bundle as B
+from lmae_sdk.boundaries import BoundarySpec, net_from_state, weights_sha256
 from lmae_sdk.checkpoint import load_checkpoint, model_from_checkpoint
 from lmae_sdk.masking import num_masked
 from lmae_sdk.model import LMAEConfig
 
 from .graphs import decoder_input_names, encoder_input_names
-from .onnx_export import DEFAULT_OPSET, ExportError, export_onnx, external_files, op_list
+from .onnx_export import DEFAULT_OPSET, ExportError, export_boundary_onnx, export_onnx, external_files, op_list
 from .readiness import check_trt_readiness
-from .verify import ort_runners, trt_runners, verify_engine
+from .verify import ort_runners, trt_runners, verify_boundary, verify_engine
 
 PARTS = ("encoder", "decoder")
+BOUNDARY_FILE = "boundary_fp32.onnx"
 
 
 def engine_name(mask_ratio: float, precision: str, backend: str) -> str:
@@ -65,7 +67,41 @@ def shared_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
         "prior_mode": cfg.prior_mode if cfg.prior else None,
         # pixel fusion's weights (lmae fit-fusion), or None: the near-copy rule decides
         "fusion": ckpt.get("fusion"),
+        # the boundary net's spec and weight fingerprint (lmae fit-boundaries), or None
+        "boundary": _boundary_shared(ckpt),
     }
+
+
+def _boundary_shared(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    entry = ckpt.get("boundary_net")
+    if not entry:
+        return None
+    return {**BoundarySpec.from_dict(entry).to_dict(), "weights_sha256": weights_sha256(entry["state_dict"])}
+
+
+def _export_boundary(out: Path, ckpt: dict[str, Any], opset: int, legacy: bool, lint: bool,
+                     log: Callable[[str], None]) -> dict[str, Any]:
+    """Write ``boundary_fp32.onnx`` into ``out`` (atomically, after a parity check against
+    torch); returns its manifest entry."""
+    spec = BoundarySpec.from_dict(ckpt["boundary_net"])
+    net = net_from_state(spec, ckpt["boundary_net"]["state_dict"])
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=out))
+    try:
+        f = tmp / BOUNDARY_FILE
+        log(f"exporting the boundary net ({spec.size[0]}x{spec.size[1]}) -> {f.name}")
+        export_boundary_onnx(net, spec, f, opset=opset, dynamo=not legacy)
+        ready = check_trt_readiness(f, lint=lint)
+        if not ready.ok:
+            log(f"warning: {f.name} is not TensorRT-ready: {ready.problems}")
+        parity = verify_boundary(net, spec, f)
+        if not parity["passed"]:
+            raise ExportError(f"{f.name}: ONNX Runtime differs from torch by {parity['max_abs_diff']:.3g} "
+                              f"(> {parity['tolerance']:g})")
+        os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {**_file_entry(out / BOUNDARY_FILE), "inputs": ["image"], "outputs": ["boundary"],
+            "readiness": ready.to_dict(), "parity": parity}
 
 
 def _producer(opset: int, legacy: bool, trt_version: str | None = None, gpu: str | None = None) -> dict[str, Any]:
@@ -140,6 +176,9 @@ def export_bundle(ckpts: list[str | os.PathLike] | str | os.PathLike, out_dir: s
             jobs.append((p, ck, r))
 
     out.mkdir(parents=True, exist_ok=True)
+    if shared["boundary"] and not (data_m.get(B.BOUNDARY_GRAPH) and (out / data_m[B.BOUNDARY_GRAPH]["file"]).is_file()):
+        data_m[B.BOUNDARY_GRAPH] = _export_boundary(out, loaded[0][1], opset, legacy, lint, log)
+        B.write_manifest(out, data_m)
     trt_v = getattr(trt_mod, "__version__", None) if trt_mod else None
     gpu = gpu_name() if trt_mod else None
     producer = _producer(opset, legacy, trt_v, gpu)

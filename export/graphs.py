@@ -163,3 +163,15 @@ def example_inputs(cfg: LMAEConfig, part: str, mask_ratio: float, batch: int = 2
         "latent": torch.randn(batch, k, cfg.embed_dim, generator=g),
     }
     return {name: full[name] for name in input_names(cfg, part)}
+
+
+class BoundaryGraph(nn.Module):
+    """image (B, 3, h, w), normalized -> boundary (B, 2, h, w): probability of a class
+    boundary to the right / below (:mod:`lmae_sdk.boundaries`)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net.eval()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(image))

@@ -19,9 +19,10 @@ from typing import Any
 import onnx
 import torch
 
+from lmae_sdk.boundaries import BoundarySpec
 from lmae_sdk.model import LMAE
 
-from .graphs import example_inputs, input_names, make_graph, output_names
+from .graphs import BoundaryGraph, example_inputs, input_names, make_graph, output_names
 
 DEFAULT_OPSET = 18
 BATCH_AXIS = "batch"
@@ -82,16 +83,35 @@ def export_onnx(model: LMAE, path: str | os.PathLike, part: str, mask_ratio: flo
     Returns ``path``; the file is a single self-contained ``.onnx`` when the weights fit
     under 2 GB, else it has external data next to it (``<name>.data``).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     cfg = model.cfg
     graph = make_graph(model, part, half=fp16)
-    inputs = example_inputs(cfg, part, mask_ratio, batch=2)
-    names, outs = list(inputs), output_names(part)
+    meta = graph_metadata(model, part, mask_ratio, "fp16" if fp16 else "fp32", class_names,
+                          "dynamo" if dynamo else "legacy", opset)
+    return _trace(graph, example_inputs(cfg, part, mask_ratio, batch=2), output_names(part), Path(path), meta, opset,
+                  dynamo, verbose, part)
+
+
+def export_boundary_onnx(net: torch.nn.Module, spec: BoundarySpec, path: str | os.PathLike,
+                         opset: int = DEFAULT_OPSET, dynamo: bool = True, verbose: bool = False) -> Path:
+    """The boundary net (:mod:`lmae_sdk.boundaries`) -> ``image`` (B, 3, h, w) ->
+    ``boundary`` (B, 2, h, w) probabilities; static h, w (``spec.size``), dynamic batch."""
+    h, w = spec.size
+    image = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
+    meta = {"lmae.part": "boundary", "lmae.boundary": json.dumps(spec.to_dict()), "lmae.inputs": '["image"]',
+            "lmae.outputs": '["boundary"]', "lmae.exporter": "dynamo" if dynamo else "legacy", "lmae.opset": str(opset)}
+    return _trace(BoundaryGraph(net), {"image": image}, ["boundary"], Path(path), meta, opset, dynamo, verbose,
+                  "boundary")
+
+
+def _trace(graph: torch.nn.Module, inputs: dict[str, torch.Tensor], outs: list[str], path: Path,
+           meta: dict[str, str], opset: int, dynamo: bool, verbose: bool, part: str) -> Path:
+    """Export ``graph`` (its forward takes ``inputs`` by name, in order) with a dynamic batch
+    axis, name it, declare static output dims, store ``meta``, check the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = list(inputs)
     args = tuple(inputs.values())
     big = _param_bytes(graph) >= SINGLE_FILE_LIMIT
-    precision = "fp16" if fp16 else "fp32"
     with torch.no_grad():
         out_shape = tuple(graph(*args).shape)
     sink = io.StringIO()
@@ -130,8 +150,7 @@ def export_onnx(model: LMAE, path: str | os.PathLike, part: str, mask_ratio: flo
         if len(dims) == len(out_shape):
             for d, v in zip(list(dims)[1:], out_shape[1:]):
                 d.dim_value = int(v)
-    set_metadata(proto, graph_metadata(model, part, mask_ratio, precision, class_names,
-                                       "dynamo" if dynamo else "legacy", opset))
+    set_metadata(proto, meta)
     got = [i.name for i in proto.graph.input]
     if got != names:
         raise ExportError(f"{part}: exported inputs {got} differ from the contract {names}")

@@ -58,7 +58,7 @@ def random_cases(model: LMAE, mask_ratio: float, n: int = 4, seed: int = 0, labe
         # vary the image size so resizing is exercised too
         size = (cfg.img_size[0] + 8 * (i % 2), cfg.img_size[1] - 8 * (i % 3))
         img, lab = _random_partial(rng, cfg.num_classes, size)
-        mi = prepare(img, lab, cfg, label_resize)
+        mi = prepare(img, lab, cfg, label_resize, boundary=_flat_boundary(cfg, lab.shape))
         items.append(mi)
         plans.append(route(mi, cfg, mask_ratio, threshold=threshold, background_index=background_index, rng=rng))
     return _batch(items, plans, batch)
@@ -84,10 +84,32 @@ def data_cases(model: LMAE, mask_ratio: float, data: str | os.PathLike, n: int =
         lab = lab.copy()
         lab[(lab >= cfg.num_classes) & (lab != UNKNOWN)] = UNKNOWN
         partial = degrade(lab, float(rng.uniform(0.3, 0.7)), "random", rng, background_index=background_index)
-        mi = prepare(img, partial, cfg, label_resize)
+        mi = prepare(img, partial, cfg, label_resize, boundary=_flat_boundary(cfg, partial.shape))
         items.append(mi)
         plans.append(route(mi, cfg, mask_ratio, threshold=threshold, background_index=background_index, rng=rng))
     return _batch(items, plans, batch)
+
+
+def _flat_boundary(cfg, shape: tuple[int, int]) -> np.ndarray | None:
+    """A no-boundary map for models whose step cost has a boundary term: parity compares
+    graphs on the same inputs, whatever the map."""
+    return np.zeros((2, *shape), np.float32) if cfg.geodesic_boundary_weight > 0 else None
+
+
+def verify_boundary(net: torch.nn.Module, spec, path: str | os.PathLike, tolerance: float = 1e-3,
+                    seed: int = 0) -> dict[str, Any]:
+    """ONNX Runtime against torch on the boundary graph: max |probability difference| over
+    two random images."""
+    from lmae_sdk.boundaries import boundary_input  # noqa: PLC0415
+
+    sess = _ort_session(path, 1)
+    rng = np.random.default_rng(seed)
+    x = np.stack([boundary_input(rng.integers(0, 256, (*spec.size, 3), dtype=np.uint8), spec) for _ in range(2)])
+    got = sess.run(None, {"image": x})[0]
+    with torch.no_grad():
+        want = torch.sigmoid(net(torch.from_numpy(x))).numpy()
+    diff = float(np.abs(got - want).max())
+    return {"max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance, "verified": True}
 
 
 def _batch(items: list[ModelInputs], plans: list[MaskPlan], batch: int) -> list[Case]:
@@ -120,16 +142,18 @@ def torch_logits(model: LMAE, case: Case) -> np.ndarray:
     return model.decode(lat, t(mi.image), t(p.ids_mask), t(p.ids_restore), t(mi.label_planes), t(mi.prior)).numpy()
 
 
-def ort_runners(encoder: str | os.PathLike, decoder: str | os.PathLike, threads: int = 1) -> tuple[Runner, Runner]:
+def _ort_session(path: str | os.PathLike, threads: int):
     import onnxruntime as ort  # noqa: PLC0415
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    prov = ["CPUExecutionProvider"]
-    es = ort.InferenceSession(str(encoder), so, providers=prov)
-    ds = ort.InferenceSession(str(decoder), so, providers=prov)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def ort_runners(encoder: str | os.PathLike, decoder: str | os.PathLike, threads: int = 1) -> tuple[Runner, Runner]:
+    es, ds = _ort_session(encoder, threads), _ort_session(decoder, threads)
     return (lambda f: es.run(["latent"], f)[0]), (lambda f: ds.run(["logits"], f)[0])
 
 

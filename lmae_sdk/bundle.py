@@ -6,6 +6,7 @@ A bundle is a folder::
       manifest.json
       encoder_m0.5_fp32.onnx   decoder_m0.5_fp32.onnx
       encoder_m0.7_fp32.onnx   ...   (*.engine for TensorRT)
+      boundary_fp32.onnx       (models with a boundary net: one graph for every engine)
 
 Top level: what every engine shares (classes, image size, patch size, normalization,
 unknown index, label down-sampling, routing threshold).  ``engines``: one entry per
@@ -29,10 +30,13 @@ MANIFEST = "manifest.json"
 # keys every engine of a bundle must agree on (they define pre/post-processing)
 SHARED_KEYS = ("class_names", "palette", "image_size", "patch_size", "num_patches", "normalization",
                "unknown_index", "label_resize", "unknown_threshold", "background_index", "near_copy_px",
-               "near_copy_min_prob", "prior_mode", "fusion")
+               "near_copy_min_prob", "prior_mode", "fusion", "boundary")
 # absent from bundles written before they existed; the runtime then reads the engines' model_config
-# (prior_mode), copies unconditionally (near_copy_min_prob = 0) or has no pixel fusion (fusion)
-OPTIONAL_SHARED_KEYS = ("prior_mode", "near_copy_min_prob", "fusion")
+# (prior_mode), copies unconditionally (near_copy_min_prob = 0), has no pixel fusion (fusion) or
+# no boundary net (boundary)
+OPTIONAL_SHARED_KEYS = ("prior_mode", "near_copy_min_prob", "fusion", "boundary")
+# with "boundary" (the net's spec and weight fingerprint): the graph file, written by export
+BOUNDARY_GRAPH = "boundary_graph"
 ENGINE_KEYS = ("name", "mask_ratio", "num_visible", "num_patches", "precision", "backend", "encoder", "decoder",
                "inputs", "model_config", "producer")
 
@@ -111,6 +115,15 @@ def read_manifest(root: str | os.PathLike, verify_files: bool = True) -> Manifes
     missing = [k for k in SHARED_KEYS + ("engines",) if k not in data and k not in OPTIONAL_SHARED_KEYS]
     if missing:
         raise BundleError(f"{path}: missing keys {missing}")
+    if data.get("boundary"):
+        g = data.get(BOUNDARY_GRAPH)
+        if not g:
+            raise BundleError(f"{path}: the models use a boundary net but the manifest has no {BOUNDARY_GRAPH}")
+        f = root / g["file"]
+        if verify_files and not f.is_file():
+            raise BundleError(f"{path}: boundary graph file {f.name} is missing")
+        if verify_files and g.get("sha256") and sha256_file(f) != g["sha256"]:
+            raise BundleError(f"{path}: boundary graph file {f.name} fails its sha256 check")
     for e in data["engines"]:
         miss = [k for k in ENGINE_KEYS if k not in e]
         if miss:

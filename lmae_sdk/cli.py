@@ -108,6 +108,8 @@ def main() -> None:
 @click.option("--refine-arch", default=None, type=click.Choice(["plain", "unet"]))
 @click.option("--init-from", default=None, type=click.Path(exists=True, dir_okay=False),
               help="warm start from a checkpoint (tensors whose name and shape match)")
+@click.option("--boundaries-from", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="a checkpoint with a boundary net (lmae fit-boundaries): the prior uses its class boundaries")
 @click.option("--amp", default="none", show_default=True, type=click.Choice(["none", "bf16"]),
               help="bf16 autocast for training (about 2.5x faster on CPUs with AVX512-BF16)")
 @click.option("--device", default="cpu", show_default=True)
@@ -152,7 +154,7 @@ def train(**kw) -> None:
                          workers=kw["workers"], seed=kw["seed"], time_budget_min=kw["time_budget_min"],
                          val_limit=kw["val_limit"], val_every=kw["val_every"], resume=kw["resume"],
                          layout=kw["layout"], model_overrides=overrides, init_from=kw["init_from"],
-                         amp=kw["amp"])
+                         amp=kw["amp"], boundaries_from=kw["boundaries_from"])
         path = run(tc)
         click.echo(f"best checkpoint: {path}")
 
@@ -178,6 +180,31 @@ def calibrate(ckpt: str, data: str, out: str | None, thresholds: str, near_copy:
     run(ckpt, data, out, tuple(float(v) for v in thresholds.split(",")),
         tuple(float(v) for v in near_copy.split(",")), tuple(float(v) for v in near_copy_min_prob.split(",")),
         _parse_settings(setting), limit, threads, log=click.echo)
+
+
+@main.command("fit-boundaries")
+@click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="dataset root")
+@click.option("--split", default="train", show_default=True, help="the split the net learns and the weights are tuned on")
+@click.option("--out", default=None, help="write the checkpoint with the boundary net here (default: in place)")
+@click.option("--minutes", default=40.0, show_default=True, type=float, help="training time budget")
+@click.option("--steps", default=0, type=int, help="train this many steps instead of --minutes")
+@click.option("--width", default=16, show_default=True, type=int, help="the UNet's base width")
+@click.option("--crop", default=256, show_default=True, type=int)
+@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--tune-images", default=80, show_default=True, type=int,
+              help="first N images of the split for choosing the step-cost weights")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--threads", default=0, type=int)
+@click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast while training")
+def fit_boundaries(ckpt: str, data: str, split: str, out: str | None, minutes: float, steps: int, width: int,
+                   crop: int, batch_size: int, tune_images: int, seed: int, threads: int, bf16: bool) -> None:
+    """Fit a class-boundary net for the geodesic step cost and store it in the checkpoint;
+    then fine-tune (lmae train --init-from CKPT --boundaries-from CKPT) and refit fusion."""
+    from lmae_sdk.training.boundary_fit import fit_boundaries as run
+
+    run(ckpt, data, out, split, minutes, steps, width, crop, batch_size, tune_images=tune_images, seed=seed,
+        threads=threads, bf16=bf16, log=click.echo)
 
 
 @main.command("fit-fusion")

@@ -335,8 +335,11 @@ def _compiled_sweeps():
     return numba.njit(cache=True, nogil=True)(_geodesic_sweeps_loops)
 
 
-def _step_costs(image: np.ndarray, edge_weight: float, blur_sigma: float) -> tuple[np.ndarray, np.ndarray]:
-    """Geodesic step costs 1 + edge_weight * |colour change| (sum over RGB, image blurred):
+def _step_costs(image: np.ndarray, edge_weight: float, blur_sigma: float, boundary: np.ndarray | None = None,
+                boundary_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Geodesic step costs 1 + edge_weight * |colour change| (sum over RGB, image blurred)
+    [+ boundary_weight * p(class boundary), ``boundary`` (2, H, W) from
+    :mod:`lmae_sdk.boundaries`: to the right / lower neighbour]:
     step_x[y, x] for (y, x-1) -> (y, x), step_y[y, x] for (y-1, x) -> (y, x); 0 off the image."""
     g = image.astype(np.float32) * np.float32(1 / 255)
     if blur_sigma > 0:
@@ -349,12 +352,18 @@ def _step_costs(image: np.ndarray, edge_weight: float, blur_sigma: float) -> tup
     step_x[:, 1:] = 1 + edge_weight * (dx[..., 0] + dx[..., 1] + dx[..., 2])
     dy = np.abs(g[1:] - g[:-1])
     step_y[1:] = 1 + edge_weight * (dy[..., 0] + dy[..., 1] + dy[..., 2])
+    if boundary is not None and boundary_weight > 0:
+        if boundary.shape != (2, h, w):
+            raise ValueError(f"boundary map shape {boundary.shape}; expected (2, {h}, {w})")
+        step_x[:, 1:] += np.float32(boundary_weight) * boundary[0, :, :-1]
+        step_y[1:] += np.float32(boundary_weight) * boundary[1, :-1]
     return step_x, step_y
 
 
 def geodesic_propagate(image: np.ndarray, label: np.ndarray, unknown: int = UNKNOWN, edge_weight: float = 100.0,
-                       blur_sigma: float = 2.0, rounds: int = 2,
-                       backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+                       blur_sigma: float = 2.0, rounds: int = 2, backend: str = "auto",
+                       boundary: np.ndarray | None = None,
+                       boundary_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Edge-aware label propagation: each unknown pixel takes the label of the known pixel
     nearest along image paths, where a step costs 1 + ``edge_weight`` * |colour change|.
 
@@ -363,15 +372,16 @@ def geodesic_propagate(image: np.ndarray, label: np.ndarray, unknown: int = UNKN
     row / column sweeps of a 4-connected geodesic distance transform.  ``backend`` "auto"
     runs them compiled by numba when it is installed (about half of ``prepare``'s cost
     went with it, benchmarks/RESULTS.md section 1), else vectorised numpy; "numpy" forces the
-    latter.  With no known pixel (or no
-    unknown one) this is :func:`nearest_known`.
+    latter.  ``boundary`` / ``boundary_weight``: learned class boundaries add to the step
+    cost (:func:`_step_costs`).  With no known pixel (or no unknown one) this is
+    :func:`nearest_known`.
     """
     if backend not in ("auto", "numpy"):
         raise ValueError(f"backend must be 'auto' or 'numpy', got {backend!r}")
     unknown_mask = label == unknown
     if unknown_mask.all() or not unknown_mask.any():
         return nearest_known(label, unknown)
-    step_x, step_y = _step_costs(image, edge_weight, blur_sigma)
+    step_x, step_y = _step_costs(image, edge_weight, blur_sigma, boundary, boundary_weight)
     dist = np.where(unknown_mask, np.float32(1e9), np.float32(0))
     ids = label.copy()
     compiled = _compiled_sweeps() if backend == "auto" else None
@@ -380,7 +390,8 @@ def geodesic_propagate(image: np.ndarray, label: np.ndarray, unknown: int = UNKN
 
 
 def geodesic_nearest(image: np.ndarray, label: np.ndarray, unknown: int = UNKNOWN, edge_weight: float = 100.0,
-                     blur_sigma: float = 2.0, rounds: int = 2) -> np.ndarray:
+                     blur_sigma: float = 2.0, rounds: int = 2, boundary: np.ndarray | None = None,
+                     boundary_weight: float = 0.0) -> np.ndarray:
     """The ids of :func:`geodesic_propagate` (edge-aware nearest known label).
 
     On CamVid val with 50% random holes it scores 68.3 PA-mIoU as a completer on its own
@@ -388,7 +399,8 @@ def geodesic_nearest(image: np.ndarray, label: np.ndarray, unknown: int = UNKNOW
     Euclidean nearest and 68.0 for scikit-image's random walker at ~2 s
     (benchmarks/RESULTS.md, section 0).
     """
-    return geodesic_propagate(image, label, unknown, edge_weight, blur_sigma, rounds)[0]
+    return geodesic_propagate(image, label, unknown, edge_weight, blur_sigma, rounds, boundary=boundary,
+                              boundary_weight=boundary_weight)[0]
 
 
 def _class_sweeps_loops(dist: np.ndarray, step_x: np.ndarray, step_y: np.ndarray,
@@ -433,7 +445,8 @@ NO_PATH = np.float32(1e9)  # the path cost of a class with no known pixel
 
 def geodesic_class_costs(image: np.ndarray, label: np.ndarray, num_classes: int, unknown: int = UNKNOWN,
                          edge_weight: float = 100.0, blur_sigma: float = 2.0, rounds: int = 2,
-                         backend: str = "auto") -> np.ndarray:
+                         backend: str = "auto", boundary: np.ndarray | None = None,
+                         boundary_weight: float = 0.0) -> np.ndarray:
     """(H, W, N) float32: per pixel, the geodesic path cost (as :func:`geodesic_propagate`)
     to the nearest known pixel of *each* class; ``NO_PATH`` for classes with no known pixel.
 
@@ -447,7 +460,7 @@ def geodesic_class_costs(image: np.ndarray, label: np.ndarray, num_classes: int,
     present = [c for c in np.flatnonzero(counts).tolist() if c != unknown]
     if not present:
         return np.full(label.shape + (num_classes,), NO_PATH, np.float32)
-    step_x, step_y = _step_costs(image, edge_weight, blur_sigma)
+    step_x, step_y = _step_costs(image, edge_weight, blur_sigma, boundary, boundary_weight)
     slot = np.full(max(UNKNOWN, int(label.max())) + 1, -1, np.int64)
     slot[present] = np.arange(len(present))
     dist = np.full(label.shape + (len(present),), NO_PATH, np.float32)
@@ -480,7 +493,8 @@ class Propagation(NamedTuple):
 
 def propagate(label: np.ndarray, image: np.ndarray | None = None, mode: str = "euclidean",
               unknown: int = UNKNOWN, edge_weight: float = 100.0, blur_sigma: float = 2.0,
-              num_classes: int | None = None) -> Propagation:
+              num_classes: int | None = None, boundary: np.ndarray | None = None,
+              boundary_weight: float = 0.0) -> Propagation:
     """Label propagation for the prior, near-copy and pixel fusion.
 
     ``mode`` "euclidean": each pixel's nearest known label; "geodesic": the nearest along
@@ -488,6 +502,7 @@ def propagate(label: np.ndarray, image: np.ndarray | None = None, mode: str = "e
     ``image``), which does not leak across object edges, and its path cost.
     ``num_classes``: also every class's geodesic cost (:func:`geodesic_class_costs`, for
     pixel fusion); in geodesic mode the ids and cost are then read off them (same sweeps).
+    ``boundary`` / ``boundary_weight``: learned class boundaries in the geodesic step cost.
     """
     if mode not in PRIOR_MODES:
         raise ValueError(f"prior mode must be one of {PRIOR_MODES}, got {mode!r}")
@@ -496,7 +511,8 @@ def propagate(label: np.ndarray, image: np.ndarray | None = None, mode: str = "e
     ids, dist = nearest_known(label, unknown)
     cost = costs = None
     if num_classes and not (label == unknown).all():
-        costs = geodesic_class_costs(image, label, num_classes, unknown, edge_weight, blur_sigma)
+        costs = geodesic_class_costs(image, label, num_classes, unknown, edge_weight, blur_sigma,
+                                     boundary=boundary, boundary_weight=boundary_weight)
     if mode == "geodesic":
         if costs is not None:
             nearest = costs.argmin(-1)
@@ -505,7 +521,8 @@ def propagate(label: np.ndarray, image: np.ndarray | None = None, mode: str = "e
             ids = np.where(label == unknown, nearest.astype(np.uint8), label)
             cost = np.where(label == unknown, best, np.float32(0))
         else:
-            ids, cost = geodesic_propagate(image, label, unknown, edge_weight, blur_sigma)
+            ids, cost = geodesic_propagate(image, label, unknown, edge_weight, blur_sigma, boundary=boundary,
+                                           boundary_weight=boundary_weight)
     return Propagation(ids, dist, cost, costs)
 
 

@@ -59,6 +59,9 @@ class LMAEConfig:
     geodesic_edge_weight: float = 100.0
     geodesic_blur: float = 2.0
     prior_path_cost: bool = False  # + a plane of the geodesic path cost (where the copy crossed edges)
+    # + geodesic_boundary_weight * p(class boundary) in the geodesic step cost: the map comes from
+    # the checkpoint's boundary net (lmae_sdk.boundaries); 0 = colour change only
+    geodesic_boundary_weight: float = 0.0
     refine_width: int = 32  # 0 disables the full-resolution refinement stage
     refine_depth: int = 4
     refine_arch: str = "plain"  # plain (dilated convs) | unet (multi-scale, sees across holes)

@@ -31,27 +31,34 @@ class ModelInputs:
 
 
 def propagate_for(cfg: LMAEConfig, partial: np.ndarray, image: np.ndarray, unknown: int = UNKNOWN,
-                  class_costs: bool = False) -> Propagation:
+                  class_costs: bool = False, boundary: np.ndarray | None = None) -> Propagation:
     """The model's label propagation (its prior mode and geodesic parameters) of a whole
     partial label: the prior's input, and what near-copy copies; ``class_costs``: also
-    every class's path cost (pixel fusion's input; the same sweeps serve the prior)."""
+    every class's path cost (pixel fusion's input; the same sweeps serve the prior).
+    ``boundary``: the image's class-boundary map (2, H, W), needed when the model's step
+    cost has a boundary term (``cfg.geodesic_boundary_weight`` > 0)."""
+    geodesic = cfg.prior_mode == "geodesic" or class_costs
+    if geodesic and cfg.geodesic_boundary_weight > 0 and boundary is None:
+        raise ValueError("this model's geodesic step cost needs the image's class-boundary map (its boundary net)")
     return propagate(partial, image, cfg.prior_mode, unknown, cfg.geodesic_edge_weight, cfg.geodesic_blur,
-                     cfg.num_classes if class_costs else None)
+                     cfg.num_classes if class_costs else None, boundary, cfg.geodesic_boundary_weight)
 
 
 def prepare(image: np.ndarray, partial: np.ndarray, cfg: LMAEConfig, label_resize: str = "soft",
-            unknown: int = UNKNOWN, propagated: Propagation | None = None) -> ModelInputs:
+            unknown: int = UNKNOWN, propagated: Propagation | None = None,
+            boundary: np.ndarray | None = None) -> ModelInputs:
     """RGB uint8 (H, W, 3) + partial ids (H, W) -> model-size inputs.
 
     ``propagated``: ``propagate_for(cfg, partial, image)`` when the caller already has it
-    (it is the costly part of the prior; near-copy reuses it).
+    (it is the costly part of the prior; near-copy reuses it); else ``boundary`` goes to
+    ``propagate_for``.
     """
     size = cfg.img_size
     planes = label_planes(partial, cfg.num_classes, size, label_resize, unknown)
     prior = None
     if cfg.prior:
         if propagated is None:
-            propagated = propagate_for(cfg, partial, image, unknown)
+            propagated = propagate_for(cfg, partial, image, unknown, boundary=boundary)
         prior = prior_planes(partial, cfg.num_classes, size, unknown, propagated=propagated,
                              path_cost_plane=cfg.prior_path_cost)
     return ModelInputs(normalize_image(image, size), planes, prior)

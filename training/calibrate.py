@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmae_sdk.boundaries import boundaries_from_checkpoint, boundary_maps
 from lmae_sdk.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from lmae_sdk.fusion import PixelFusion
 from lmae_sdk.metrics import CompletionMeter
@@ -78,6 +79,7 @@ def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = 
     info = load_dataset(data, ("val",))
     pairs = info.pairs["val"][: limit or None]
     val = load_pairs(pairs, cfg.num_classes)
+    maps = boundary_maps(boundaries_from_checkpoint(ck, source=str(ckpt_path)), [img for img, _ in val])
     ratios = [float(r) for r in ck["mask_ratios"]]
     bg = ck.get("background_index")
     names = [f"{st}:{r:g}" for st, r in settings]
@@ -92,7 +94,7 @@ def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = 
     model.eval()
     for name, (strategy, ratio) in zip(names, settings):
         vs = ValSet(val, cfg, strategy, ratio, ck["label_resize"], background_index=bg,
-                    class_costs=fusion is not None)
+                    class_costs=fusion is not None, boundary_maps=maps)
         for th in thresholds:
             for gts, partials, inp, propagated in vs.batches(16):
                 logits = runtime_logits(model, inp, ratios, th, bg)

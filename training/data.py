@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lmae_sdk.boundaries import flip_boundaries
 from lmae_sdk.degrade import degrade
 from lmae_sdk.labels import UNKNOWN, InputError, check_label_ids, read_image, read_label
 from lmae_sdk.masking import DEFAULT_MIX, DEFAULT_UNKNOWN_THRESHOLD, sample_strategy
@@ -49,7 +50,9 @@ class SampleSpec:
 
 
 def make_sample(img: np.ndarray, lab: np.ndarray, cfg: LMAEConfig, spec: SampleSpec, mask_ratio: float,
-                rng: np.random.Generator) -> dict[str, np.ndarray]:
+                rng: np.random.Generator, boundary: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """``boundary``: the image's class-boundary map (2, H, W), cropped and flipped with it
+    (models whose step cost has a boundary term)."""
     h, w = lab.shape
     mh, mw = cfg.img_size
     # random crop with the model's aspect ratio, then resize (paper: crop 448 -> 224)
@@ -58,8 +61,11 @@ def make_sample(img: np.ndarray, lab: np.ndarray, cfg: LMAEConfig, spec: SampleS
     cw = int(ch * mw / mh)
     y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
     img, lab = img[y: y + ch, x: x + cw], lab[y: y + ch, x: x + cw]
+    if boundary is not None:
+        boundary = boundary[:, y: y + ch, x: x + cw].astype(np.float32)
     if rng.random() < 0.5:
         img, lab = img[:, ::-1], lab[:, ::-1]
+        boundary = None if boundary is None else flip_boundaries(boundary)
     img, lab = np.ascontiguousarray(img), np.ascontiguousarray(lab)
     if spec.holes == "mixed":
         mix = spec.hole_mix or DEFAULT_HOLE_MIX
@@ -71,7 +77,7 @@ def make_sample(img: np.ndarray, lab: np.ndarray, cfg: LMAEConfig, spec: SampleS
                           background_index=spec.background_index)
     else:
         partial = lab
-    inputs = prepare(img, partial, cfg, spec.label_resize)
+    inputs = prepare(img, partial, cfg, spec.label_resize, boundary=boundary)
     plan = route(inputs, cfg, mask_ratio, sample_strategy(rng, spec.mask_mix or DEFAULT_MIX), spec.threshold,
                  spec.background_index, rng)
     target = cv2.resize(lab, (mw, mh), interpolation=cv2.INTER_NEAREST)
@@ -93,8 +99,10 @@ class CompletionTrainSet(Dataset):
     batch index: ``batch_size`` consecutive indices use the same ratio."""
 
     def __init__(self, data: list[tuple[np.ndarray, np.ndarray]], cfg: LMAEConfig, spec: SampleSpec,
-                 batch_size: int, seed: int = 0, world_size: int = 1) -> None:
+                 batch_size: int, seed: int = 0, world_size: int = 1,
+                 boundary_maps: list[np.ndarray] | None = None) -> None:
         self.data, self.cfg, self.spec, self.seed = data, cfg, spec, seed
+        self.boundary_maps = boundary_maps  # per image (2, H, W), for a step cost with a boundary term
         # DistributedSampler (no shuffle) hands rank r the indices r, r + world, ...: a
         # block of batch_size * world consecutive indices makes one batch on every rank
         self.block = batch_size * world_size
@@ -108,8 +116,10 @@ class CompletionTrainSet(Dataset):
         batch_rng = np.random.default_rng([self.seed, self.epoch, i // self.block, 7])
         ratio = float(batch_rng.choice(self.spec.mask_ratios))
         order = np.random.default_rng([self.seed, self.epoch, 11]).permutation(len(self.data))
-        img, lab = self.data[int(order[i])]
-        return make_sample(img, lab, self.cfg, self.spec, ratio, rng)
+        k = int(order[i])
+        img, lab = self.data[k]
+        return make_sample(img, lab, self.cfg, self.spec, ratio, rng,
+                           None if self.boundary_maps is None else self.boundary_maps[k])
 
 
 def collate(items: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
@@ -124,13 +134,14 @@ class ValSet:
 
     def __init__(self, data: list[tuple[np.ndarray, np.ndarray]], cfg: LMAEConfig, strategy: str, ratio: float,
                  label_resize: str, seed: int = 0, patch: int = 32, background_index: int | None = None,
-                 class_costs: bool = False) -> None:
+                 class_costs: bool = False, boundary_maps: list[np.ndarray] | None = None) -> None:
         self.items = []
         for i, (img, lab) in enumerate(data):
+            bmap = None if boundary_maps is None else boundary_maps[i].astype(np.float32)
             partial = degrade(lab, ratio, strategy, np.random.default_rng([seed, i]), patch=patch,
                               background_index=background_index)
             # for the prior, near-copy and (class_costs) pixel fusion
-            propagated = propagate_for(cfg, partial, img, class_costs=class_costs)
+            propagated = propagate_for(cfg, partial, img, class_costs=class_costs, boundary=bmap)
             self.items.append((lab, partial, prepare(img, partial, cfg, label_resize, propagated=propagated),
                                propagated))
         self.strategy, self.ratio = strategy, ratio

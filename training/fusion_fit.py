@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmae_sdk.boundaries import boundaries_from_checkpoint
 from lmae_sdk.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from lmae_sdk.degrade import degrade
 from lmae_sdk.fusion import FUSION_FEATURES, PixelFusion, features_at, hole_log_probs
@@ -52,6 +53,7 @@ def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: i
     """(features (P, N, F), true class (P,)) of pixels sampled from the holes."""
     model = model_from_checkpoint(ckpt)
     cfg = model.cfg
+    boundaries = boundaries_from_checkpoint(ckpt)
     info = load_dataset(data, (split,))
     pairs = info.pairs[split][: images or None]
     ratios = [float(r) for r in ckpt["mask_ratios"]]
@@ -66,7 +68,8 @@ def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: i
         for i, (img, lab) in enumerate(chunk, start):
             strategy, ratio = settings[i % len(settings)]
             partial = degrade(lab, ratio, strategy, np.random.default_rng([seed, i]), background_index=bg)
-            prop = propagate_for(cfg, partial, img, class_costs=True)
+            prop = propagate_for(cfg, partial, img, class_costs=True,
+                                 boundary=None if boundaries is None else boundaries(img))
             parts.append(partial)
             props.append(prop)
             inputs.append(prepare(img, partial, cfg, ckpt["label_resize"], propagated=prop))

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from lmae_sdk.boundaries import boundaries_from_checkpoint, boundary_maps
 from lmae_sdk.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from lmae_sdk.masking import DEFAULT_UNKNOWN_THRESHOLD
 from lmae_sdk.metrics import CompletionMeter
@@ -67,6 +68,8 @@ class TrainConfig:
     max_train_items: int = 0  # 0 = all (tests use a few)
     amp: str = "none"  # "bf16": autocast matmuls/convs to bfloat16 (2.5x faster on AVX512-BF16 CPUs)
     init_from: str | None = None  # warm start: load every tensor of this checkpoint whose name and shape match
+    # a checkpoint with a boundary net (lmae fit-boundaries): its net and step-cost weights make the prior
+    boundaries_from: str | None = None
 
 
 def _is_dist() -> bool:
@@ -141,7 +144,17 @@ def train(tc: TrainConfig) -> Path:
     n = info.num_classes
     train_data = load_pairs(train_pairs, n)
     val_data = load_pairs(val_pairs, n)
-    cfg = make_config(tc.preset, n, img_size=tuple(tc.image_size), **tc.model_overrides)
+    overrides, boundary_entry, train_maps, val_maps = dict(tc.model_overrides), None, None, None
+    if tc.boundaries_from:
+        src_ck = load_checkpoint(tc.boundaries_from)
+        boundaries = boundaries_from_checkpoint(src_ck, source=tc.boundaries_from)
+        if boundaries is None:
+            raise ValueError(f"{tc.boundaries_from}: no boundary net in this checkpoint (lmae fit-boundaries)")
+        boundary_entry = src_ck["boundary_net"]
+        overrides.update({k: src_ck["config"][k] for k in ("geodesic_edge_weight", "geodesic_boundary_weight")})
+        train_maps = boundary_maps(boundaries, [img for img, _ in train_data])
+        val_maps = boundary_maps(boundaries, [img for img, _ in val_data])
+    cfg = make_config(tc.preset, n, img_size=tuple(tc.image_size), **overrides)
     model = LMAE(cfg).to(device)
     if tc.init_from:
         src = load_checkpoint(tc.init_from)["state_dict"]
@@ -153,16 +166,17 @@ def train(tc: TrainConfig) -> Path:
     spec = SampleSpec(mask_ratios=tuple(tc.mask_ratios), holes=tc.holes, label_resize=tc.label_resize,
                       mask_mix=tc.mask_mix, hole_mix=tc.hole_mix,
                       threshold=tc.threshold, background_index=info.background_index)
-    trainset = CompletionTrainSet(train_data, cfg, spec, tc.batch_size, tc.seed, world)
+    trainset = CompletionTrainSet(train_data, cfg, spec, tc.batch_size, tc.seed, world, train_maps)
     sampler = DistributedSampler(trainset, shuffle=False) if world > 1 else None
     # order is shuffled inside each batch-ratio block by the dataset seed; keep batches aligned
     loader = DataLoader(trainset, batch_size=tc.batch_size, sampler=sampler, shuffle=False, collate_fn=collate,
                         num_workers=tc.workers, drop_last=True, persistent_workers=False)
     eval_ratio = float(np.median(tc.mask_ratios))
-    val_bg = ValSet(val_data, cfg, "background", eval_ratio, tc.label_resize, background_index=info.background_index)
-    val_rand = ValSet(val_data, cfg, "random", eval_ratio, tc.label_resize)
+    val_bg = ValSet(val_data, cfg, "background", eval_ratio, tc.label_resize, background_index=info.background_index,
+                    boundary_maps=val_maps)
+    val_rand = ValSet(val_data, cfg, "random", eval_ratio, tc.label_resize, boundary_maps=val_maps)
     # whole objects removed: what propagation cannot recover
-    val_obj = ValSet(val_data, cfg, "objects", 0.5, tc.label_resize)
+    val_obj = ValSet(val_data, cfg, "objects", 0.5, tc.label_resize, boundary_maps=val_maps)
 
     cw = None
     if tc.class_weighting:
@@ -266,11 +280,12 @@ def train(tc: TrainConfig) -> Path:
             ck_kw = dict(class_names=info.class_names, palette=info.palette, mask_ratios=list(tc.mask_ratios),
                          label_resize=tc.label_resize, unknown_threshold=tc.threshold, train_args=args_dict,
                          background_index=info.background_index)
+            extra = {"boundary_net": boundary_entry} if boundary_entry else {}
             if score > best:
                 best = score
-                save_checkpoint(make_checkpoint(model, metrics=metrics, **ck_kw), paths["best"])
+                save_checkpoint({**make_checkpoint(model, metrics=metrics, **ck_kw), **extra}, paths["best"])
             history.append(row)
-            last = make_checkpoint(model, metrics=metrics, **ck_kw)
+            last = {**make_checkpoint(model, metrics=metrics, **ck_kw), **extra}
             last["train_state"] = {"optimizer": opt.state_dict(),
                                    "scheduler": (step_sched or plateau).state_dict(),
                                    "epoch": epoch, "best": best, "history": json.dumps(history)}

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks._common import DEFAULT_CAMVID  # noqa: E402
 from benchmarks.experiments._parts import UNet4, random_crop  # noqa: E402
 from benchmarks.quality import load_split, make_partials  # noqa: E402
+from lmae_sdk.boundaries import boundary_targets  # noqa: E402
 from lmae_sdk.labels import (IMAGENET_MEAN, IMAGENET_STD, TUNED_BLUR, TUNED_EDGE_WEIGHT, UNKNOWN,  # noqa: E402
                              _compiled_sweeps, _step_costs)
 from lmae_sdk.metrics import CompletionMeter  # noqa: E402
@@ -43,16 +44,6 @@ class EdgeNet(UNet4):
 def normalized(img: np.ndarray) -> np.ndarray:
     x = (img.astype(np.float32) / 255 - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
     return x.transpose(2, 0, 1)
-
-
-def boundary_targets(lab: np.ndarray) -> np.ndarray:
-    """(2, H, W): 1 where the right / lower neighbour has another class, -1 = ignore."""
-    t = np.full((2,) + lab.shape, -1, np.float32)
-    ok = (lab[:, 1:] != UNKNOWN) & (lab[:, :-1] != UNKNOWN)
-    t[0, :, :-1] = np.where(ok, lab[:, 1:] != lab[:, :-1], -1)
-    ok = (lab[1:] != UNKNOWN) & (lab[:-1] != UNKNOWN)
-    t[1, :-1] = np.where(ok, lab[1:] != lab[:-1], -1)
-    return t
 
 
 def edge_map(net: EdgeNet, img: np.ndarray) -> np.ndarray:

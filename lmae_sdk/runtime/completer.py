@@ -19,17 +19,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..bundle import Manifest, read_manifest
+from ..boundaries import BoundarySpec, boundaries_from_checkpoint
+from ..bundle import BOUNDARY_GRAPH, Manifest, read_manifest
 from ..fusion import PixelFusion
 from ..labels import UNKNOWN, InputError, Propagation, check_label_ids, read_image, read_label, resize_logits
 from ..masking import MaskPlan, num_masked
 from ..model import LMAEConfig
 from ..preprocess import ModelInputs, finish, prepare, propagate_for
-from .backends import (Backend, BackendError, OrtBackend, TorchBackend, TrtBackend,
+from .backends import (Backend, BackendError, OrtBackend, OrtBoundaries, TorchBackend, TrtBackend,
                        ort_available, ort_cuda_available, trt_available)
 from .router import RouteDecision, apply_pass, route_image
 
@@ -73,6 +74,7 @@ class _Job:
     partial: np.ndarray  # the original partial crop
     working: np.ndarray  # partial + earlier passes' predictions
     box: tuple[int, int, int, int]  # y0, y1, x0, x1 in the image
+    boundary: np.ndarray | None = None  # (2, h, w) the window's class-boundary map (models with a boundary net)
     inputs: ModelInputs | None = None
     decision: RouteDecision | None = None
     logits: np.ndarray | None = None
@@ -88,6 +90,7 @@ class _Item:
     partial: np.ndarray | None = None
     palette: list | None = None
     propagated: Propagation | None = None  # propagate_for of the whole partial
+    boundary: np.ndarray | None = None  # (2, H, W) class-boundary map of the whole image
     jobs: list[_Job] = field(default_factory=list)
     error: Exception | None = None
 
@@ -112,7 +115,8 @@ class LMAECompleter:
     def __init__(self, cfg: LMAEConfig, engines: Sequence[Engine], *, class_names: list[str],
                  palette: list[list[int]] | None, label_resize: str, unknown_threshold: float,
                  background_index: int | None = None, unknown_index: int = UNKNOWN, near_copy_px: float = 0.0,
-                 near_copy_min_prob: float = 0.0, fusion: PixelFusion | None = None, source: str = "",
+                 near_copy_min_prob: float = 0.0, fusion: PixelFusion | None = None,
+                 boundaries: Callable[[np.ndarray], np.ndarray] | None = None, source: str = "",
                  backend_name: str = "") -> None:
         if not engines:
             raise ValueError("a completer needs at least one engine")
@@ -131,6 +135,9 @@ class LMAECompleter:
         if fusion is not None and fusion.num_classes != cfg.num_classes:
             raise ValueError(f"pixel fusion for {fusion.num_classes} classes, the model has {cfg.num_classes}")
         self.fusion = fusion  # decides hole pixels instead of the near-copy rule
+        if cfg.geodesic_boundary_weight > 0 and boundaries is None:
+            raise ValueError("the model's geodesic step cost has a boundary term but no boundary net was given")
+        self.boundaries = boundaries  # image -> (2, H, W) class-boundary map, for the step cost
         self.source = source
         self.backend_name = backend_name or engines[0].backend.name
 
@@ -138,6 +145,10 @@ class LMAECompleter:
     def _needs_propagation(self) -> bool:
         """Whether ``finish`` reads the propagation (near-copy or pixel fusion)."""
         return self.near_copy_px > 0 or self.fusion is not None
+
+    def boundary_map(self, image: np.ndarray) -> np.ndarray | None:
+        """The image's class-boundary map (2, H, W) when the model's step cost uses one, else None."""
+        return self.boundaries(image) if self.boundaries is not None and self.cfg.geodesic_boundary_weight > 0 else None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -181,13 +192,14 @@ class LMAECompleter:
         engines = [Engine(m, cfg.num_visible(m), num_masked(cfg.num_patches, m),
                           TorchBackend(model, m, cfg.num_visible(m), names, device, threads)) for m in ratios]
         log.info("backend torch on %s (%s), engines m=%s", device, path.name, ratios)
+        boundaries = boundaries_from_checkpoint(ckpt, device, str(path))
         return cls(cfg, engines, class_names=ckpt["class_names"], palette=ckpt.get("palette"),
                    label_resize=ckpt.get("label_resize", "soft"),
                    unknown_threshold=ckpt.get("unknown_threshold", 0.5),
                    background_index=ckpt.get("background_index"), near_copy_px=ckpt.get("near_copy_px", 0.0),
                    near_copy_min_prob=ckpt.get("near_copy_min_prob", 0.0),
                    fusion=PixelFusion.from_dict(ckpt["fusion"], str(path)) if ckpt.get("fusion") else None,
-                   unknown_index=ckpt.get("unknown_index", UNKNOWN) if unknown_index is None else unknown_index,
+                   boundaries=boundaries, unknown_index=ckpt.get("unknown_index", UNKNOWN) if unknown_index is None else unknown_index,
                    source=source or str(path), backend_name="torch")
 
     @classmethod
@@ -255,6 +267,13 @@ class LMAECompleter:
                 be = TrtBackend(enc, dec, m, e["num_visible"], e["inputs"], e["precision"])
             engines.append(Engine(m, int(e["num_visible"]), int(e["num_patches"]) - int(e["num_visible"]), be))
         d = man.data
+        boundaries = None
+        if d.get("boundary"):
+            # ONNX Runtime runs the boundary graph for both ONNX and TensorRT bundles (CUDA when
+            # the engines run on a GPU and onnxruntime-gpu is installed)
+            bdev = (device or "cpu") if backend == "onnxruntime" else ("cuda" if ort_cuda_available() else "cpu")
+            boundaries = OrtBoundaries(man.root / d[BOUNDARY_GRAPH]["file"],
+                                       BoundarySpec.from_dict(d["boundary"], str(man.root)), bdev)
         log.info("backend %s (%s), providers %s, engines %s", backend, device or "cpu", engines[0].backend.providers,
                  [(en.mask_ratio, by_ratio[en.mask_ratio]["precision"]) for en in engines])
         return cls(cfg, engines, class_names=d["class_names"], palette=d.get("palette"),
@@ -262,7 +281,7 @@ class LMAECompleter:
                    background_index=d.get("background_index"), near_copy_px=d.get("near_copy_px", 0.0),
                    near_copy_min_prob=d.get("near_copy_min_prob", 0.0),
                    fusion=PixelFusion.from_dict(d["fusion"], str(man.root)) if d.get("fusion") else None,
-                   unknown_index=d["unknown_index"] if unknown_index is None else unknown_index,
+                   boundaries=boundaries, unknown_index=d["unknown_index"] if unknown_index is None else unknown_index,
                    source=str(man.root), backend_name=engines[0].backend.name)
 
     @staticmethod
@@ -291,6 +310,8 @@ class LMAECompleter:
     def describe(self) -> str:
         finish = "pixel fusion" if self.fusion is not None else (
             f"near-copy {self.near_copy_px:g} px" if self.near_copy_px > 0 else "argmax")
+        if self.boundaries is not None and self.cfg.geodesic_boundary_weight > 0:
+            finish += ", learned boundaries"
         return (f"{self.backend_name} {self.providers} engines m={self.mask_ratios} model "
                 f"{self.cfg.img_size[0]}x{self.cfg.img_size[1]} ({self.num_classes} classes), {finish}")
 
@@ -346,10 +367,12 @@ class LMAECompleter:
             img, lab, palette = self._validate(image, partial)
             item.image, item.partial, item.palette = img, lab, palette
             windows = self._windows(lab.shape, tile, tile_scale)
+            item.boundary = bmap = self.boundary_map(img)
             if len(windows) == 1 and (self.cfg.prior or self._needs_propagation):  # serves prior and finish
-                item.propagated = propagate_for(self.cfg, lab, img, self.unknown_index, self.fusion is not None)
+                item.propagated = propagate_for(self.cfg, lab, img, self.unknown_index, self.fusion is not None, bmap)
             item.jobs = [self._prepare(_Job(img[y0:y1, x0:x1], lab[y0:y1, x0:x1], lab[y0:y1, x0:x1],
-                                            (y0, y1, x0, x1)), propagated=item.propagated)
+                                            (y0, y1, x0, x1), None if bmap is None else bmap[:, y0:y1, x0:x1]),
+                                       propagated=item.propagated)
                          for y0, y1, x0, x1 in windows]
         except Exception as e:
             if on_error == "raise":
@@ -399,7 +422,8 @@ class LMAECompleter:
 
     def _prepare(self, job: _Job, force_final: bool = False,
                  propagated: Propagation | None = None) -> _Job:
-        job.inputs = prepare(job.image, job.working, self.cfg, self.label_resize, self.unknown_index, propagated)
+        job.inputs = prepare(job.image, job.working, self.cfg, self.label_resize, self.unknown_index, propagated,
+                             job.boundary)
         job.decision = route_image(job.inputs, self.cfg, self.mask_ratios, self.unknown_threshold,
                                    self.background_index, force_final)
         return job
@@ -454,7 +478,8 @@ class LMAECompleter:
             logits = self._blend(item.jobs, partial.shape)
         propagated = item.propagated
         if propagated is None and self._needs_propagation:  # tiled: propagate over the whole image
-            propagated = propagate_for(self.cfg, partial, item.image, self.unknown_index, self.fusion is not None)
+            propagated = propagate_for(self.cfg, partial, item.image, self.unknown_index, self.fusion is not None,
+                                       item.boundary)
         label, conf = finish(logits, partial, self.unknown_index, min_confidence, self.near_copy_px, propagated,
                              self.near_copy_min_prob, self.fusion)
         hole = partial == self.unknown_index

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...boundaries import BoundarySpec, boundary_input, boundary_to_image
 from .base import Backend, BackendError
 
 log = logging.getLogger("lmae_sdk.runtime")
@@ -28,42 +29,47 @@ def ort_cuda_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
+def ort_session(path: str | os.PathLike, device: str = "cpu", threads: int = 0):
+    """An InferenceSession on CPU, or CUDA (checked: the GPU wheel falls back to CPU silently)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise BackendError("onnxruntime is not installed: pip install 'lmae-sdk[cpu]' "
+                           "(or [gpu] for onnxruntime-gpu)") from e
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads) if threads else max(1, os.cpu_count() or 1)
+    opts.inter_op_num_threads = 1
+    # idle intra-op threads sleep instead of spinning: in complete_batch the pre/post
+    # workers share the cores with the engine, and spinning threads starve them
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    want = ["CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise BackendError("onnxruntime: CUDA asked for but this onnxruntime has no CUDAExecutionProvider "
+                               "(install onnxruntime-gpu)")
+        dev_id = int(device.split(":")[1]) if ":" in device else 0
+        want = [("CUDAExecutionProvider", {"device_id": dev_id}), "CPUExecutionProvider"]
+    sess = ort.InferenceSession(str(Path(path)), sess_options=opts, providers=want)
+    got = sess.get_providers()
+    if device.startswith("cuda") and "CUDAExecutionProvider" not in got:
+        raise BackendError(f"onnxruntime: CUDAExecutionProvider failed to load for {Path(path).name} "
+                           f"(session runs on {got}); check the CUDA/cuDNN libraries")
+    return sess
+
+
 class OrtBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, encoder: str | os.PathLike, decoder: str | os.PathLike, mask_ratio: float, num_visible: int,
                  input_names: dict[str, list[str]], device: str = "cpu", threads: int = 0,
                  precision: str = "fp32") -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise BackendError("onnxruntime is not installed: pip install 'lmae-sdk[cpu]' "
-                               "(or [gpu] for onnxruntime-gpu)") from e
         super().__init__(mask_ratio, num_visible, input_names)
         self.precision = precision
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads) if threads else max(1, os.cpu_count() or 1)
-        opts.inter_op_num_threads = 1
-        # idle intra-op threads sleep instead of spinning: in complete_batch the pre/post
-        # workers share the cores with the engine, and spinning threads starve them
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        want = ["CPUExecutionProvider"]
-        if device.startswith("cuda"):
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise BackendError("onnxruntime: CUDA asked for but this onnxruntime has no CUDAExecutionProvider "
-                                   "(install onnxruntime-gpu)")
-            dev_id = int(device.split(":")[1]) if ":" in device else 0
-            want = [("CUDAExecutionProvider", {"device_id": dev_id}), "CPUExecutionProvider"]
         self.sessions = {}
         for part, path in (("encoder", encoder), ("decoder", decoder)):
-            sess = ort.InferenceSession(str(Path(path)), sess_options=opts, providers=want)
-            got = sess.get_providers()
-            # the GPU wheel silently falls back to CPU when CUDA/cuDNN cannot load: check
-            if device.startswith("cuda") and "CUDAExecutionProvider" not in got:
-                raise BackendError(f"onnxruntime: CUDAExecutionProvider failed to load for {Path(path).name} "
-                                   f"(session runs on {got}); check the CUDA/cuDNN libraries")
+            sess = ort_session(path, device, threads)
             names = {i.name for i in sess.get_inputs()}
             if set(self.input_names[part]) != names:
                 raise BackendError(f"{Path(path).name}: graph inputs {sorted(names)} differ from the manifest's "
@@ -94,3 +100,20 @@ class OrtBackend(Backend):
 
     def decode(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         return self.sessions["decoder"].run(None, self._feed("decoder", feed))[0].astype(np.float32, copy=False)
+
+
+class OrtBoundaries:
+    """A bundle's boundary graph on ONNX Runtime: RGB uint8 (H, W, 3) -> (2, H, W) map.
+
+    One intra-op thread by default: the pre-processing workers call it side by side."""
+
+    def __init__(self, path: str | os.PathLike, spec: BoundarySpec, device: str = "cpu", threads: int = 1) -> None:
+        self.spec = spec
+        self.session = ort_session(path, device, threads)
+        names = [i.name for i in self.session.get_inputs()]
+        if names != ["image"]:
+            raise BackendError(f"{Path(path).name}: boundary graph inputs {names}; expected ['image']")
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        prob = self.session.run(None, {"image": boundary_input(image, self.spec)[None]})[0][0]
+        return boundary_to_image(prob, image.shape[:2])

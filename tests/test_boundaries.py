@@ -1,0 +1,123 @@
+"""Learned class boundaries: targets, the step cost, fitting, training, export and runtime."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lmae_sdk.boundaries import (BoundaryError, BoundaryNet, BoundarySpec, boundary_targets, flip_boundaries,
+                                 weights_sha256)
+from lmae_sdk.labels import geodesic_class_costs, geodesic_propagate
+from lmae_sdk.model import make_config
+from lmae_sdk.preprocess import propagate_for
+
+
+def test_targets_mark_class_changes_and_ignore_unknown():
+    lab = np.array([[0, 0, 1], [0, 255, 1], [2, 2, 1]], np.uint8)
+    t = boundary_targets(lab)
+    np.testing.assert_array_equal(t[0], [[0, 1, -1], [-1, -1, -1], [0, 1, -1]])
+    np.testing.assert_array_equal(t[1], [[0, -1, 0], [1, -1, 0], [-1, -1, -1]])
+
+
+def test_flipped_map_is_the_map_of_the_flipped_label():
+    rng = np.random.default_rng(0)
+    lab = rng.integers(0, 3, (7, 9)).astype(np.uint8)
+    want = boundary_targets(lab[:, ::-1].copy())
+    got = flip_boundaries(np.clip(boundary_targets(lab), 0, None))
+    valid = want >= 0
+    np.testing.assert_array_equal(got[valid], want[valid])
+
+
+def test_a_learned_boundary_stops_propagation_where_colour_does_not():
+    image = np.full((6, 12, 3), 128, np.uint8)  # no colour edge anywhere
+    label = np.full((6, 12), 255, np.uint8)
+    label[:, 0], label[:, 11] = 0, 1
+    wall = np.zeros((2, 6, 12), np.float32)
+    wall[0, :, 2] = 1.0  # a boundary between columns 2 and 3, near class 0's side
+    plain, _ = geodesic_propagate(image, label, edge_weight=10, blur_sigma=0)
+    walled, _ = geodesic_propagate(image, label, edge_weight=10, blur_sigma=0, boundary=wall, boundary_weight=100)
+    assert (plain[:, 3:6] == 0).all()  # nearer to class 0's column
+    assert (walled[:, 3:11] == 1).all() and (walled[:, :3] == 0).all()
+    costs = geodesic_class_costs(image, label, 2, edge_weight=10, blur_sigma=0, boundary=wall, boundary_weight=100)
+    np.testing.assert_array_equal(costs.argmin(-1)[label == 255], walled[label == 255])
+    with pytest.raises(ValueError, match="boundary map shape"):
+        geodesic_propagate(image, label, boundary=wall[:, :3], boundary_weight=1)
+
+
+def test_a_model_with_a_boundary_term_refuses_to_propagate_without_the_map():
+    cfg = make_config("tiny", 2, img_size=(32, 32), geodesic_boundary_weight=100.0)
+    image = np.zeros((8, 8, 3), np.uint8)
+    label = np.full((8, 8), 255, np.uint8)
+    label[0, 0] = 1
+    with pytest.raises(ValueError, match="boundary map"):
+        propagate_for(cfg, label, image)
+    assert propagate_for(cfg, label, image, boundary=np.zeros((2, 8, 8), np.float32)).ids.min() == 1
+
+
+def test_net_shapes_spec_and_fingerprint():
+    net = BoundaryNet(4).eval()
+    assert net(torch.zeros(2, 3, 32, 48)).shape == (2, 2, 32, 48)
+    spec = BoundarySpec.from_dict(BoundarySpec(4, (32, 48)).to_dict())
+    assert spec.size == (32, 48)
+    with pytest.raises(BoundaryError, match="even"):
+        BoundarySpec.from_dict({"version": 1, "width": 4, "size": [31, 48]})
+    with pytest.raises(BoundaryError, match="version"):
+        BoundarySpec.from_dict({"version": 9, "width": 4, "size": [32, 48]})
+    sd = net.state_dict()
+    assert weights_sha256(sd) == weights_sha256({k: v.clone() for k, v in sd.items()})
+    sd2 = {k: v.clone() for k, v in sd.items()}
+    next(v for v in sd2.values() if v.is_floating_point()).add_(1)
+    assert weights_sha256(sd2) != weights_sha256(sd)
+
+
+def test_fit_train_export_and_runtime(tmp_path, synth_root):
+    from lmae_sdk import LMAECompleter
+    from lmae_sdk.bundle import BundleError, read_manifest
+    from lmae_sdk.checkpoint import load_checkpoint
+    from lmae_sdk.training.boundary_fit import fit_boundaries
+    from lmae_sdk.training.train import TrainConfig, train
+
+    base = train(TrainConfig(data=str(synth_root), out=str(tmp_path / "b.pt"), preset="tiny", image_size=(64, 96),
+                             epochs=1, batch_size=4, workers=0, threads=1, progress=False, warmup_epochs=0.5))
+    fitted = tmp_path / "bnd.pt"
+    fit = fit_boundaries(base, synth_root, fitted, max_steps=4, width=4, crop=48, batch_size=2, tune_images=3,
+                         threads=1, bf16=False, log=lambda s: None)
+    ck = load_checkpoint(fitted)
+    assert fit["steps"] == 4 and "boundary_net" in ck and "boundary_net" not in load_checkpoint(base)
+    assert ck["config"]["geodesic_boundary_weight"] > 0
+    # the model's prior now needs the map: training on it carries the net into the new checkpoint
+    tuned = train(TrainConfig(data=str(synth_root), out=str(tmp_path / "t.pt"), preset="tiny", image_size=(64, 96),
+                              epochs=1, batch_size=4, workers=0, threads=1, progress=False, warmup_epochs=0.5,
+                              init_from=str(fitted), boundaries_from=str(fitted)))
+    tk = load_checkpoint(tuned)
+    assert tk["config"]["geodesic_boundary_weight"] == ck["config"]["geodesic_boundary_weight"]
+    assert weights_sha256(tk["boundary_net"]["state_dict"]) == weights_sha256(ck["boundary_net"]["state_dict"])
+
+    tc = LMAECompleter.load(tuned, backend="torch", threads=1)
+    assert tc.boundaries is not None and "learned boundaries" in tc.describe()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (70, 100, 3), dtype=np.uint8)  # not the net's size: resized both ways
+    partial = np.kron(rng.integers(0, 5, (7, 10)), np.ones((10, 10), np.int64)).astype(np.uint8)
+    partial[rng.random(partial.shape) < 0.5] = 255
+    res = tc.complete(image, partial.copy())
+    hole = partial == 255
+    assert (res.label[hole] != 255).all()
+    tiled = tc.complete(image, partial.copy(), tile=True, tile_scale=0.5)  # windows crop the map
+    assert tiled.tiles > 1 and (tiled.label[hole] != 255).all()
+    try:
+        from lmae_sdk.export import export_bundle
+    except ImportError as e:
+        pytest.skip(f"lmae_sdk.export is unavailable: {e}")
+    out = tmp_path / "bundle"
+    export_bundle([tuned], out, verify=False, lint=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["boundary"]["weights_sha256"] == weights_sha256(tk["boundary_net"]["state_dict"])
+    assert manifest["boundary_graph"]["parity"]["passed"]
+    oc = LMAECompleter.load(out, backend="onnxruntime", threads=1)
+    res_ort = oc.complete(image, partial.copy())
+    assert (res_ort.label[hole] == res.label[hole]).mean() > 0.999
+    # a bundle whose boundary graph was swapped is refused
+    (out / manifest["boundary_graph"]["file"]).write_bytes(b"not a graph")
+    with pytest.raises(BundleError, match="sha256"):
+        read_manifest(out)
+    torch.set_num_threads(1)
