@@ -11,6 +11,8 @@ On a dataset's val split, each full label is degraded with ``lmae_sdk.degrade.de
 * ``nearest`` (nearest known label), ``random_walker`` (scikit-image; beta tuned on a few
   TRAIN images only, at random 0.5), ``slic_vote`` (SLIC superpixel majority),
   ``geodesic`` (the SDK's edge-aware nearest fill, the propagation behind its geodesic prior);
+with ``--boundary-fill CKPT`` also that fill with the checkpoint's learned class boundaries in
+the step cost (``lmae fit-boundaries``; map time included);
 with ``--oracle`` also the border-label oracle (reads the ground truth: a hole pixel is right
 whenever its class occurs on its hole's border), the headroom of label re-distribution.
 
@@ -139,6 +141,29 @@ def tune_geodesic(root: str, blurs: list[float], edge_weights: list[float], n_im
             "setting": "random 0.5", "grid": grid}
 
 
+BOUNDARY_FILL = "geodesic + learned boundaries"
+
+
+def boundary_fill(ckpt_path: str):
+    """(image, partial) -> the geodesic fill with the checkpoint's boundary net and step-cost weights."""
+    from lmae_sdk.boundaries import boundaries_from_checkpoint
+    from lmae_sdk.checkpoint import load_checkpoint
+    from lmae_sdk.labels import geodesic_nearest
+
+    ck = load_checkpoint(ckpt_path)
+    net = boundaries_from_checkpoint(ck, source=ckpt_path)
+    if net is None:
+        raise SystemExit(f"{ckpt_path}: no boundary net (lmae fit-boundaries)")
+    cfg = ck["config"]
+
+    def fill(image: np.ndarray, partial: np.ndarray) -> np.ndarray:
+        return geodesic_nearest(image, partial, edge_weight=cfg["geodesic_edge_weight"],
+                                blur_sigma=cfg["geodesic_blur"], boundary=net(image),
+                                boundary_weight=cfg["geodesic_boundary_weight"])
+
+    return fill
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_CAMVID))
@@ -155,6 +180,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--tune-geodesic", default=None, metavar="BLURS:EDGE_WEIGHTS",
                     help="grid-search the geodesic fill on --tune-images TRAIN images first, "
                          "e.g. 0,0.7,1.2,2:30,100,300,1000")
+    ap.add_argument("--boundary-fill", default=None, metavar="CKPT",
+                    help="add the geodesic fill with this checkpoint's learned boundaries (lmae fit-boundaries)")
     ap.add_argument("--beta", type=float, default=None, help="fixed RW beta (skips tuning)")
     ap.add_argument("--patch", type=int, default=32, help="degrade grid patch / minimum block side (px)")
     ap.add_argument("--batch-size", type=int, default=8)
@@ -207,6 +234,9 @@ def main(argv=None) -> dict[str, Any]:
             print(f"tuning the geodesic fill on {a.tune_images} train images (random 0.5)", flush=True)
             payload["geodesic_tuning"] = tune_geodesic(a.data, blurs, weights, a.tune_images, a.seed, a.patch)
 
+        extra_fills = {}
+        if a.boundary_fill:
+            extra_fills[BOUNDARY_FILL] = boundary_fill(a.boundary_fill)
         completers = {}
         for m in a.model:
             c = LMAECompleter.load(m, backend=a.backend, threads=a.threads)
@@ -225,6 +255,11 @@ def main(argv=None) -> dict[str, Any]:
                 s, secs = score_lmae(c, data, partials, n, a.batch_size, max(1, a.threads))
                 rows.append(_row(name, "lmae", sname, s, secs, hole))
                 print(f"  {sname:>12} {name:>24}: PA-mIoU {s['pa_miou']:6.2f}  acc {s['pa_pixel_acc']:6.2f}  "
+                      f"global {s['global_miou']:6.2f}  {secs:.3f} s/img", flush=True)
+            for b, fn in extra_fills.items():
+                s, secs = score(fn, data, partials, n)
+                rows.append(_row(b, "sdk-fill", sname, s, secs, hole))
+                print(f"  {sname:>12} {b:>24}: PA-mIoU {s['pa_miou']:6.2f}  acc {s['pa_pixel_acc']:6.2f}  "
                       f"global {s['global_miou']:6.2f}  {secs:.3f} s/img", flush=True)
             for b in baselines:
                 fn = BASELINES[b]

@@ -74,16 +74,21 @@ def test_fit_train_export_and_runtime(tmp_path, synth_root):
     from lmae_sdk import LMAECompleter
     from lmae_sdk.bundle import BundleError, read_manifest
     from lmae_sdk.checkpoint import load_checkpoint
-    from lmae_sdk.training.boundary_fit import fit_boundaries
+    from click.testing import CliRunner
+
+    from lmae_sdk.cli import main as cli_main
     from lmae_sdk.training.train import TrainConfig, train
 
     base = train(TrainConfig(data=str(synth_root), out=str(tmp_path / "b.pt"), preset="tiny", image_size=(64, 96),
                              epochs=1, batch_size=4, workers=0, threads=1, progress=False, warmup_epochs=0.5))
     fitted = tmp_path / "bnd.pt"
-    fit = fit_boundaries(base, synth_root, fitted, max_steps=4, width=4, crop=48, batch_size=2, tune_images=3,
-                         threads=1, bf16=False, log=lambda s: None)
+    res = CliRunner().invoke(cli_main, ["fit-boundaries", "--ckpt", str(base), "--data", str(synth_root), "--out",
+                                        str(fitted), "--steps", "4", "--width", "4", "--crop", "48", "--batch-size",
+                                        "2", "--tune-images", "3", "--threads", "1", "--no-bf16"])
+    assert res.exit_code == 0, res.output
+    assert "boundary net: 4 steps" in res.output
     ck = load_checkpoint(fitted)
-    assert fit["steps"] == 4 and "boundary_net" in ck and "boundary_net" not in load_checkpoint(base)
+    assert ck["boundary_net"]["fit"]["steps"] == 4 and "boundary_net" not in load_checkpoint(base)
     assert ck["config"]["geodesic_boundary_weight"] > 0
     # the model's prior now needs the map: training on it carries the net into the new checkpoint
     tuned = train(TrainConfig(data=str(synth_root), out=str(tmp_path / "t.pt"), preset="tiny", image_size=(64, 96),
