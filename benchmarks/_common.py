@@ -190,20 +190,29 @@ def out_paths(out: str | os.PathLike | None, name: str, smoke: bool) -> tuple[Pa
 # --------------------------------------------------------------------------------------
 def random_checkpoint(path: str | os.PathLike, preset: str = "tiny", num_classes: int = 5,
                       img_size: tuple[int, int] = (64, 96), mask_ratios: Iterable[float] = (0.5,),
-                      class_names: list[str] | None = None, seed: int = 0, **overrides: Any) -> Path:
-    """A random-weight checkpoint (speed benchmarks and smoke runs need no training)."""
+                      class_names: list[str] | None = None, seed: int = 0,
+                      boundary_size: tuple[int, int] | None = None, **overrides: Any) -> Path:
+    """A random-weight checkpoint (speed benchmarks and smoke runs need no training);
+    ``boundary_size``: with a random width-4 boundary net at that input size."""
     import torch
 
+    from lmae_sdk.boundaries import BoundaryNet, BoundarySpec
     from lmae_sdk.checkpoint import make_checkpoint, save_checkpoint
     from lmae_sdk.model import LMAE, make_config
 
     torch.manual_seed(seed)
+    if boundary_size:
+        overrides = {"geodesic_boundary_weight": 300.0, **overrides}
     model = LMAE(make_config(preset, num_classes, img_size=tuple(img_size), **overrides))
     names = class_names or [f"class{i}" for i in range(num_classes)]
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(make_checkpoint(model, class_names=names, palette=None, mask_ratios=list(mask_ratios),
-                                    label_resize="soft", unknown_threshold=0.5), p)
+    ck = make_checkpoint(model, class_names=names, palette=None, mask_ratios=list(mask_ratios),
+                         label_resize="soft", unknown_threshold=0.5)
+    if boundary_size:
+        ck["boundary_net"] = {**BoundarySpec(4, tuple(boundary_size)).to_dict(),
+                              "state_dict": BoundaryNet(4).state_dict()}
+    save_checkpoint(ck, p)
     return p
 
 

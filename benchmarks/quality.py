@@ -204,8 +204,11 @@ def main(argv=None) -> dict[str, Any]:
     if a.smoke:
         tmp = tempfile.TemporaryDirectory(prefix="lmae-quality-")
         a.data = str(smoke_dataset(Path(tmp.name) / "data", n_train=4, n_val=4))
+        # with a random boundary net: the smoke run exercises the learned-boundary path too
         a.model = [str(random_checkpoint(Path(tmp.name) / "tiny.pt", "tiny", 5, (64, 96), (0.25, 0.5, 0.75),
-                                         class_names=["background", "disc", "box", "bar", "blob"]))]
+                                         class_names=["background", "disc", "box", "bar", "blob"],
+                                         boundary_size=(96, 128)))]
+        a.boundary_fill = a.model[0]
         a.limit, a.tune_images, a.tune_beta, a.patch = 4, 2, "130,1000", 16
         a.settings = "random:0.5,blocks:0.5,objects:0.5"
         a.oracle = True

@@ -51,7 +51,8 @@ def test_smoke(name, tmp_path):
     if name == "quality":
         assert data["random_walker_beta"]["chosen"] > 0
         assert len(data["geodesic_tuning"]["grid"]) == 4
-        assert {r["method"] for r in rows} >= {"nearest", "random_walker", "slic_vote", "border-label oracle"}
+        assert {r["method"] for r in rows} >= {"nearest", "random_walker", "slic_vote", "border-label oracle",
+                                               "geodesic + learned boundaries"}
         by = {(r["method"], r["setting"]): r["pa_pixel_acc"] for r in rows}
         for (method, setting), acc in by.items():  # the oracle only turns geodesic-fill pixels right
             if method == "border-label oracle":
