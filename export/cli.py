@@ -62,7 +62,7 @@ def main(ckpts, out, mask_ratios, opset, legacy, fp16, trt, max_batch, workspace
     from lmae_sdk.checkpoint import CheckpointError  # noqa: PLC0415
 
     from .api import export_bundle, graph_ops  # noqa: PLC0415
-    from .onnx_export import ExportError  # noqa: PLC0415
+    from .onnx_export import ExportError, op_list  # noqa: PLC0415
     from .tensorrt_build import TensorRTUnavailable  # noqa: PLC0415
 
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
@@ -86,6 +86,13 @@ def main(ckpts, out, mask_ratios, opset, legacy, fp16, trt, max_batch, workspace
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
         if i == 0:
             click.echo("  ".join("-" * w for w in widths))
+    graph = man.data.get("boundary_graph")
+    if graph:
+        b = man.data["boundary"]
+        click.echo(f"boundary graph {graph['file']} ({b['size'][0]}x{b['size'][1]}, {_size(graph['bytes'])}, "
+                   f"max |diff| vs torch {graph['parity']['max_abs_diff']:.2g}); runs on ONNX Runtime for every engine")
+        if show_ops:
+            click.echo(f"boundary ops: {' '.join(op_list(man.root / graph['file']))}")
     if show_ops:
         for e in exported:
             for part, ops in graph_ops(man.root, e).items():
