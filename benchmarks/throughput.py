@@ -73,7 +73,8 @@ def model_flops(ckpt_path: Path, mask_ratio: float) -> dict[str, Any]:
     from lmae_sdk.checkpoint import load_checkpoint, model_from_checkpoint
     from lmae_sdk.model import count_parameters
 
-    model = model_from_checkpoint(load_checkpoint(ckpt_path))
+    ck = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ck)
     cfg = model.cfg
     h, w = cfg.img_size
     L, K = cfg.num_patches, cfg.num_visible(mask_ratio)
@@ -95,8 +96,17 @@ def model_flops(ckpt_path: Path, mask_ratio: float) -> dict[str, Any]:
             x = torch.randn(1, cfg.num_classes * 2 + 3 + cfg.prior_channels, h, w)
             model.refine(x)
         refine = int(fc_ref.get_total_flops())
+    boundary = 0
+    if ck.get("boundary_net"):  # host-side graph, before propagation; not part of "per_image" (the engine's)
+        from lmae_sdk.boundaries import BoundarySpec, net_from_state
+
+        spec = BoundarySpec.from_dict(ck["boundary_net"])
+        with torch.inference_mode(), FlopCounterMode(display=False) as fc_b:
+            net_from_state(spec, ck["boundary_net"]["state_dict"])(torch.zeros(1, 3, *spec.size))
+        boundary = int(fc_b.get_total_flops())
     return {"per_image": enc + dec, "encoder": enc, "decoder": dec, "refine_head": refine,
-            "params": count_parameters(model), "img_size": list(cfg.img_size), "L": L, "K": K}
+            "params": count_parameters(model), "img_size": list(cfg.img_size), "L": L, "K": K,
+            "boundary_net": boundary}
 
 
 # --------------------------------------------------------------------------------------
@@ -522,7 +532,8 @@ def _print_report(p: dict[str, Any]) -> None:
     for preset, f in p["flops"].items():
         print(f"{preset}: {f['per_image'] / 1e9:.2f} GFLOP/image (encoder {f['encoder'] / 1e9:.2f}, decoder "
               f"{f['decoder'] / 1e9:.2f}, of which refine head {f['refine_head'] / 1e9:.2f}), "
-              f"{f['params'] / 1e6:.2f}M params, prior {f.get('prior_mode', 'euclidean')}")
+              f"{f['params'] / 1e6:.2f}M params, prior {f.get('prior_mode', 'euclidean')}"
+              + (f"; boundary net {f['boundary_net'] / 1e9:.2f} GFLOP/image" if f.get("boundary_net") else ""))
     print(f"matmul peak: {p['matmul_peak']['gflops']:.1f} GFLOP/s")
     for b, why in p["skipped_backends"].items():
         print(f"skipped {b}: {why}")

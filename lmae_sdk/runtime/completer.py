@@ -147,8 +147,12 @@ class LMAECompleter:
         return self.near_copy_px > 0 or self.fusion is not None
 
     def boundary_map(self, image: np.ndarray) -> np.ndarray | None:
-        """The image's class-boundary map (2, H, W) when the model's step cost uses one, else None."""
-        return self.boundaries(image) if self.boundaries is not None and self.cfg.geodesic_boundary_weight > 0 else None
+        """The image's class-boundary map (2, H, W) when a geodesic step cost here uses one
+        (the prior's propagation, or pixel fusion's class costs), else None."""
+        geodesic = self.cfg.prior_mode == "geodesic" or self.fusion is not None
+        if self.boundaries is None or self.cfg.geodesic_boundary_weight <= 0 or not geodesic:
+            return None
+        return self.boundaries(image)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -199,7 +203,8 @@ class LMAECompleter:
                    background_index=ckpt.get("background_index"), near_copy_px=ckpt.get("near_copy_px", 0.0),
                    near_copy_min_prob=ckpt.get("near_copy_min_prob", 0.0),
                    fusion=PixelFusion.from_dict(ckpt["fusion"], str(path)) if ckpt.get("fusion") else None,
-                   boundaries=boundaries, unknown_index=ckpt.get("unknown_index", UNKNOWN) if unknown_index is None else unknown_index,
+                   boundaries=boundaries,
+                   unknown_index=ckpt.get("unknown_index", UNKNOWN) if unknown_index is None else unknown_index,
                    source=source or str(path), backend_name="torch")
 
     @classmethod
@@ -281,7 +286,8 @@ class LMAECompleter:
                    background_index=d.get("background_index"), near_copy_px=d.get("near_copy_px", 0.0),
                    near_copy_min_prob=d.get("near_copy_min_prob", 0.0),
                    fusion=PixelFusion.from_dict(d["fusion"], str(man.root)) if d.get("fusion") else None,
-                   boundaries=boundaries, unknown_index=d["unknown_index"] if unknown_index is None else unknown_index,
+                   boundaries=boundaries,
+                   unknown_index=d["unknown_index"] if unknown_index is None else unknown_index,
                    source=str(man.root), backend_name=engines[0].backend.name)
 
     @staticmethod
