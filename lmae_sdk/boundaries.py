@@ -3,10 +3,11 @@
 Colour change alone is a weak guide to where one class ends and the next begins (shadows,
 texture, two classes of one colour).  ``BoundaryNet`` predicts, per pixel, the probability
 that its right / lower neighbour has another class; the geodesic step cost becomes
-``1 + edge_weight * |colour change| + boundary_weight * p(boundary)``.  On CamVid val at
-50% random holes the geodesic fill alone went from 69.42 to 73.29 PA-mIoU with a full-size
-net (benchmarks/RESULTS.md, section 0, session 5); this one runs at half resolution
-(pixel-unshuffle in, pixel-shuffle out: a quarter of the FLOPs, still a per-pixel map).
+``1 + edge_weight * |colour change| + boundary_weight * p(boundary)``.  The net runs at half
+resolution (pixel-unshuffle in, pixel-shuffle out: 2.3 GFLOP at 480x360, a quarter of a
+full-resolution UNet of the same width, still a per-pixel map).  On CamVid val at 50% random
+holes it lifts the geodesic fill alone from 69.42 to 73.64 PA-mIoU (benchmarks/RESULTS.md,
+section 0, session 6).
 
 The net is fitted by ``lmae fit-boundaries`` (``training/boundary_fit.py``), stored in the
 checkpoint under ``boundary_net`` and exported as a third graph (``boundary.onnx``, static
