@@ -19,10 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmae_sdk.boundaries import BoundaryNet, BoundarySpec, TorchBoundaries, boundary_input, boundary_targets
+from lmae_sdk.boundaries import BoundaryNet, BoundarySpec, TorchBoundaries, boundary_targets
 from lmae_sdk.checkpoint import load_checkpoint, save_checkpoint
 from lmae_sdk.degrade import degrade
-from lmae_sdk.labels import geodesic_nearest
+from lmae_sdk.labels import geodesic_nearest, normalize_image
 from lmae_sdk.metrics import CompletionMeter
 
 from .data import load_pairs
@@ -82,7 +82,7 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
         for g in opt.param_groups:  # cosine over the budget
             g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * min(progress, 1.0)))
         batch = [_crop(*pairs[rng.integers(len(pairs))], crop, rng) for _ in range(batch_size)]
-        x = torch.from_numpy(np.stack([boundary_input(img, BoundarySpec(width, lab.shape)) for img, lab in batch]))
+        x = torch.from_numpy(np.stack([normalize_image(img, lab.shape) for img, lab in batch]))  # crop size: no resize
         t = torch.from_numpy(np.stack([boundary_targets(lab) for _, lab in batch]))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = net(x).float()
