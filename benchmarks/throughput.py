@@ -223,9 +223,12 @@ def run_e2e(completer, pairs, out_dir: Path, batch_size: int, workers: int) -> t
 
     used: Counter = Counter()
     passes = 0
+
+    def save(r) -> None:  # on the completer's workers, as `lmae complete` writes
+        write_label(out_dir / Path(r.name).name, r.label, r.palette)
+
     t0 = time.perf_counter()
-    for i, r in enumerate(completer.complete_batch(pairs, batch_size=batch_size, workers=workers)):
-        write_label(out_dir / f"{i:04d}.png", r.label, r.palette)
+    for r in completer.complete_batch(pairs, batch_size=batch_size, workers=workers, on_result=save):
         used.update({f"{m:g}": n for m, n in r.engines.items()})
         passes = max(passes, r.passes)
     return time.perf_counter() - t0, {"engine_runs": dict(used), "max_passes": passes}

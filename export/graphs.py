@@ -22,6 +22,7 @@ import copy
 import torch
 from torch import nn
 
+from lmae_sdk.boundaries import boundary_probabilities
 from lmae_sdk.model import LMAE, LMAEConfig
 
 PARTS = ("encoder", "decoder")
@@ -167,11 +168,13 @@ def example_inputs(cfg: LMAEConfig, part: str, mask_ratio: float, batch: int = 2
 
 class BoundaryGraph(nn.Module):
     """image (B, 3, h, w), normalized -> boundary (B, 2, h, w): probability of a class
-    boundary to the right / below (:mod:`lmae_sdk.boundaries`)."""
+    boundary to the right / below (:func:`lmae_sdk.boundaries.boundary_probabilities`, the
+    mirror-image average included where the spec asks for it)."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, flip_average: bool = False) -> None:
         super().__init__()
         self.net = net.eval()
+        self.flip_average = flip_average
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(image))
+        return boundary_probabilities(self.net, image, self.flip_average)

@@ -100,14 +100,14 @@ def verify_boundary(net: torch.nn.Module, spec, path: str | os.PathLike, toleran
                     seed: int = 0) -> dict[str, Any]:
     """ONNX Runtime against torch on the boundary graph: max |probability difference| over
     two random images."""
-    from lmae_sdk.boundaries import boundary_input  # noqa: PLC0415
+    from lmae_sdk.boundaries import boundary_input, boundary_probabilities  # noqa: PLC0415
 
     sess = _ort_session(path, 1)
     rng = np.random.default_rng(seed)
     x = np.stack([boundary_input(rng.integers(0, 256, (*spec.size, 3), dtype=np.uint8), spec) for _ in range(2)])
     got = sess.run(None, {"image": x})[0]
     with torch.no_grad():
-        want = torch.sigmoid(net(torch.from_numpy(x))).numpy()
+        want = boundary_probabilities(net, torch.from_numpy(x), spec.flip_average).numpy()
     diff = float(np.abs(got - want).max())
     return {"max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance, "verified": True}
 

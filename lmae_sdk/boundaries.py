@@ -26,7 +26,7 @@ from torch import nn
 
 from .labels import UNKNOWN, normalize_image
 
-BOUNDARY_FORMAT_VERSION = 1
+BOUNDARY_FORMAT_VERSIONS = (1, 2)  # 2: flip_average
 
 
 class BoundaryError(ValueError):
@@ -89,6 +89,21 @@ def boundary_targets(label: np.ndarray, unknown: int = UNKNOWN) -> np.ndarray:
     return t
 
 
+def boundary_probabilities(net: nn.Module, x: torch.Tensor, flip_average: bool = False) -> torch.Tensor:
+    """Normalized RGB (B, 3, H, W) -> (B, 2, H, W) boundary probabilities; ``flip_average``:
+    the mean of the image's map and its mirror image's map mapped back (both in one batch),
+    which places boundaries better (+0.2 to +0.4 PA-mIoU at random 0.5 on CamVid val) for
+    twice the compute.  Traceable: the exported boundary graph is this function."""
+    if not flip_average:
+        return torch.sigmoid(net(x))
+    b = x.shape[0]
+    p = torch.sigmoid(net(torch.cat([x, x.flip(-1)])))
+    direct, mirrored = p[:b], p[b:].flip(-1)
+    # as flip_boundaries: the mirrored right-neighbour plane belongs one pixel to the left
+    right = torch.cat([mirrored[:, :1, :, 1:], torch.zeros_like(mirrored[:, :1, :, :1])], -1)
+    return (direct + torch.cat([right, mirrored[:, 1:]], 1)) / 2
+
+
 def flip_boundaries(boundary: np.ndarray) -> np.ndarray:
     """The map of the left-right flipped image: the right-neighbour plane moves by one
     pixel (pixel x's right neighbour becomes its left one); the lower plane just flips."""
@@ -100,23 +115,27 @@ def flip_boundaries(boundary: np.ndarray) -> np.ndarray:
 
 @dataclass
 class BoundarySpec:
-    """What the runtime needs besides the weights: the net's static input size."""
+    """What the runtime needs besides the weights: the net's static input size and whether
+    the map averages the image with its mirror image (:func:`boundary_probabilities`)."""
 
     width: int
     size: tuple[int, int]  # (h, w) the net runs at; images are resized to it and the map back
+    flip_average: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": BOUNDARY_FORMAT_VERSION, "width": self.width, "size": list(self.size)}
+        # version 2 only where it matters: an SDK that reads version 1 still reads plain nets
+        d = {"version": 2 if self.flip_average else 1, "width": self.width, "size": list(self.size)}
+        return {**d, "flip_average": True} if self.flip_average else d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "") -> "BoundarySpec":
-        if d.get("version") != BOUNDARY_FORMAT_VERSION:
+        if d.get("version") not in BOUNDARY_FORMAT_VERSIONS:
             raise BoundaryError(f"{source}: boundary net version {d.get('version')!r} is not supported "
-                                f"(this lmae-sdk reads version {BOUNDARY_FORMAT_VERSION})")
+                                f"(this lmae-sdk reads versions {list(BOUNDARY_FORMAT_VERSIONS)})")
         size = tuple(int(v) for v in d["size"])
         if len(size) != 2 or size[0] % 2 or size[1] % 2:
             raise BoundaryError(f"{source}: boundary net size {list(size)} must be two even numbers")
-        return cls(int(d["width"]), size)  # type: ignore[arg-type]
+        return cls(int(d["width"]), size, bool(d.get("flip_average", False)))  # type: ignore[arg-type]
 
 
 def boundary_input(image: np.ndarray, spec: BoundarySpec) -> np.ndarray:
@@ -147,7 +166,7 @@ class TorchBoundaries:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(boundary_input(image, self.spec))[None].to(self.device)
         with torch.inference_mode():
-            prob = torch.sigmoid(self.net(x))[0].float().cpu().numpy()
+            prob = boundary_probabilities(self.net, x, self.spec.flip_average)[0].float().cpu().numpy()
         return boundary_to_image(prob, image.shape[:2])
 
 

@@ -192,19 +192,25 @@ def calibrate(ckpt: str, data: str, out: str | None, thresholds: str, near_copy:
 @click.option("--width", default=16, show_default=True, type=int, help="the UNet's base width")
 @click.option("--crop", default=256, show_default=True, type=int)
 @click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--lr", default=3e-3, show_default=True, type=float, help="peak learning rate (cosine to 0)")
+@click.option("--continue-net", is_flag=True,
+              help="start from the checkpoint's boundary net: a second cycle (--minutes 0: retune the weights only)")
+@click.option("--flip-average", is_flag=True,
+              help="the map averages the image with its mirror image: better boundaries, twice the net's compute")
 @click.option("--tune-images", default=80, show_default=True, type=int,
               help="first N images of the split for choosing the step-cost weights")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", default=0, type=int)
 @click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast while training")
 def fit_boundaries(ckpt: str, data: str, split: str, out: str | None, minutes: float, steps: int, width: int,
-                   crop: int, batch_size: int, tune_images: int, seed: int, threads: int, bf16: bool) -> None:
+                   crop: int, batch_size: int, lr: float, continue_net: bool, flip_average: bool, tune_images: int,
+                   seed: int, threads: int, bf16: bool) -> None:
     """Fit a class-boundary net for the geodesic step cost and store it in the checkpoint;
     then fine-tune (lmae train --init-from CKPT --boundaries-from CKPT) and refit fusion."""
     from lmae_sdk.training.boundary_fit import fit_boundaries as run
 
-    run(ckpt, data, out, split, minutes, steps, width, crop, batch_size, tune_images=tune_images, seed=seed,
-        threads=threads, bf16=bf16, log=click.echo)
+    run(ckpt, data, out, split, minutes, steps, width, crop, batch_size, lr, tune_images=tune_images, seed=seed,
+        threads=threads, bf16=bf16, continue_net=continue_net, flip_average=flip_average, log=click.echo)
 
 
 @main.command("fit-fusion")
@@ -218,16 +224,21 @@ def fit_boundaries(ckpt: str, data: str, split: str, out: str | None, minutes: f
 @click.option("--per-image", default=3000, show_default=True, type=int, help="hole pixels sampled per image")
 @click.option("--hidden", default=16, show_default=True, type=int)
 @click.option("--steps", default=1500, show_default=True, type=int)
+@click.option("--class-weight-power", default=0.25, show_default=True, type=float,
+              help="class weights (total / count) ** power: rare classes count more as it grows")
+@click.option("--hole-features/--no-hole-features", default=None,
+              help="features of the pixel's hole (default: when the checkpoint has a boundary net)")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", default=0, type=int)
 def fit_fusion(ckpt: str, data: str, split: str, out: str | None, setting: str, images: int, per_image: int,
-               hidden: int, steps: int, seed: int, threads: int) -> None:
+               hidden: int, steps: int, class_weight_power: float, hole_features: bool | None, seed: int,
+               threads: int) -> None:
     """Fit pixel fusion (model probability x per-class geodesic cost, per hole pixel) and
     store it in the checkpoint; run before calibrate and export."""
     from lmae_sdk.training.fusion_fit import fit_fusion as run
 
-    run(ckpt, data, out, split, _parse_settings(setting), images, per_image, hidden, steps, seed=seed,
-        threads=threads, log=click.echo)
+    run(ckpt, data, out, split, _parse_settings(setting), images, per_image, hidden, steps, class_weight_power,
+        seed=seed, threads=threads, hole_features=hole_features, log=click.echo)
 
 
 @main.command()
@@ -410,17 +421,20 @@ def complete(model_path: str, images: str, labels_dir: str, out: str, backend: s
     filled = unreliable = multipass = done_n = 0
     t0 = time.time()
     bar = tqdm(total=len(todo), desc="complete", unit="img", disable=quiet, file=sys.stderr)
+
+    def save(r) -> None:  # on the worker threads, while the model runs the next images
+        if conf_dst is not None:  # the label is written last: its presence marks the file finished
+            atomic_write_bytes(conf_dst / f"{r.name}.png", _confidence_png(r.confidence))
+        write_label(dst / f"{r.name}.png", r.label, r.palette)
+
     for r in completer.complete_batch(todo, batch_size=batch_size, min_confidence=min_confidence, tile=tile,
-                                      workers=workers, on_error="return"):
+                                      workers=workers, on_error="return", on_result=save):
         bar.update(1)
         stem = r.name
         if not r.ok:
             failed[f"{stem}.png"] = str(r.error)
             bar.write(f"failed: {r.error}", file=sys.stderr)
             continue
-        if conf_dst is not None:  # the label is written last: its presence marks the file finished
-            atomic_write_bytes(conf_dst / f"{stem}.png", _confidence_png(r.confidence))
-        write_label(dst / f"{stem}.png", r.label, r.palette)
         done_n += 1
         engine_use[f"m{r.mask_ratio:g}"] += 1
         multipass += r.passes > 1

@@ -12,6 +12,17 @@ MLP shared by all classes (plus a bias per class) and takes the best class:
   class_distance  log Euclidean distance to the nearest known pixel of the class
   known_distance  log Euclidean distance to the nearest known pixel (any class)
 
+and, for a model with a boundary net (format 2), two features of the pixel's hole, the
+4-connected region of unknown pixels it lies in, so that one fusion can tell the kinds of
+hole apart (a cut through regions, where the copy is right, from a removed object, where
+the copy is wrong):
+
+  border_share    the class's share of the known pixels along the hole's border
+  border_boundary the mean learned boundary probability across that border: near 1 where
+                  the hole is an object's outline, low where it cuts through regions
+  hole_size       log area of the hole, over log area of the image
+  pixel_boundary  the learned boundary probability at the pixel (its strongest side)
+
 It replaces the hand-set near-copy rule (``near_copy_px`` / ``near_copy_min_prob``): near
 known pixels it learns to trust the copy, deep inside a hole or across strong edges the
 model.  ``lmae fit-fusion`` fits it on training images (benchmarks/RESULTS.md, section 2).
@@ -29,7 +40,8 @@ import numpy as np
 from .labels import UNKNOWN, resize_logits
 
 FUSION_FEATURES = ("log_prob", "path_cost", "path_cost_gap", "is_nearest", "class_distance", "known_distance")
-FUSION_VERSION = 1
+HOLE_FEATURES = ("border_share", "border_boundary", "hole_size", "pixel_boundary")
+FEATURES_BY_VERSION = {1: FUSION_FEATURES, 2: FUSION_FEATURES + HOLE_FEATURES}  # format version -> features
 _COST_CAP = 1e6  # costs above this (labels.NO_PATH included) read as "no path"
 _COST_SCALE = np.float32(1 / np.log1p(_COST_CAP))
 _DIST_SCALE = np.float32(1 / 6)  # log1p(400 px) ~ 6
@@ -47,15 +59,18 @@ def hole_log_probs(logits: np.ndarray, shape: tuple[int, int], idx: np.ndarray) 
     return up - np.log(np.exp(up).sum(1, keepdims=True))
 
 
-def pixel_features(logits: np.ndarray, partial: np.ndarray, class_costs: np.ndarray,
-                   unknown: int = UNKNOWN) -> tuple[np.ndarray, np.ndarray]:
-    """Features of every hole pixel: (flat indices (M,), features (M, N, len(FUSION_FEATURES))).
+def pixel_features(logits: np.ndarray, partial: np.ndarray, class_costs: np.ndarray, unknown: int = UNKNOWN,
+                   boundary: np.ndarray | None = None, features: tuple[str, ...] = FUSION_FEATURES
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``features`` of every hole pixel: (flat indices (M,), features (M, N, len(features))).
 
     ``logits`` (N, h, w) model-size; ``class_costs`` (H, W, N) from
-    :func:`labels.geodesic_class_costs` (``Propagation.class_costs``).
+    :func:`labels.geodesic_class_costs` (``Propagation.class_costs``); ``boundary`` (2, H, W)
+    for the hole features (``Propagation.boundary``).
     """
     idx = np.flatnonzero((partial == unknown).reshape(-1))
-    return idx, features_at(hole_log_probs(logits, partial.shape, idx), partial, class_costs, idx, unknown)
+    return idx, features_at(hole_log_probs(logits, partial.shape, idx), partial, class_costs, idx, unknown, boundary,
+                            features)
 
 
 def class_distances(partial: np.ndarray, idx: np.ndarray, num_classes: int, unknown: int = UNKNOWN
@@ -73,11 +88,49 @@ def class_distances(partial: np.ndarray, idx: np.ndarray, num_classes: int, unkn
     return per_class, known
 
 
+def hole_features(partial: np.ndarray, boundary: np.ndarray | None, num_classes: int, idx: np.ndarray,
+                  unknown: int = UNKNOWN) -> tuple[np.ndarray, np.ndarray]:
+    """:data:`HOLE_FEATURES` at flat hole indices ``idx``, from the learned map ``boundary``
+    (2, H, W): the class-wise ``border_share`` (M, N) and the others (M, 3), in order."""
+    if boundary is None:
+        raise FusionError("this pixel fusion reads the learned class-boundary map (the model's boundary net), "
+                          "and none was given")
+    if boundary.shape != (2, *partial.shape):
+        raise FusionError(f"boundary map shape {boundary.shape}; expected (2, {partial.shape[0]}, {partial.shape[1]})")
+    hole = partial == unknown
+    regions, region = cv2.connectedComponents(hole.astype(np.uint8), connectivity=4)
+    owners, classes, probs = [], [], []
+    # pixel pairs across the border: right neighbours (plane 0), lower neighbours (plane 1)
+    for plane, a, b in ((0, np.s_[:, :-1], np.s_[:, 1:]), (1, np.s_[:-1, :], np.s_[1:, :])):
+        p = boundary[plane][a]
+        for inside, outside in ((a, b), (b, a)):
+            cross = hole[inside] & ~hole[outside]
+            owners.append(region[inside][cross])
+            classes.append(partial[outside][cross])
+            probs.append(p[cross])
+    owner, cls, prob = np.concatenate(owners), np.concatenate(classes).astype(np.int64), np.concatenate(probs)
+    keep = cls < num_classes
+    owner, cls, prob = owner[keep], cls[keep], prob[keep].astype(np.float64)
+    count = np.maximum(np.bincount(owner, minlength=regions), 1).astype(np.float64)
+    share = np.bincount(owner * num_classes + cls, minlength=regions * num_classes).reshape(regions, num_classes)
+    area = np.bincount(region.reshape(-1), minlength=regions)
+    b = boundary.astype(np.float32, copy=False)
+    strongest = np.maximum(b[0], b[1])  # right and lower sides; then left and upper
+    np.maximum(strongest[:, 1:], b[0][:, :-1], out=strongest[:, 1:])
+    np.maximum(strongest[1:], b[1][:-1], out=strongest[1:])
+    at = region.reshape(-1)[idx]
+    others = np.stack([(np.bincount(owner, prob, minlength=regions) / count)[at],
+                       np.log1p(area[at]) / np.log1p(partial.size), strongest.reshape(-1)[idx]], 1)
+    return (share / count[:, None]).astype(np.float32)[at], others.astype(np.float32)
+
+
 def features_at(log_probs: np.ndarray, partial: np.ndarray, class_costs: np.ndarray, idx: np.ndarray,
-                unknown: int = UNKNOWN) -> np.ndarray:
-    """(M, N, F) features at flat hole indices ``idx`` given their (M, N) model log-probs."""
+                unknown: int = UNKNOWN, boundary: np.ndarray | None = None,
+                features: tuple[str, ...] = FUSION_FEATURES) -> np.ndarray:
+    """(M, N, F) ``features`` at flat hole indices ``idx`` given their (M, N) model log-probs
+    (the hole features need the ``boundary`` map)."""
     m, n = log_probs.shape
-    feats = np.empty((m, n, len(FUSION_FEATURES)), np.float32)
+    feats = np.empty((m, n, len(features)), np.float32)
     if m == 0:
         return feats
     feats[..., 0] = log_probs
@@ -89,15 +142,22 @@ def features_at(log_probs: np.ndarray, partial: np.ndarray, class_costs: np.ndar
     per_class, known = class_distances(partial, idx, n, unknown)
     feats[..., 4] = np.log1p(per_class) * _DIST_SCALE
     feats[..., 5] = (np.log1p(known) * _DIST_SCALE)[:, None]
+    if len(features) > len(FUSION_FEATURES):
+        share, others = hole_features(partial, boundary, n, idx, unknown)
+        feats[..., 6] = share
+        feats[..., 7:] = others[:, None, :]
     return feats
 
 
-def _fusion_loops(lp: np.ndarray, cost: np.ndarray, per_class: np.ndarray, known: np.ndarray, w1: np.ndarray,
+def _fusion_loops(lp: np.ndarray, cost: np.ndarray, per_class: np.ndarray, known: np.ndarray, share: np.ndarray,
+                  others: np.ndarray, w1: np.ndarray,
                   b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, w3: np.ndarray, b3: float, class_bias: np.ndarray,
                   min_log_prob: float, cost_cap: float, cost_scale: float, dist_scale: float, pred: np.ndarray,
                   conf: np.ndarray) -> None:  # pragma: no cover - compiled by numba
     """:meth:`PixelFusion.scores` + argmax / softmax share for a two-hidden-layer MLP, pixel
-    by pixel, features on the fly, only over candidate classes (see ``_candidates``)."""
+    by pixel, features on the fly, only over candidate classes (see ``_candidates``);
+    ``share`` (M, N) / ``others`` (M, F - 7): the hole features, read only by a format-2
+    fusion."""
     m, n = lp.shape
     f, h = w1.shape
     x = np.empty(f, np.float32)
@@ -126,6 +186,10 @@ def _fusion_loops(lp: np.ndarray, cost: np.ndarray, per_class: np.ndarray, known
             x[3] = 1.0 if cost[i, c] == best else 0.0
             x[4] = np.log1p(per_class[i, c]) * dist_scale
             x[5] = kd
+            if f > 6:
+                x[6] = share[i, c]
+                for e in range(f - 7):
+                    x[7 + e] = others[i, e]
             # rows of the weights are contiguous: accumulate row by row (vectorises)
             a1[:] = b1
             for k in range(f):
@@ -172,18 +236,22 @@ def _candidates(log_probs: np.ndarray, cost: np.ndarray, min_log_prob: float) ->
 
 @dataclass
 class PixelFusion:
-    """A shared per-class MLP over :data:`FUSION_FEATURES` plus a bias per class."""
+    """A shared per-class MLP over its ``features`` plus a bias per class."""
 
     layers: list[tuple[np.ndarray, np.ndarray]]  # (in, out) weight, (out,) bias; ReLU between; last out = 1
     class_bias: np.ndarray  # (N,)
     info: dict[str, Any] | None = None  # how it was fitted (data, settings, loss)
     agree_skip_prob: float = 0.8  # see complete()
     min_log_prob: float = -3.0  # see _candidates(): classes the model gives >= 5%
+    features: tuple[str, ...] = FUSION_FEATURES  # FEATURES_BY_VERSION[format version]
 
     def __post_init__(self) -> None:
         self.layers = [(np.asarray(w, np.float32), np.asarray(b, np.float32)) for w, b in self.layers]
         self.class_bias = np.asarray(self.class_bias, np.float32)
-        width = len(FUSION_FEATURES)
+        self.features = tuple(self.features)
+        if self.features not in FEATURES_BY_VERSION.values():
+            raise FusionError(f"unknown fusion feature set {list(self.features)}")
+        width = len(self.features)
         for w, b in self.layers:
             if w.ndim != 2 or w.shape[0] != width or b.shape != (w.shape[1],):
                 raise FusionError(f"fusion layer shapes {w.shape} / {b.shape} do not chain from width {width}")
@@ -194,6 +262,15 @@ class PixelFusion:
     @property
     def num_classes(self) -> int:
         return int(self.class_bias.shape[0])
+
+    @property
+    def version(self) -> int:
+        return next(v for v, f in FEATURES_BY_VERSION.items() if f == self.features)
+
+    @property
+    def needs_boundary(self) -> bool:
+        """Its hole features read the learned class-boundary map."""
+        return len(self.features) > len(FUSION_FEATURES)
 
     def scores(self, feats: np.ndarray) -> np.ndarray:
         """(M, N, F) -> (M, N) class scores (logits)."""
@@ -207,10 +284,11 @@ class PixelFusion:
                 np.maximum(x, 0, out=x)
         return x.reshape(m, n) + self.class_bias
 
-    def complete(self, logits: np.ndarray, partial: np.ndarray, class_costs: np.ndarray,
-                 unknown: int = UNKNOWN) -> tuple[np.ndarray, np.ndarray]:
+    def complete(self, logits: np.ndarray, partial: np.ndarray, class_costs: np.ndarray, unknown: int = UNKNOWN,
+                 boundary: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(completed label (H, W) uint8, confidence (H, W) float32): known pixels kept with
         confidence 1; hole pixels take the best fused class, confidence its softmax share.
+        ``boundary`` (2, H, W): the learned map, needed by a fusion with hole features.
 
         Where the model's argmax is the propagated label and the model gives it at least
         ``agree_skip_prob``, that label stands without scoring: a speed rule (at 0.8 fusion
@@ -232,47 +310,54 @@ class PixelFusion:
         pred, p = model.astype(np.uint8), p_model.astype(np.float32)
         run = np.flatnonzero((model != nearest) | (p_model < self.agree_skip_prob))
         if run.size:
-            pred[run], p[run] = self._decide(lp[run], partial, class_costs, idx[run], unknown)
+            pred[run], p[run] = self._decide(lp[run], partial, class_costs, idx[run], unknown, boundary)
         out.reshape(-1)[idx] = pred
         conf.reshape(-1)[idx] = p
         return out, conf
 
     def _decide(self, lp: np.ndarray, partial: np.ndarray, class_costs: np.ndarray, idx: np.ndarray,
-                unknown: int) -> tuple[np.ndarray, np.ndarray]:
+                unknown: int, boundary: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """(class (M,), softmax share (M,)) over the candidate classes of pixels ``idx``."""
         n = self.num_classes
         compiled = _compiled_fusion() if len(self.layers) == 3 else None
         if compiled is None:  # numpy: every class scored, non-candidates dropped
-            s = self.scores(features_at(lp, partial, class_costs, idx, unknown))
+            s = self.scores(features_at(lp, partial, class_costs, idx, unknown, boundary, self.features))
             s[~_candidates(lp, class_costs.reshape(-1, n)[idx], self.min_log_prob)] = -np.inf
             s -= s.max(1, keepdims=True)
             return s.argmax(1).astype(np.uint8), (1.0 / np.exp(s).sum(1)).astype(np.float32)
         per_class, known = class_distances(partial, idx, n, unknown)
+        if self.needs_boundary:
+            share, others = hole_features(partial, boundary, n, idx, unknown)
+        else:  # not read by the kernel
+            share, others = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32)
         (w1, b1), (w2, b2), (w3, b3) = self.layers
         pred = np.empty(idx.size, np.uint8)
         conf = np.empty(idx.size, np.float32)
         compiled(np.ascontiguousarray(lp), np.ascontiguousarray(class_costs.reshape(-1, n)[idx]), per_class, known,
-                 w1, b1, w2, b2, np.ascontiguousarray(w3[:, 0]), np.float32(b3[0]), self.class_bias,
+                 share, others, w1, b1, w2, b2, np.ascontiguousarray(w3[:, 0]), np.float32(b3[0]), self.class_bias,
                  np.float32(self.min_log_prob), np.float32(_COST_CAP), _COST_SCALE, _DIST_SCALE, pred, conf)
         return pred, conf
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists (checkpoint and manifest JSON)."""
-        return {"version": FUSION_VERSION, "features": list(FUSION_FEATURES),
+        return {"version": self.version, "features": list(self.features),
                 "layers": [{"weight": w.tolist(), "bias": b.tolist()} for w, b in self.layers],
                 "class_bias": self.class_bias.tolist(), "agree_skip_prob": float(self.agree_skip_prob),
                 "min_log_prob": float(self.min_log_prob), "info": self.info or {}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "fusion") -> "PixelFusion":
-        if d.get("version") != FUSION_VERSION:
-            raise FusionError(f"{source}: pixel fusion version {d.get('version')!r} is not supported "
-                              f"(this lmae-sdk reads {FUSION_VERSION})")
-        if list(d.get("features", [])) != list(FUSION_FEATURES):
-            raise FusionError(f"{source}: pixel fusion features {d.get('features')} differ from {FUSION_FEATURES}")
+        version = d.get("version")
+        if version not in FEATURES_BY_VERSION:
+            raise FusionError(f"{source}: pixel fusion version {version!r} is not supported "
+                              f"(this lmae-sdk reads {sorted(FEATURES_BY_VERSION)})")
+        features = FEATURES_BY_VERSION[version]
+        if list(d.get("features", [])) != list(features):
+            raise FusionError(f"{source}: pixel fusion features {d.get('features')} differ from version {version}'s "
+                              f"{list(features)}")
         try:
             return cls([(layer["weight"], layer["bias"]) for layer in d["layers"]], d["class_bias"], d.get("info"),
-                       float(d.get("agree_skip_prob", 0.8)), float(d.get("min_log_prob", -3.0)))
+                       float(d.get("agree_skip_prob", 0.8)), float(d.get("min_log_prob", -3.0)), features)
         except (KeyError, TypeError) as e:
             raise FusionError(f"{source}: malformed pixel fusion ({type(e).__name__}: {e})") from None
 

@@ -489,6 +489,7 @@ class Propagation(NamedTuple):
     distance: np.ndarray  # (H, W) float32: Euclidean distance to the nearest known pixel, px
     path_cost: np.ndarray | None  # (H, W) float32: geodesic path cost to that label (geodesic mode)
     class_costs: np.ndarray | None = None  # (H, W, N) float32: geodesic_class_costs, for pixel fusion
+    boundary: np.ndarray | None = None  # (2, H, W) the learned class-boundary map it used, for pixel fusion
 
 
 def propagate(label: np.ndarray, image: np.ndarray | None = None, mode: str = "euclidean",
@@ -523,7 +524,7 @@ def propagate(label: np.ndarray, image: np.ndarray | None = None, mode: str = "e
         else:
             ids, cost = geodesic_propagate(image, label, unknown, edge_weight, blur_sigma, boundary=boundary,
                                            boundary_weight=boundary_weight)
-    return Propagation(ids, dist, cost, costs)
+    return Propagation(ids, dist, cost, costs, boundary)
 
 
 PATH_COST_MAX = 1e5  # geodesic costs above this read as "no path" in the path-cost plane

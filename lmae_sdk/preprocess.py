@@ -98,7 +98,7 @@ def finish(logits: np.ndarray, partial: np.ndarray, unknown: int = UNKNOWN, min_
     if fusion is not None and hole.any() and not hole.all():
         if propagated is None or propagated.class_costs is None:
             raise ValueError("pixel fusion needs the propagation's class costs (propagate_for(..., class_costs=True))")
-        out, conf = fusion.complete(logits, partial, propagated.class_costs, unknown)
+        out, conf = fusion.complete(logits, partial, propagated.class_costs, unknown, propagated.boundary)
     elif hole.any():
         forced = None
         if near_copy_px > 0 and not hole.all():

@@ -1,5 +1,6 @@
 """Learned class boundaries: targets, the step cost, fitting, training, export and runtime."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import torch
 
 from lmae_sdk.boundaries import (BoundaryError, BoundaryNet, BoundarySpec, boundary_targets, flip_boundaries,
                                  weights_sha256)
+from lmae_sdk.fusion import FEATURES_BY_VERSION
 from lmae_sdk.labels import geodesic_class_costs, geodesic_propagate
 from lmae_sdk.model import make_config
 from lmae_sdk.preprocess import propagate_for
@@ -70,6 +72,23 @@ def test_net_shapes_spec_and_fingerprint():
     assert weights_sha256(sd2) != weights_sha256(sd)
 
 
+def test_flip_average_is_the_mean_of_the_map_and_the_mirror_images_map():
+    from lmae_sdk.boundaries import TorchBoundaries, boundary_input
+
+    torch.manual_seed(0)
+    net = BoundaryNet(4).eval()
+    spec = BoundarySpec.from_dict(BoundarySpec(4, (32, 48), flip_average=True).to_dict())
+    assert spec.flip_average and "flip_average" not in BoundarySpec(4, (32, 48)).to_dict()
+    image = np.random.default_rng(1).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    plain = TorchBoundaries(net, BoundarySpec(4, (32, 48)))
+    direct, mirrored = plain(image), flip_boundaries(plain(np.ascontiguousarray(image[:, ::-1])))
+    averaged = TorchBoundaries(net, spec)(image)
+    np.testing.assert_allclose(averaged[:, :, :-1], (direct + mirrored)[:, :, :-1] / 2, atol=1e-5)
+    np.testing.assert_allclose(averaged[1], (direct[1] + mirrored[1]) / 2, atol=1e-5)
+    assert np.abs(averaged - direct).max() > 1e-3  # an untrained net is not mirror-symmetric
+    assert boundary_input(image, spec).shape == (3, 32, 48)
+
+
 def test_fit_train_export_and_runtime(tmp_path, synth_root):
     from lmae_sdk import LMAECompleter
     from lmae_sdk.bundle import BundleError, read_manifest
@@ -84,11 +103,12 @@ def test_fit_train_export_and_runtime(tmp_path, synth_root):
     fitted = tmp_path / "bnd.pt"
     res = CliRunner().invoke(cli_main, ["fit-boundaries", "--ckpt", str(base), "--data", str(synth_root), "--out",
                                         str(fitted), "--steps", "4", "--width", "4", "--crop", "48", "--batch-size",
-                                        "2", "--tune-images", "3", "--threads", "1", "--no-bf16"])
+                                        "2", "--tune-images", "3", "--threads", "1", "--no-bf16", "--flip-average"])
     assert res.exit_code == 0, res.output
-    assert "boundary net: 4 steps" in res.output
+    assert "boundary net (flip-averaged map): 4 steps" in res.output
     ck = load_checkpoint(fitted)
     assert ck["boundary_net"]["fit"]["steps"] == 4 and "boundary_net" not in load_checkpoint(base)
+    assert ck["boundary_net"]["flip_average"]  # the exported graph below averages too (parity with torch)
     assert ck["config"]["geodesic_boundary_weight"] > 0
     # the model's prior now needs the map: training on it carries the net into the new checkpoint
     tuned = train(TrainConfig(data=str(synth_root), out=str(tmp_path / "t.pt"), preset="tiny", image_size=(64, 96),
@@ -98,8 +118,20 @@ def test_fit_train_export_and_runtime(tmp_path, synth_root):
     assert tk["config"]["geodesic_boundary_weight"] == ck["config"]["geodesic_boundary_weight"]
     assert weights_sha256(tk["boundary_net"]["state_dict"]) == weights_sha256(ck["boundary_net"]["state_dict"])
 
+    # pixel fusion fitted on it reads the map too: the features of each pixel's hole (format 2)
+    res = CliRunner().invoke(cli_main, ["fit-fusion", "--ckpt", str(tuned), "--data", str(synth_root), "--images",
+                                        "6", "--per-image", "300", "--steps", "20", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert f"{len(FEATURES_BY_VERSION[2])} features" in res.output
+    assert load_checkpoint(tuned)["fusion"]["version"] == 2
+
     tc = LMAECompleter.load(tuned, backend="torch", threads=1)
-    assert tc.boundaries is not None and "learned boundaries" in tc.describe()
+    assert tc.boundaries is not None and tc.fusion.needs_boundary
+    assert "hole-aware pixel fusion, learned boundaries" in tc.describe()
+    with pytest.raises(ValueError, match="hole features"):  # even where the step cost does not use the map
+        LMAECompleter(replace(tc.cfg, geodesic_boundary_weight=0.0), list(tc.engines.values()),
+                      class_names=tc.class_names, palette=None, label_resize=tc.label_resize, unknown_threshold=0.5,
+                      fusion=tc.fusion)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (70, 100, 3), dtype=np.uint8)  # not the net's size: resized both ways
     partial = np.kron(rng.integers(0, 5, (7, 10)), np.ones((10, 10), np.int64)).astype(np.uint8)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmae_sdk.degrade import degrade
-from lmae_sdk.fusion import FUSION_FEATURES, FusionError, PixelFusion, pixel_features
+from lmae_sdk.fusion import FEATURES_BY_VERSION, FUSION_FEATURES, FusionError, PixelFusion, hole_features, pixel_features
 from lmae_sdk.labels import NO_PATH, geodesic_class_costs, geodesic_propagate, propagate, upsampled_prediction
 from lmae_sdk.preprocess import finish
 
@@ -139,19 +139,29 @@ def test_fit_fusion_calibrate_export_and_runtime(tmp_path, synth_root):
     torch.set_num_threads(1)
 
 
-def test_compiled_and_numpy_fusion_agree_and_confident_agreement_is_kept(monkeypatch):
+@pytest.mark.parametrize("version", sorted(FEATURES_BY_VERSION))
+def test_compiled_and_numpy_fusion_agree_and_confident_agreement_is_kept(monkeypatch, version):
     import lmae_sdk.fusion as fusion_module
 
     rng = np.random.default_rng(5)
-    f, h = len(FUSION_FEATURES), 8
+    features = FEATURES_BY_VERSION[version]
+    f, h = len(features), 8
     fusion = PixelFusion([(rng.normal(0, 1, (f, h)), rng.normal(0, 0.1, h)), (rng.normal(0, 0.5, (h, h)),
-                          rng.normal(0, 0.1, h)), (rng.normal(0, 1, (h, 1)), np.zeros(1))], rng.normal(0, 0.3, 5))
+                          rng.normal(0, 0.1, h)), (rng.normal(0, 1, (h, 1)), np.zeros(1))], rng.normal(0, 0.3, 5),
+                         features=features)
     image, _, partial = _scene(6)
     logits = (2 * rng.standard_normal((5, 16, 24))).astype(np.float32)
+    boundary = rng.random((2, *partial.shape)).astype(np.float32)
     costs = propagate(partial, image, "geodesic", num_classes=5).class_costs
-    fast, fast_conf = fusion.complete(logits, partial, costs)
+    fast, fast_conf = fusion.complete(logits, partial, costs, boundary=boundary)
     monkeypatch.setattr(fusion_module, "_compiled_fusion", lambda: None)
-    slow, slow_conf = fusion.complete(logits, partial, costs)
+    slow, slow_conf = fusion.complete(logits, partial, costs, boundary=boundary)
+    if version > 1:  # the hole features move the decision
+        assert fusion.needs_boundary and PixelFusion.from_dict(fusion.to_dict()).features == features
+        other, _ = fusion.complete(logits, partial, costs, boundary=1 - boundary)
+        assert (other != slow).any()
+        with pytest.raises(FusionError, match="boundary map"):
+            fusion.complete(logits, partial, costs)
     hole = partial == 255
     assert (fast[hole] == slow[hole]).mean() > 0.999
     np.testing.assert_allclose(fast_conf, slow_conf, atol=1e-4)
@@ -160,3 +170,32 @@ def test_compiled_and_numpy_fusion_agree_and_confident_agreement_is_kept(monkeyp
     sure = hole & (model == costs.argmin(-1)) & (p_model >= fusion.agree_skip_prob)
     assert sure.any()
     np.testing.assert_array_equal(slow[sure], model[sure])
+
+
+def test_hole_features_describe_each_hole_region():
+    """Two holes: a square cut through class 0 / 1 regions and a removed class-2 object;
+    each pixel gets its own hole's border classes, mean border boundary probability, size
+    and the map's value at the pixel."""
+    partial = np.zeros((12, 12), np.uint8)
+    partial[:, 6:] = 1
+    partial[1:4, 4:8] = 255  # cut across the 0 | 1 edge at column 6
+    partial[7:10, 1:4] = 255  # a removed object inside class 0
+    boundary = np.zeros((2, 12, 12), np.float32)
+    boundary[:, 6:11, 0:5] = 0.9  # the map sees the object's outline (and nothing at the cut)
+    idx = np.flatnonzero(partial.reshape(-1) == 255)
+    share, others = hole_features(partial, boundary, 3, idx)
+    border_p = others[:, 0]
+    cut_mask = np.zeros((12, 12), bool)
+    cut_mask[1:4, 4:8] = True
+    cut = cut_mask.reshape(-1)[idx]
+    # hole size: 12 and 9 pixels; pixel boundary: the object's pixels all sit on the 0.9 map
+    np.testing.assert_allclose(others[:, 1], np.where(cut, np.log1p(12), np.log1p(9)) / np.log1p(144), rtol=1e-6)
+    np.testing.assert_allclose(others[~cut, 2], 0.9, rtol=1e-6)
+    np.testing.assert_allclose(others[cut, 2], 0.0)
+    # the cut's border: columns 4-5 are class 0, 6-7 class 1 (above, below) plus a side each
+    np.testing.assert_allclose(share[cut][:, :2], [[0.5, 0.5]] * cut.sum())
+    np.testing.assert_allclose(border_p[cut], 0.0)
+    np.testing.assert_allclose(share[~cut], [[1.0, 0.0, 0.0]] * (~cut).sum())
+    np.testing.assert_allclose(border_p[~cut], 0.9, rtol=1e-6)
+    with pytest.raises(FusionError, match="shape"):
+        hole_features(partial, boundary[:, :-1], 3, idx)

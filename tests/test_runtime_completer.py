@@ -149,6 +149,19 @@ def test_bad_inputs_raise_or_are_reported(completer, tmp_path):
     assert "differs" in str(rs[1].error) and "class ids" in str(rs[2].error) and "rgb.png" in str(rs[3].error)
     with pytest.raises(InputError):
         list(completer.complete_batch(pairs, batch_size=2))
+    # on_result runs on the workers for the good results only; its failure is that image's error
+    seen = []
+
+    def hand_on(r):
+        if len(seen) == 1:
+            raise OSError("disk full")
+        seen.append(r.label.copy())
+
+    rs = list(completer.complete_batch(pairs, batch_size=2, on_error="return", on_result=hand_on, workers=1))
+    assert [r.ok for r in rs] == [True, False, False, False, False] and "disk full" in str(rs[4].error)
+    np.testing.assert_array_equal(seen[0], rs[0].label)
+    with pytest.raises(OSError, match="disk full"):
+        list(completer.complete_batch(pairs[:1], batch_size=2, on_result=lambda r: hand_on(r)))
 
 
 @pytest.mark.parametrize("tile", [False, True])

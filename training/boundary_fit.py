@@ -56,9 +56,13 @@ def fill_score(pairs: list, partials: list, maps: list, colour_weight: float, bo
 def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | None = None, split: str = "train",
                    minutes: float = 40.0, max_steps: int = 0, width: int = 16, crop: int = 256, batch_size: int = 8,
                    lr: float = 3e-3, tune_images: int = 80, weight_grid=DEFAULT_WEIGHT_GRID, seed: int = 0,
-                   threads: int = 0, bf16: bool = True, log=print) -> dict:
+                   threads: int = 0, bf16: bool = True, continue_net: bool = False, flip_average: bool = False,
+                   log=print) -> dict:
     """Train for ``minutes`` (or ``max_steps``), tune the step-cost weights, store both in
-    the checkpoint (``out``, default in place)."""
+    the checkpoint (``out``, default in place).  ``continue_net``: start from the
+    checkpoint's net (same width) instead of a fresh one: a second cosine cycle (with
+    ``minutes`` 0: no training, only the weights are tuned again).  ``flip_average``: the
+    runtime's map averages the image with its mirror image (twice the net's compute)."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -69,8 +73,15 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
     pairs = load_pairs(info.pairs[split], n)
     # the net's static size: the split's commonest image size (even); other sizes are resized
     h, w = Counter(lab.shape for _, lab in pairs).most_common(1)[0][0]
-    spec = BoundarySpec(width, (h // 2 * 2, w // 2 * 2))
+    spec = BoundarySpec(width, (h // 2 * 2, w // 2 * 2), flip_average)
     net = BoundaryNet(width)
+    previous = ck.get("boundary_net") if continue_net else None
+    if continue_net:
+        if not previous:
+            raise ValueError(f"{ckpt_path}: no boundary net to continue (lmae fit-boundaries without --continue-net)")
+        if int(previous["width"]) != width:
+            raise ValueError(f"{ckpt_path}: its boundary net has width {previous['width']}, not {width}")
+        net.load_state_dict(previous["state_dict"])
     opt = torch.optim.AdamW(net.parameters(), lr, weight_decay=1e-4)
     rng = np.random.default_rng(seed)
     budget = minutes * 60
@@ -116,7 +127,9 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
     fit = {"split": split, "steps": step, "train_seconds": round(train_s, 1), "crop": crop, "batch_size": batch_size,
            "final_loss": loss_avg, "seed": seed, "tune_images": len(tune), "fill_colour_only": colour_only,
            "fill_with_boundaries": scores[(cw, bw)], "map_seconds_per_image": map_s,
-           "threads": torch.get_num_threads()}
+           "threads": torch.get_num_threads(), "lr": lr}
+    if previous:
+        fit["continued_from"] = previous.get("fit", {})
     ck["boundary_net"] = {**spec.to_dict(), "state_dict": {k: v.detach().clone() for k, v in net.state_dict().items()},
                           "fit": fit}
     ck["config"] = {**cfg, "geodesic_edge_weight": cw, "geodesic_boundary_weight": bw}
@@ -124,6 +137,7 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
         log("the prior changed: the checkpoint's pixel fusion is dropped (refit it: lmae fit-fusion)")
     target = Path(out) if out else Path(ckpt_path)
     save_checkpoint(ck, target)
-    log(f"boundary net: {step} steps in {train_s / 60:.1f} min; fill on {split} {colour_only:.2f} -> "
+    log(f"boundary net{' (flip-averaged map)' if flip_average else ''}: {step} steps in {train_s / 60:.1f} min; "
+        f"fill on {split} {colour_only:.2f} -> "
         f"{scores[(cw, bw)]:.2f} (colour {cw:g}, boundary {bw:g}); map {map_s:.3f} s/img -> {target}")
     return fit

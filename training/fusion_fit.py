@@ -5,7 +5,9 @@ default train: the model is no better on its own training images than on val, so
 fit does not learn to over-trust it, and val stays untouched for ``lmae calibrate`` and
 the benchmarks), the way the runtime would (routing, engines); pixels are sampled from
 the holes; the fusion MLP is fitted with class-weighted cross-entropy.  Each image gets
-one kind of hole, cycling through ``settings``, so one fusion serves them all.
+one kind of hole, cycling through ``settings``, so one fusion serves them all.  A
+checkpoint with a boundary net gets the hole features too (format 2): they tell the
+fusion which kind of hole a pixel is in.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch
 from lmae_sdk.boundaries import boundaries_from_checkpoint
 from lmae_sdk.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from lmae_sdk.degrade import degrade
-from lmae_sdk.fusion import FUSION_FEATURES, PixelFusion, features_at, hole_log_probs
+from lmae_sdk.fusion import FEATURES_BY_VERSION, FUSION_FEATURES, PixelFusion, features_at, hole_log_probs
 from lmae_sdk.labels import UNKNOWN
 from lmae_sdk.preprocess import ModelInputs, prepare, propagate_for
 
@@ -32,9 +34,10 @@ DEFAULT_FIT_SETTINGS = (("random", 0.5), ("objects", 0.5), ("blocks", 0.5), ("ra
 class FusionMLP(torch.nn.Module):
     """The torch twin of :class:`PixelFusion` (fitted here, exported as plain lists)."""
 
-    def __init__(self, num_classes: int, hidden: int) -> None:
+    def __init__(self, num_classes: int, hidden: int, features: tuple[str, ...] = FUSION_FEATURES) -> None:
         super().__init__()
-        f = len(FUSION_FEATURES)
+        self.features = features
+        f = len(features)
         self.mlp = torch.nn.Sequential(torch.nn.Linear(f, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden),
                                        torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
         self.class_bias = torch.nn.Parameter(torch.zeros(num_classes))
@@ -45,11 +48,11 @@ class FusionMLP(torch.nn.Module):
     def to_fusion(self, info: dict) -> PixelFusion:
         linears = [m for m in self.mlp if isinstance(m, torch.nn.Linear)]
         return PixelFusion([(m.weight.detach().T.numpy(), m.bias.detach().numpy()) for m in linears],
-                           self.class_bias.detach().numpy(), info)
+                           self.class_bias.detach().numpy(), info, features=self.features)
 
 
 def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: int, per_image: int, seed: int,
-                   log=print) -> tuple[np.ndarray, np.ndarray]:
+                   features: tuple[str, ...] = FUSION_FEATURES, log=print) -> tuple[np.ndarray, np.ndarray]:
     """(features (P, N, F), true class (P,)) of pixels sampled from the holes."""
     model = model_from_checkpoint(ckpt)
     cfg = model.cfg
@@ -82,7 +85,8 @@ def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: i
             keep = np.flatnonzero(truth < cfg.num_classes)  # void pixels teach nothing
             pick = rng.choice(keep, min(per_image, keep.size), replace=False)
             at = idx[pick]  # features of the sampled pixels only
-            feats.append(features_at(hole_log_probs(lg, partial.shape, at), partial, prop.class_costs, at))
+            feats.append(features_at(hole_log_probs(lg, partial.shape, at), partial, prop.class_costs, at,
+                                     boundary=prop.boundary, features=features))
             targets.append(truth[pick].astype(np.int64))
         log(f"  {min(start + 16, len(pairs))}/{len(pairs)} images ({time.time() - t0:.0f} s)")
     return np.concatenate(feats), np.concatenate(targets)
@@ -91,8 +95,11 @@ def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: i
 def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None = None, split: str = "train",
                settings=DEFAULT_FIT_SETTINGS, images: int = 0, per_image: int = 3000, hidden: int = 16,
                steps: int = 1500, class_weight_power: float = 0.25, seed: int = 0, threads: int = 0,
-               log=print) -> dict:
+               hole_features: bool | None = None, log=print) -> dict:
     """Fit pixel fusion on ``split`` and store it in the checkpoint (``out``, default in place).
+
+    ``hole_features`` (default: when the checkpoint has a boundary net) adds the features of
+    the pixel's hole (format 2, :data:`lmae_sdk.fusion.HOLE_FEATURES`).
 
     Class weights are (total / count) ** ``class_weight_power``: at 0.25 rare classes count
     more, but not so much that the fusion paints them over common ones (full inverse
@@ -103,13 +110,19 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
     torch.manual_seed(seed)
     ck = load_checkpoint(ckpt_path)
     n = int(ck["config"]["num_classes"])
-    log(f"collecting hole pixels from {split} ({', '.join(f'{s}:{r:g}' for s, r in settings)})")
-    x, y = collect_pixels(ck, data, split, settings, images, per_image, seed, log)
+    if hole_features is None:
+        hole_features = bool(ck.get("boundary_net"))
+    elif hole_features and not ck.get("boundary_net"):
+        raise ValueError(f"{ckpt_path}: hole features need a boundary net (lmae fit-boundaries)")
+    features = FEATURES_BY_VERSION[2 if hole_features else 1]
+    log(f"collecting hole pixels from {split} ({', '.join(f'{s}:{r:g}' for s, r in settings)}; "
+        f"{len(features)} features)")
+    x, y = collect_pixels(ck, data, split, settings, images, per_image, seed, features, log)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     counts = torch.bincount(y, minlength=n).double() + 1
     weight = ((counts.sum() / counts) ** class_weight_power).float()
     weight = weight / weight.mean()
-    net = FusionMLP(n, hidden)
+    net = FusionMLP(n, hidden, features)
     opt = torch.optim.Adam(net.parameters(), 3e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     gen = torch.Generator().manual_seed(seed)
@@ -126,7 +139,7 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
         full_loss = float(torch.nn.functional.cross_entropy(net(x), y, weight=weight))
         acc = float((net(x).argmax(1) == y).float().mean())
     info = {"split": split, "settings": [f"{s}:{r:g}" for s, r in settings], "pixels": int(len(y)),
-            "hidden": hidden, "steps": steps, "class_weight_power": class_weight_power, "seed": seed,
+            "features": list(features), "hidden": hidden, "steps": steps, "class_weight_power": class_weight_power, "seed": seed,
             "fit_loss": full_loss, "fit_pixel_acc": acc}
     ck["fusion"] = net.to_fusion(info).to_dict()
     target = Path(out) if out else Path(ckpt_path)

@@ -16,7 +16,7 @@ import logging
 import os
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -137,6 +137,9 @@ class LMAECompleter:
         self.fusion = fusion  # decides hole pixels instead of the near-copy rule
         if cfg.geodesic_boundary_weight > 0 and boundaries is None:
             raise ValueError("the model's geodesic step cost has a boundary term but no boundary net was given")
+        if fusion is not None and fusion.needs_boundary and boundaries is None:
+            raise ValueError("the pixel fusion's hole features read the learned boundary map but no boundary net "
+                             "was given")
         self.boundaries = boundaries  # image -> (2, H, W) class-boundary map, for the step cost
         self.source = source
         self.backend_name = backend_name or engines[0].backend.name
@@ -147,10 +150,12 @@ class LMAECompleter:
         return self.near_copy_px > 0 or self.fusion is not None
 
     def boundary_map(self, image: np.ndarray) -> np.ndarray | None:
-        """The image's class-boundary map (2, H, W) when a geodesic step cost here uses one
-        (the prior's propagation, or pixel fusion's class costs), else None."""
+        """The image's class-boundary map (2, H, W) when something here reads it (a geodesic
+        step cost: the prior's propagation or pixel fusion's class costs; the fusion's hole
+        features), else None."""
         geodesic = self.cfg.prior_mode == "geodesic" or self.fusion is not None
-        if self.boundaries is None or self.cfg.geodesic_boundary_weight <= 0 or not geodesic:
+        step_cost = geodesic and self.cfg.geodesic_boundary_weight > 0
+        if self.boundaries is None or not (step_cost or (self.fusion is not None and self.fusion.needs_boundary)):
             return None
         return self.boundaries(image)
 
@@ -314,7 +319,7 @@ class LMAECompleter:
         return next(iter(self.engines.values())).backend.providers
 
     def describe(self) -> str:
-        finish = "pixel fusion" if self.fusion is not None else (
+        finish = ("hole-aware pixel fusion" if self.fusion.needs_boundary else "pixel fusion") if self.fusion else (
             f"near-copy {self.near_copy_px:g} px" if self.near_copy_px > 0 else "argmax")
         if self.boundaries is not None and self.cfg.geodesic_boundary_weight > 0:
             finish += ", learned boundaries"
@@ -331,12 +336,16 @@ class LMAECompleter:
 
     def complete_batch(self, pairs: Iterable, batch_size: int = 16, *, min_confidence: float = 0.0,
                        tile: bool = False, tile_scale: float = 1.0, workers: int = 2,
-                       on_error: str = "raise", chunk_size: int | None = None) -> Iterator[CompletionResult]:
+                       on_error: str = "raise", chunk_size: int | None = None,
+                       on_result: Callable[[CompletionResult], None] | None = None) -> Iterator[CompletionResult]:
         """Complete any iterable of pairs, any sizes; results in input order.
 
         A pair is ``(image, partial)`` or ``(image, partial, name)`` where image / partial are
         arrays or file paths (read on the worker threads).  ``on_error="return"`` yields a
         result with ``.error`` for a bad input and carries on; ``"raise"`` raises it.
+        ``on_result``: called with each good result on the worker threads, before it is
+        yielded (e.g. write it to disk): the work overlaps the model instead of waiting for
+        the caller's loop; an exception it raises is that image's error.
         """
         if on_error not in ("raise", "return"):
             raise ValueError("on_error must be 'raise' or 'return'")
@@ -352,7 +361,8 @@ class LMAECompleter:
                 nxt = submit_chunk()  # the next chunk prepares while this one runs the model
                 items = [f.result() for f in cur]
                 self._infer([j for item in items if item.error is None for j in item.jobs], batch_size, pool)
-                fin = [pool.submit(self._finish, item, min_confidence) for item in items]
+                fin = [pool.submit(self._finish_and_hand_on, item, min_confidence, on_result, on_error)
+                       for item in items]
                 for f in prev:  # finished on the pool while this chunk was inferred
                     yield f.result()
                 prev, cur = fin, nxt
@@ -473,6 +483,18 @@ class LMAECompleter:
         feed = {"image": inp.image, "label_planes": inp.label_planes, "prior": inp.prior,
                 "ids_keep": plan.ids_keep, "ids_mask": plan.ids_mask, "ids_restore": plan.ids_restore}
         return eng.backend.run(feed)
+
+    def _finish_and_hand_on(self, item: _Item, min_confidence: float,
+                            on_result: Callable[[CompletionResult], None] | None, on_error: str) -> CompletionResult:
+        result = self._finish(item, min_confidence)
+        if on_result is not None and result.ok:
+            try:
+                on_result(result)
+            except Exception as e:
+                if on_error == "raise":
+                    raise
+                return replace(result, error=e)
+        return result
 
     def _finish(self, item: _Item, min_confidence: float) -> CompletionResult:
         if item.error is not None:
