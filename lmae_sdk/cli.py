@@ -199,18 +199,31 @@ def calibrate(ckpt: str, data: str, out: str | None, thresholds: str, near_copy:
               help="the map averages the image with its mirror image: better boundaries, twice the net's compute")
 @click.option("--tune-images", default=80, show_default=True, type=int,
               help="first N images of the split for choosing the step-cost weights")
+@click.option("--weight-grid", default=None, metavar="COLOUR:BOUNDARY,...",
+              help="step-cost weight pairs to choose from (default: 300 and 1000 x 300, 1000 and 3000)")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", default=0, type=int)
 @click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast while training")
 def fit_boundaries(ckpt: str, data: str, split: str, out: str | None, minutes: float, steps: int, width: int,
                    crop: int, batch_size: int, lr: float, continue_net: bool, flip_average: bool, tune_images: int,
-                   seed: int, threads: int, bf16: bool) -> None:
+                   weight_grid: str | None, seed: int, threads: int, bf16: bool) -> None:
     """Fit a class-boundary net for the geodesic step cost and store it in the checkpoint;
     then fine-tune (lmae train --init-from CKPT --boundaries-from CKPT) and refit fusion."""
     from lmae_sdk.training.boundary_fit import fit_boundaries as run
 
-    run(ckpt, data, out, split, minutes, steps, width, crop, batch_size, lr, tune_images=tune_images, seed=seed,
-        threads=threads, bf16=bf16, continue_net=continue_net, flip_average=flip_average, log=click.echo)
+    from lmae_sdk.training.boundary_fit import DEFAULT_WEIGHT_GRID
+
+    try:
+        grid = tuple(tuple(float(v) for v in pair.split(":")) for pair in weight_grid.split(",")) \
+            if weight_grid else DEFAULT_WEIGHT_GRID
+    except ValueError:
+        raise click.BadParameter(f"{weight_grid!r}: expected COLOUR:BOUNDARY[,...], e.g. 1000:3000",
+                                 param_hint="--weight-grid") from None
+    if any(len(pair) != 2 for pair in grid):
+        raise click.BadParameter(f"{weight_grid!r}: expected COLOUR:BOUNDARY[,...]", param_hint="--weight-grid")
+    run(ckpt, data, out, split, minutes, steps, width, crop, batch_size, lr, tune_images=tune_images,
+        weight_grid=grid, seed=seed, threads=threads, bf16=bf16, continue_net=continue_net,
+        flip_average=flip_average, log=click.echo)
 
 
 @main.command("fit-fusion")

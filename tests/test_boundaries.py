@@ -103,13 +103,17 @@ def test_fit_train_export_and_runtime(tmp_path, synth_root):
     fitted = tmp_path / "bnd.pt"
     res = CliRunner().invoke(cli_main, ["fit-boundaries", "--ckpt", str(base), "--data", str(synth_root), "--out",
                                         str(fitted), "--steps", "4", "--width", "4", "--crop", "48", "--batch-size",
-                                        "2", "--tune-images", "3", "--threads", "1", "--no-bf16", "--flip-average"])
+                                        "2", "--tune-images", "3", "--threads", "1", "--no-bf16", "--flip-average",
+                                        "--weight-grid", "300:300,1000:3000"])
     assert res.exit_code == 0, res.output
     assert "boundary net (flip-averaged map): 4 steps" in res.output
     ck = load_checkpoint(fitted)
     assert ck["boundary_net"]["fit"]["steps"] == 4 and "boundary_net" not in load_checkpoint(base)
     assert ck["boundary_net"]["flip_average"]  # the exported graph below averages too (parity with torch)
-    assert ck["config"]["geodesic_boundary_weight"] > 0
+    assert (ck["config"]["geodesic_edge_weight"], ck["config"]["geodesic_boundary_weight"]) in [(300, 300), (1000, 3000)]
+    bad = CliRunner().invoke(cli_main, ["fit-boundaries", "--ckpt", str(base), "--data", str(synth_root), "--out",
+                                        str(tmp_path / "x.pt"), "--steps", "1", "--weight-grid", "1000"])
+    assert bad.exit_code == 2 and "COLOUR:BOUNDARY" in bad.output and not (tmp_path / "x.pt").exists()
     # the model's prior now needs the map: training on it carries the net into the new checkpoint
     tuned = train(TrainConfig(data=str(synth_root), out=str(tmp_path / "t.pt"), preset="tiny", image_size=(64, 96),
                               epochs=1, batch_size=4, workers=0, threads=1, progress=False, warmup_epochs=0.5,
