@@ -98,11 +98,12 @@ def model_flops(ckpt_path: Path, mask_ratio: float) -> dict[str, Any]:
         refine = int(fc_ref.get_total_flops())
     boundary = 0
     if ck.get("boundary_net"):  # host-side graph, before propagation; not part of "per_image" (the engine's)
-        from lmae_sdk.boundaries import BoundarySpec, net_from_state
+        from lmae_sdk.boundaries import BoundarySpec, boundary_probabilities, net_from_state
 
         spec = BoundarySpec.from_dict(ck["boundary_net"])
-        with torch.inference_mode(), FlopCounterMode(display=False) as fc_b:
-            net_from_state(spec, ck["boundary_net"]["state_dict"])(torch.zeros(1, 3, *spec.size))
+        with torch.inference_mode(), FlopCounterMode(display=False) as fc_b:  # twice with flip averaging
+            boundary_probabilities(net_from_state(spec, ck["boundary_net"]["state_dict"]),
+                                   torch.zeros(1, 3, *spec.size), spec.flip_average)
         boundary = int(fc_b.get_total_flops())
     return {"per_image": enc + dec, "encoder": enc, "decoder": dec, "refine_head": refine,
             "params": count_parameters(model), "img_size": list(cfg.img_size), "L": L, "K": K,

@@ -235,7 +235,7 @@ def fit_boundaries(ckpt: str, data: str, split: str, out: str | None, minutes: f
               help="degrade STRATEGY:RATIO[,...]; image i gets setting i mod count")
 @click.option("--images", default=0, type=int, help="first N pairs of the split (0 = all)")
 @click.option("--per-image", default=3000, show_default=True, type=int, help="hole pixels sampled per image")
-@click.option("--hidden", default=16, show_default=True, type=int)
+@click.option("--hidden", default=32, show_default=True, type=int, help="the MLP's width")
 @click.option("--steps", default=1500, show_default=True, type=int)
 @click.option("--class-weight-power", default=0.25, show_default=True, type=float,
               help="class weights (total / count) ** power: rare classes count more as it grows")
