@@ -100,8 +100,8 @@ def export_boundary_onnx(net: torch.nn.Module, spec: BoundarySpec, path: str | o
     image = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
     meta = {"lmae.part": "boundary", "lmae.boundary": json.dumps(spec.to_dict()), "lmae.inputs": '["image"]',
             "lmae.outputs": '["boundary"]', "lmae.exporter": "dynamo" if dynamo else "legacy", "lmae.opset": str(opset)}
-    return _trace(BoundaryGraph(net, spec.flip_average), {"image": image}, ["boundary"], Path(path), meta, opset, dynamo, verbose,
-                  "boundary")
+    return _trace(BoundaryGraph(net, spec.flip_average), {"image": image}, ["boundary"], Path(path), meta, opset,
+                  dynamo, verbose, "boundary")
 
 
 def _trace(graph: torch.nn.Module, inputs: dict[str, torch.Tensor], outs: list[str], path: Path,

@@ -209,9 +209,7 @@ def fit_boundaries(ckpt: str, data: str, split: str, out: str | None, minutes: f
                    weight_grid: str | None, seed: int, threads: int, bf16: bool) -> None:
     """Fit a class-boundary net for the geodesic step cost and store it in the checkpoint;
     then fine-tune (lmae train --init-from CKPT --boundaries-from CKPT) and refit fusion."""
-    from lmae_sdk.training.boundary_fit import fit_boundaries as run
-
-    from lmae_sdk.training.boundary_fit import DEFAULT_WEIGHT_GRID
+    from lmae_sdk.training.boundary_fit import DEFAULT_WEIGHT_GRID, fit_boundaries as run
 
     try:
         grid = tuple(tuple(float(v) for v in pair.split(":")) for pair in weight_grid.split(",")) \

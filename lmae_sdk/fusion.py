@@ -12,7 +12,7 @@ MLP shared by all classes (plus a bias per class) and takes the best class:
   class_distance  log Euclidean distance to the nearest known pixel of the class
   known_distance  log Euclidean distance to the nearest known pixel (any class)
 
-and, for a model with a boundary net (format 2), two features of the pixel's hole, the
+and, for a model with a boundary net (format 2), four features of the pixel's hole, the
 4-connected region of unknown pixels it lies in, so that one fusion can tell the kinds of
 hole apart (a cut through regions, where the copy is right, from a removed object, where
 the copy is wrong):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lmae_sdk.degrade import degrade
-from lmae_sdk.fusion import FEATURES_BY_VERSION, FUSION_FEATURES, FusionError, PixelFusion, hole_features, pixel_features
+from lmae_sdk.fusion import (FEATURES_BY_VERSION, FUSION_FEATURES, FusionError, PixelFusion, hole_features,
+                              pixel_features)
 from lmae_sdk.labels import NO_PATH, geodesic_class_costs, geodesic_propagate, propagate, upsampled_prediction
 from lmae_sdk.preprocess import finish
 

@@ -139,8 +139,8 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
         full_loss = float(torch.nn.functional.cross_entropy(net(x), y, weight=weight))
         acc = float((net(x).argmax(1) == y).float().mean())
     info = {"split": split, "settings": [f"{s}:{r:g}" for s, r in settings], "pixels": int(len(y)),
-            "features": list(features), "hidden": hidden, "steps": steps, "class_weight_power": class_weight_power, "seed": seed,
-            "fit_loss": full_loss, "fit_pixel_acc": acc}
+            "features": list(features), "hidden": hidden, "steps": steps, "class_weight_power": class_weight_power,
+            "seed": seed, "fit_loss": full_loss, "fit_pixel_acc": acc}
     ck["fusion"] = net.to_fusion(info).to_dict()
     target = Path(out) if out else Path(ckpt_path)
     save_checkpoint(ck, target)
