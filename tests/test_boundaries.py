@@ -96,6 +96,7 @@ def test_fit_train_export_and_runtime(tmp_path, synth_root):
     from click.testing import CliRunner
 
     from lmae_sdk.cli import main as cli_main
+    from lmae_sdk.training.boundary_fit import fit_boundaries
     from lmae_sdk.training.train import TrainConfig, train
 
     base = train(TrainConfig(data=str(synth_root), out=str(tmp_path / "b.pt"), preset="tiny", image_size=(64, 96),
@@ -103,13 +104,25 @@ def test_fit_train_export_and_runtime(tmp_path, synth_root):
     fitted = tmp_path / "bnd.pt"
     res = CliRunner().invoke(cli_main, ["fit-boundaries", "--ckpt", str(base), "--data", str(synth_root), "--out",
                                         str(fitted), "--steps", "4", "--width", "4", "--crop", "48", "--batch-size",
-                                        "2", "--tune-images", "3", "--threads", "1", "--no-bf16", "--flip-average",
+                                        "2", "--tune-images", "3", "--threads", "1", "--no-bf16",
                                         "--weight-grid", "300:300,1000:3000"])
     assert res.exit_code == 0, res.output
-    assert "boundary net (flip-averaged map): 4 steps" in res.output
+    assert "boundary net: 4 steps" in res.output
+    plain = load_checkpoint(fitted)
+    assert plain["boundary_net"]["fit"]["steps"] == 4 and "boundary_net" not in load_checkpoint(base)
+    # switch the fitted net to flip-averaged maps in place: no training, the weights retuned
+    res = CliRunner().invoke(cli_main, ["fit-boundaries", "--ckpt", str(fitted), "--data", str(synth_root),
+                                        "--continue-net", "--minutes", "0", "--flip-average", "--width", "4",
+                                        "--tune-images", "3", "--threads", "1", "--weight-grid", "300:300,1000:3000"])
+    assert res.exit_code == 0, res.output
+    assert "boundary net (flip-averaged map): 0 steps" in res.output
     ck = load_checkpoint(fitted)
-    assert ck["boundary_net"]["fit"]["steps"] == 4 and "boundary_net" not in load_checkpoint(base)
     assert ck["boundary_net"]["flip_average"]  # the exported graph below averages too (parity with torch)
+    assert ck["boundary_net"]["fit"]["continued_from"]["steps"] == 4
+    assert weights_sha256(ck["boundary_net"]["state_dict"]) == weights_sha256(plain["boundary_net"]["state_dict"])
+    with pytest.raises(ValueError, match="no boundary net to continue"):
+        fit_boundaries(base, synth_root, tmp_path / "y.pt", minutes=0, width=4, tune_images=2, continue_net=True,
+                       log=lambda s: None)
     chosen = (ck["config"]["geodesic_edge_weight"], ck["config"]["geodesic_boundary_weight"])
     assert chosen in [(300, 300), (1000, 3000)]
     bad = CliRunner().invoke(cli_main, ["fit-boundaries", "--ckpt", str(base), "--data", str(synth_root), "--out",
