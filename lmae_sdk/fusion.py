@@ -97,12 +97,13 @@ def hole_features(partial: np.ndarray, boundary: np.ndarray | None, num_classes:
                           "and none was given")
     if boundary.shape != (2, *partial.shape):
         raise FusionError(f"boundary map shape {boundary.shape}; expected (2, {partial.shape[0]}, {partial.shape[1]})")
+    bmap = boundary.astype(np.float32, copy=False)
     hole = partial == unknown
     regions, region = cv2.connectedComponents(hole.astype(np.uint8), connectivity=4)
     owners, classes, probs = [], [], []
     # pixel pairs across the border: right neighbours (plane 0), lower neighbours (plane 1)
     for plane, a, b in ((0, np.s_[:, :-1], np.s_[:, 1:]), (1, np.s_[:-1, :], np.s_[1:, :])):
-        p = boundary[plane][a]
+        p = bmap[plane][a]
         for inside, outside in ((a, b), (b, a)):
             cross = hole[inside] & ~hole[outside]
             owners.append(region[inside][cross])
@@ -114,10 +115,9 @@ def hole_features(partial: np.ndarray, boundary: np.ndarray | None, num_classes:
     count = np.maximum(np.bincount(owner, minlength=regions), 1).astype(np.float64)
     share = np.bincount(owner * num_classes + cls, minlength=regions * num_classes).reshape(regions, num_classes)
     area = np.bincount(region.reshape(-1), minlength=regions)
-    b = boundary.astype(np.float32, copy=False)
-    strongest = np.maximum(b[0], b[1])  # right and lower sides; then left and upper
-    np.maximum(strongest[:, 1:], b[0][:, :-1], out=strongest[:, 1:])
-    np.maximum(strongest[1:], b[1][:-1], out=strongest[1:])
+    strongest = np.maximum(bmap[0], bmap[1])  # right and lower sides; then left and upper
+    np.maximum(strongest[:, 1:], bmap[0][:, :-1], out=strongest[:, 1:])
+    np.maximum(strongest[1:], bmap[1][:-1], out=strongest[1:])
     at = region.reshape(-1)[idx]
     others = np.stack([(np.bincount(owner, prob, minlength=regions) / count)[at],
                        np.log1p(area[at]) / np.log1p(partial.size), strongest.reshape(-1)[idx]], 1)
