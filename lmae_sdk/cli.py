@@ -197,6 +197,7 @@ def calibrate(ckpt: str, data: str, out: str | None, thresholds: str, near_copy:
               help="start from the checkpoint's boundary net: a second cycle (--minutes 0: retune the weights only)")
 @click.option("--flip-average", is_flag=True,
               help="the map averages the image with its mirror image: better boundaries, twice the net's compute")
+@click.option("--augment", is_flag=True, help="random rescaling (0.7-1.4x) and colour jitter of the training crops")
 @click.option("--tune-images", default=80, show_default=True, type=int,
               help="first N images of the split for choosing the step-cost weights")
 @click.option("--weight-grid", default=None, metavar="COLOUR:BOUNDARY,...",
@@ -205,7 +206,7 @@ def calibrate(ckpt: str, data: str, out: str | None, thresholds: str, near_copy:
 @click.option("--threads", default=0, type=int)
 @click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast while training")
 def fit_boundaries(ckpt: str, data: str, split: str, out: str | None, minutes: float, steps: int, width: int,
-                   crop: int, batch_size: int, lr: float, continue_net: bool, flip_average: bool, tune_images: int,
+                   crop: int, batch_size: int, lr: float, continue_net: bool, flip_average: bool, augment: bool, tune_images: int,
                    weight_grid: str | None, seed: int, threads: int, bf16: bool) -> None:
     """Fit a class-boundary net for the geodesic step cost and store it in the checkpoint;
     then fine-tune (lmae train --init-from CKPT --boundaries-from CKPT) and refit fusion."""
@@ -221,7 +222,7 @@ def fit_boundaries(ckpt: str, data: str, split: str, out: str | None, minutes: f
         raise click.BadParameter(f"{weight_grid!r}: expected COLOUR:BOUNDARY[,...]", param_hint="--weight-grid")
     run(ckpt, data, out, split, minutes, steps, width, crop, batch_size, lr, tune_images=tune_images,
         weight_grid=grid, seed=seed, threads=threads, bf16=bf16, continue_net=continue_net,
-        flip_average=flip_average, log=click.echo)
+        flip_average=flip_average, augment=augment, log=click.echo)
 
 
 @main.command("fit-fusion")
@@ -239,17 +240,20 @@ def fit_boundaries(ckpt: str, data: str, split: str, out: str | None, minutes: f
               help="class weights (total / count) ** power: rare classes count more as it grows")
 @click.option("--hole-features/--no-hole-features", default=None,
               help="features of the pixel's hole (default: when the checkpoint has a boundary net)")
+@click.option("--line-features", is_flag=True,
+              help="also straight-line votes up/down and left/right, for thin structures (format 3; needs the hole "
+                   "features)")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", default=0, type=int)
 def fit_fusion(ckpt: str, data: str, split: str, out: str | None, setting: str, images: int, per_image: int,
-               hidden: int, steps: int, class_weight_power: float, hole_features: bool | None, seed: int,
-               threads: int) -> None:
+               hidden: int, steps: int, class_weight_power: float, hole_features: bool | None, line_features: bool,
+               seed: int, threads: int) -> None:
     """Fit pixel fusion (model probability x per-class geodesic cost, per hole pixel) and
     store it in the checkpoint; run before calibrate and export."""
     from lmae_sdk.training.fusion_fit import fit_fusion as run
 
     run(ckpt, data, out, split, _parse_settings(setting), images, per_image, hidden, steps, class_weight_power,
-        seed=seed, threads=threads, hole_features=hole_features, log=click.echo)
+        seed=seed, threads=threads, hole_features=hole_features, line_features=line_features, log=click.echo)
 
 
 @main.command()

@@ -23,6 +23,13 @@ the copy is wrong):
   hole_size       log area of the hole, over log area of the image
   pixel_boundary  the learned boundary probability at the pixel (its strongest side)
 
+and (format 3) two features of straight lines through the pixel, for thin structures (a
+pole or a sign post cut by a hole continues straight across it, a few pixels wide: the
+geodesic copy and the model at 1/16 resolution both lose it):
+
+  line_vertical   the class's share of the two nearest known pixels straight up and down
+  line_horizontal the same to the left and right
+
 It replaces the hand-set near-copy rule (``near_copy_px`` / ``near_copy_min_prob``): near
 known pixels it learns to trust the copy, deep inside a hole or across strong edges the
 model.  ``lmae fit-fusion`` fits it on training images (benchmarks/RESULTS.md, section 2).
@@ -41,7 +48,10 @@ from .labels import UNKNOWN, resize_logits
 
 FUSION_FEATURES = ("log_prob", "path_cost", "path_cost_gap", "is_nearest", "class_distance", "known_distance")
 HOLE_FEATURES = ("border_share", "border_boundary", "hole_size", "pixel_boundary")
-FEATURES_BY_VERSION = {1: FUSION_FEATURES, 2: FUSION_FEATURES + HOLE_FEATURES}  # format version -> features
+LINE_FEATURES = ("line_vertical", "line_horizontal")
+# format version -> features; after the first six: the per-class ones, then the per-pixel ones
+FEATURES_BY_VERSION = {1: FUSION_FEATURES, 2: FUSION_FEATURES + HOLE_FEATURES,
+                       3: FUSION_FEATURES + HOLE_FEATURES[:1] + LINE_FEATURES + HOLE_FEATURES[1:]}
 _COST_CAP = 1e6  # costs above this (labels.NO_PATH included) read as "no path"
 _COST_SCALE = np.float32(1 / np.log1p(_COST_CAP))
 _DIST_SCALE = np.float32(1 / 6)  # log1p(400 px) ~ 6
@@ -124,6 +134,45 @@ def hole_features(partial: np.ndarray, boundary: np.ndarray | None, num_classes:
     return (share / count[:, None]).astype(np.float32)[at], others.astype(np.float32)
 
 
+def _nearest_known_above(partial: np.ndarray, unknown: int) -> np.ndarray:
+    """(H, W): the label of the nearest known pixel at or above each pixel in its column
+    (``unknown`` where there is none)."""
+    rows = np.where(partial != unknown, np.arange(partial.shape[0])[:, None], -1)
+    last = np.maximum.accumulate(rows, axis=0)
+    out = np.take_along_axis(partial, np.maximum(last, 0), 0)
+    out[last < 0] = unknown
+    return out
+
+
+def line_features(partial: np.ndarray, num_classes: int, idx: np.ndarray, unknown: int = UNKNOWN) -> np.ndarray:
+    """:data:`LINE_FEATURES` at flat hole indices ``idx``: (M, N, 2), per class the share of
+    the two nearest known pixels straight up and down (0) and left and right (1) that have
+    it (no known pixel that way: no vote)."""
+    votes = np.zeros((idx.size, num_classes, 2), np.float32)
+    rows = np.arange(idx.size)
+    for axis, view in ((0, partial), (1, partial.T)):
+        for flip in (False, True):
+            near = _nearest_known_above(view[::-1] if flip else view, unknown)
+            near = near[::-1] if flip else near
+            label = (near if axis == 0 else near.T).reshape(-1)[idx]
+            ok = label < num_classes
+            np.add.at(votes, (rows[ok], label[ok].astype(np.int64), axis), 0.5)
+    return votes
+
+
+def extra_features(features: tuple[str, ...], partial: np.ndarray, boundary: np.ndarray | None, num_classes: int,
+                   idx: np.ndarray, unknown: int = UNKNOWN) -> tuple[np.ndarray, np.ndarray]:
+    """The features after :data:`FUSION_FEATURES` at flat hole indices ``idx``: the per-class
+    ones (M, N, P) and the per-pixel ones (M, Q), in the order of ``features``."""
+    if len(features) == len(FUSION_FEATURES):
+        return np.zeros((idx.size, num_classes, 0), np.float32), np.zeros((idx.size, 0), np.float32)
+    share, others = hole_features(partial, boundary, num_classes, idx, unknown)
+    per_class = [share[..., None]]
+    if LINE_FEATURES[0] in features:
+        per_class.append(line_features(partial, num_classes, idx, unknown))
+    return np.concatenate(per_class, 2), others
+
+
 def features_at(log_probs: np.ndarray, partial: np.ndarray, class_costs: np.ndarray, idx: np.ndarray,
                 unknown: int = UNKNOWN, boundary: np.ndarray | None = None,
                 features: tuple[str, ...] = FUSION_FEATURES) -> np.ndarray:
@@ -142,24 +191,25 @@ def features_at(log_probs: np.ndarray, partial: np.ndarray, class_costs: np.ndar
     per_class, known = class_distances(partial, idx, n, unknown)
     feats[..., 4] = np.log1p(per_class) * _DIST_SCALE
     feats[..., 5] = (np.log1p(known) * _DIST_SCALE)[:, None]
-    if len(features) > len(FUSION_FEATURES):
-        share, others = hole_features(partial, boundary, n, idx, unknown)
-        feats[..., 6] = share
-        feats[..., 7:] = others[:, None, :]
+    per_class, per_pixel = extra_features(features, partial, boundary, n, idx, unknown)
+    p = per_class.shape[2]
+    feats[..., 6:6 + p] = per_class
+    feats[..., 6 + p:] = per_pixel[:, None, :]
     return feats
 
 
-def _fusion_loops(lp: np.ndarray, cost: np.ndarray, per_class: np.ndarray, known: np.ndarray, share: np.ndarray,
-                  others: np.ndarray, w1: np.ndarray,
+def _fusion_loops(lp: np.ndarray, cost: np.ndarray, per_class: np.ndarray, known: np.ndarray,
+                  class_extra: np.ndarray, pixel_extra: np.ndarray, w1: np.ndarray,
                   b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, w3: np.ndarray, b3: float, class_bias: np.ndarray,
                   min_log_prob: float, cost_cap: float, cost_scale: float, dist_scale: float, pred: np.ndarray,
                   conf: np.ndarray) -> None:  # pragma: no cover - compiled by numba
     """:meth:`PixelFusion.scores` + argmax / softmax share for a two-hidden-layer MLP, pixel
     by pixel, features on the fly, only over candidate classes (see ``_candidates``);
-    ``share`` (M, N) / ``others`` (M, F - 7): the hole features, read only by a format-2
-    fusion."""
+    ``class_extra`` (M, N, P) / ``pixel_extra`` (M, F - 6 - P): the features after the first
+    six (:func:`extra_features`)."""
     m, n = lp.shape
     f, h = w1.shape
+    p = class_extra.shape[2]
     x = np.empty(f, np.float32)
     a1 = np.empty(h, np.float32)
     a2 = np.empty(h, np.float32)
@@ -186,10 +236,10 @@ def _fusion_loops(lp: np.ndarray, cost: np.ndarray, per_class: np.ndarray, known
             x[3] = 1.0 if cost[i, c] == best else 0.0
             x[4] = np.log1p(per_class[i, c]) * dist_scale
             x[5] = kd
-            if f > 6:
-                x[6] = share[i, c]
-                for e in range(f - 7):
-                    x[7 + e] = others[i, e]
+            for e in range(p):
+                x[6 + e] = class_extra[i, c, e]
+            for e in range(f - 6 - p):
+                x[6 + p + e] = pixel_extra[i, e]
             # rows of the weights are contiguous: accumulate row by row (vectorises)
             a1[:] = b1
             for k in range(f):
@@ -326,15 +376,12 @@ class PixelFusion:
             s -= s.max(1, keepdims=True)
             return s.argmax(1).astype(np.uint8), (1.0 / np.exp(s).sum(1)).astype(np.float32)
         per_class, known = class_distances(partial, idx, n, unknown)
-        if self.needs_boundary:
-            share, others = hole_features(partial, boundary, n, idx, unknown)
-        else:  # not read by the kernel
-            share, others = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32)
+        class_extra, pixel_extra = extra_features(self.features, partial, boundary, n, idx, unknown)
         (w1, b1), (w2, b2), (w3, b3) = self.layers
         pred = np.empty(idx.size, np.uint8)
         conf = np.empty(idx.size, np.float32)
         compiled(np.ascontiguousarray(lp), np.ascontiguousarray(class_costs.reshape(-1, n)[idx]), per_class, known,
-                 share, others, w1, b1, w2, b2, np.ascontiguousarray(w3[:, 0]), np.float32(b3[0]), self.class_bias,
+                 np.ascontiguousarray(class_extra), np.ascontiguousarray(pixel_extra), w1, b1, w2, b2, np.ascontiguousarray(w3[:, 0]), np.float32(b3[0]), self.class_bias,
                  np.float32(self.min_log_prob), np.float32(_COST_CAP), _COST_SCALE, _DIST_SCALE, pred, conf)
         return pred, conf
 

@@ -89,6 +89,26 @@ def test_flip_average_is_the_mean_of_the_map_and_the_mirror_images_map():
     assert boundary_input(image, spec).shape == (3, 32, 48)
 
 
+@pytest.mark.parametrize("shape", [(360, 480), (40, 60), (300, 250)])
+def test_augmented_crops_keep_one_size_and_the_label_values(shape):
+    from lmae_sdk.training.boundary_fit import _crop
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    label = np.kron(rng.integers(0, 4, (shape[0] // 10, shape[1] // 10)), np.ones((10, 10), np.uint8))
+    crops = [_crop(image, label, 256, rng, augment=True) for _ in range(40)]
+    assert len({(img.shape, lab.shape) for img, lab in crops}) == 1
+    img, lab = crops[0]
+    assert img.shape[:2] == lab.shape == (min(256, shape[0]) // 2 * 2, min(256, shape[1]) // 2 * 2)
+    assert all(set(np.unique(lab)) <= set(np.unique(label)) for _, lab in crops)
+    plain = [_crop(image, label, 256, np.random.default_rng(1)) for _ in range(2)]
+    assert all(img.dtype == np.uint8 for img, _ in crops + plain)
+    # rescaling moves the label's 10-px grid; plain crops keep it on the grid
+    edges = [np.flatnonzero(np.diff(lab[0].astype(int))) for _, lab in crops]
+    assert any(e.size and (np.diff(e) % 10).any() for e in edges)
+    assert not any((np.diff(np.flatnonzero(np.diff(lab[0].astype(int)))) % 10).any() for _, lab in plain)
+
+
 def test_fit_train_export_and_runtime(tmp_path, synth_root):
     from lmae_sdk import LMAECompleter
     from lmae_sdk.bundle import BundleError, read_manifest
@@ -105,11 +125,12 @@ def test_fit_train_export_and_runtime(tmp_path, synth_root):
     res = CliRunner().invoke(cli_main, ["fit-boundaries", "--ckpt", str(base), "--data", str(synth_root), "--out",
                                         str(fitted), "--steps", "4", "--width", "4", "--crop", "48", "--batch-size",
                                         "2", "--tune-images", "3", "--threads", "1", "--no-bf16",
-                                        "--weight-grid", "300:300,1000:3000"])
+                                        "--weight-grid", "300:300,1000:3000", "--augment"])
     assert res.exit_code == 0, res.output
-    assert "boundary net: 4 steps" in res.output
+    assert "boundary net: 4 steps" in res.output and "scale and colour augmentation" in res.output
     plain = load_checkpoint(fitted)
     assert plain["boundary_net"]["fit"]["steps"] == 4 and "boundary_net" not in load_checkpoint(base)
+    assert plain["boundary_net"]["fit"]["augment"]
     # switch the fitted net to flip-averaged maps in place: no training, the weights retuned
     res = CliRunner().invoke(cli_main, ["fit-boundaries", "--ckpt", str(fitted), "--data", str(synth_root),
                                         "--continue-net", "--minutes", "0", "--flip-average", "--width", "4",

@@ -7,7 +7,7 @@ import torch
 
 from lmae_sdk.degrade import degrade
 from lmae_sdk.fusion import (FEATURES_BY_VERSION, FUSION_FEATURES, FusionError, PixelFusion, hole_features,
-                              pixel_features)
+                              line_features, pixel_features)
 from lmae_sdk.labels import NO_PATH, geodesic_class_costs, geodesic_propagate, propagate, upsampled_prediction
 from lmae_sdk.preprocess import finish
 
@@ -200,3 +200,23 @@ def test_hole_features_describe_each_hole_region():
     np.testing.assert_allclose(border_p[~cut], 0.9, rtol=1e-6)
     with pytest.raises(FusionError, match="shape"):
         hole_features(partial, boundary[:, :-1], 3, idx)
+
+
+def test_line_features_vote_with_the_nearest_known_pixel_in_each_straight_direction():
+    """A vertical pole (class 2, one column) cut by a hole: its pixels in the hole get the
+    pole from above and below, their neighbours get the background; a pixel with no known
+    pixel in a direction gets no vote from it."""
+    partial = np.zeros((9, 7), np.uint8)
+    partial[:, 3] = 2  # the pole
+    partial[:, 5:] = 1
+    partial[2:6, 1:6] = 255  # the hole: rows 2-5, columns 1-5
+    partial[0:6, 6] = 255  # ... open to the right edge above row 6
+    idx = np.flatnonzero(partial.reshape(-1) == 255)
+    votes = line_features(partial, 3, idx)
+    at = {(int(i) // 7, int(i) % 7): v for i, v in zip(idx, votes)}
+    np.testing.assert_allclose(at[(3, 3)][:, 0], [0, 0, 1])  # the pole above and below
+    np.testing.assert_allclose(at[(3, 3)][:, 1], [0.5, 0, 0])  # class 0 to the left; the right runs out
+    np.testing.assert_allclose(at[(4, 2)][:, 0], [1, 0, 0])
+    np.testing.assert_allclose(at[(4, 5)][:, 0], [0, 1, 0])
+    np.testing.assert_allclose(at[(0, 6)][:, 0], [0, 0.5, 0])  # nothing above row 0: only below votes
+    np.testing.assert_allclose(at[(0, 6)][:, 1], [0, 0.5, 0])  # class 1 to the left, the image edge right

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -32,14 +33,36 @@ DEFAULT_WEIGHT_GRID = ((300.0, 300.0), (300.0, 1000.0), (300.0, 3000.0), (1000.0
                        (1000.0, 3000.0))  # (colour weight, boundary weight)
 
 
-def _crop(img: np.ndarray, lab: np.ndarray, crop: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A random crop (at most the image), flipped left-right half the time."""
-    ch, cw = min(crop, lab.shape[0]) // 2 * 2, min(crop, lab.shape[1]) // 2 * 2
+def _crop(img: np.ndarray, lab: np.ndarray, crop: int, rng: np.random.Generator, augment: bool = False
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """A random crop (at most the image), flipped left-right half the time.  ``augment``:
+    first rescale by a random factor in [0.7, 1.4] (labels nearest) and jitter brightness,
+    contrast and saturation by up to 25%, because 367 images are too few for the net to
+    see enough scales and lighting (a longer fit without them overfits: RESULTS section 0)."""
+    ch, cw = min(crop, lab.shape[0]) // 2 * 2, min(crop, lab.shape[1]) // 2 * 2  # one size for every crop
+    if augment:
+        smallest = max(ch / lab.shape[0], cw / lab.shape[1])  # the rescaled image still holds the crop
+        scale = max(float(np.exp(rng.uniform(np.log(0.7), np.log(1.4)))), smallest)
+        size = (max(cw, round(lab.shape[1] * scale)), max(ch, round(lab.shape[0] * scale)))  # (w, h) for cv2
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        lab = cv2.resize(lab, size, interpolation=cv2.INTER_NEAREST)
     y, x = rng.integers(0, lab.shape[0] - ch + 1), rng.integers(0, lab.shape[1] - cw + 1)
     img, lab = img[y:y + ch, x:x + cw], lab[y:y + ch, x:x + cw]
     if rng.random() < 0.5:
         img, lab = img[:, ::-1], lab[:, ::-1]
+    if augment:
+        img = _jitter_colour(img, rng)
     return np.ascontiguousarray(img), np.ascontiguousarray(lab)
+
+
+def _jitter_colour(img: np.ndarray, rng: np.random.Generator, strength: float = 0.25) -> np.ndarray:
+    """RGB uint8 with brightness, contrast and saturation each scaled by 1 +- ``strength``."""
+    x = img.astype(np.float32)
+    grey = x @ np.array([0.299, 0.587, 0.114], np.float32)  # (h, w)
+    saturation, contrast, brightness = 1 + rng.uniform(-strength, strength, 3)
+    x = grey[..., None] + saturation * (x - grey[..., None])
+    x = grey.mean() + contrast * (x - grey.mean())
+    return np.clip(x * brightness, 0, 255).astype(np.uint8)
 
 
 def fill_score(pairs: list, partials: list, maps: list, colour_weight: float, boundary_weight: float, blur: float,
@@ -57,12 +80,13 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
                    minutes: float = 40.0, max_steps: int = 0, width: int = 16, crop: int = 256, batch_size: int = 8,
                    lr: float = 3e-3, tune_images: int = 80, weight_grid=DEFAULT_WEIGHT_GRID, seed: int = 0,
                    threads: int = 0, bf16: bool = True, continue_net: bool = False, flip_average: bool = False,
-                   log=print) -> dict:
+                   augment: bool = False, log=print) -> dict:
     """Train for ``minutes`` (or ``max_steps``), tune the step-cost weights, store both in
     the checkpoint (``out``, default in place).  ``continue_net``: start from the
     checkpoint's net (same width) instead of a fresh one: a second cosine cycle (with
     ``minutes`` 0: no training, only the weights are tuned again).  ``flip_average``: the
-    runtime's map averages the image with its mirror image (twice the net's compute)."""
+    runtime's map averages the image with its mirror image (twice the net's compute).
+    ``augment``: random rescaling and colour jitter of the training crops (:func:`_crop`)."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -86,13 +110,14 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
     rng = np.random.default_rng(seed)
     budget = minutes * 60
     log(f"training a width-{width} boundary net on {len(pairs)} {split} images "
-        f"({f'{max_steps} steps' if max_steps else f'{minutes:g} min'}, crops {crop}, batch {batch_size})")
+        f"({f'{max_steps} steps' if max_steps else f'{minutes:g} min'}, crops {crop}, batch {batch_size}"
+        f"{', scale and colour augmentation' if augment else ''})")
     t0, step, loss_avg = time.time(), 0, None
     while (step < max_steps) if max_steps else (time.time() - t0 < budget):
         progress = step / max_steps if max_steps else (time.time() - t0) / budget
         for g in opt.param_groups:  # cosine over the budget
             g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * min(progress, 1.0)))
-        batch = [_crop(*pairs[rng.integers(len(pairs))], crop, rng) for _ in range(batch_size)]
+        batch = [_crop(*pairs[rng.integers(len(pairs))], crop, rng, augment) for _ in range(batch_size)]
         x = torch.from_numpy(np.stack([normalize_image(img, lab.shape) for img, lab in batch]))  # crop size: no resize
         t = torch.from_numpy(np.stack([boundary_targets(lab) for _, lab in batch]))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -127,7 +152,7 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
     fit = {"split": split, "steps": step, "train_seconds": round(train_s, 1), "crop": crop, "batch_size": batch_size,
            "final_loss": loss_avg, "seed": seed, "tune_images": len(tune), "fill_colour_only": colour_only,
            "fill_with_boundaries": scores[(cw, bw)], "map_seconds_per_image": map_s,
-           "threads": torch.get_num_threads(), "lr": lr}
+           "threads": torch.get_num_threads(), "lr": lr, "augment": augment}
     if previous:
         fit["continued_from"] = previous.get("fit", {})
     ck["boundary_net"] = {**spec.to_dict(), "state_dict": {k: v.detach().clone() for k, v in net.state_dict().items()},

@@ -95,11 +95,12 @@ def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: i
 def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None = None, split: str = "train",
                settings=DEFAULT_FIT_SETTINGS, images: int = 0, per_image: int = 3000, hidden: int = 32,
                steps: int = 1500, class_weight_power: float = 0.25, seed: int = 0, threads: int = 0,
-               hole_features: bool | None = None, log=print) -> dict:
+               hole_features: bool | None = None, line_features: bool = False, log=print) -> dict:
     """Fit pixel fusion on ``split`` and store it in the checkpoint (``out``, default in place).
 
     ``hole_features`` (default: when the checkpoint has a boundary net) adds the features of
-    the pixel's hole (format 2, :data:`lmae_sdk.fusion.HOLE_FEATURES`).
+    the pixel's hole (format 2, :data:`lmae_sdk.fusion.HOLE_FEATURES`); ``line_features`` also
+    the straight-line votes for thin structures (format 3, :data:`lmae_sdk.fusion.LINE_FEATURES`).
 
     Class weights are (total / count) ** ``class_weight_power``: at 0.25 rare classes count
     more, but not so much that the fusion paints them over common ones (full inverse
@@ -114,7 +115,10 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
         hole_features = bool(ck.get("boundary_net"))
     elif hole_features and not ck.get("boundary_net"):
         raise ValueError(f"{ckpt_path}: hole features need a boundary net (lmae fit-boundaries)")
-    features = FEATURES_BY_VERSION[2 if hole_features else 1]
+    if line_features and not hole_features:
+        raise ValueError(f"{ckpt_path}: line features come with the hole features (format 3); "
+                         "this checkpoint has no boundary net or they were turned off")
+    features = FEATURES_BY_VERSION[3 if line_features else 2 if hole_features else 1]
     log(f"collecting hole pixels from {split} ({', '.join(f'{s}:{r:g}' for s, r in settings)}; "
         f"{len(features)} features)")
     x, y = collect_pixels(ck, data, split, settings, images, per_image, seed, features, log)
