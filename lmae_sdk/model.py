@@ -262,6 +262,13 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch, stride=patch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            # in float32 under autocast: torch 2.13's bf16 kernel for a patchify conv (kernel =
+            # stride >= 4, an even number of input channels >= 4) returns wrong values on CPUs
+            # with AMX (relative error ~1), and a model trained through it fails in float32
+            # (benchmarks/RESULTS.md, section 0, session 8); it is a small share of the FLOPs
+            with torch.autocast(x.device.type, enabled=False):
+                return self.proj(x.float()).flatten(2).transpose(1, 2)
         return self.proj(x).flatten(2).transpose(1, 2)
 
 

@@ -122,13 +122,49 @@ def test_warm_start_takes_matching_tensors(tmp_path, synth_root):
     assert "refine.down1.0.0.weight" in sb and "refine.down1.0.0.weight" not in sa
 
 
-def test_bf16_autocast_trains(tmp_path, synth_root):
+def test_bf16_autocast_trains(tmp_path, synth_root, capsys):
     best = train(_tc(synth_root, tmp_path / "bf.pt", epochs=4, amp="bf16"))
+    assert "bf16 autocast checked" in capsys.readouterr().out  # checked against float32 before the run
     log = json.loads((tmp_path / "bf.log.json").read_text())
     assert all(np.isfinite(r["train_loss"]) for r in log)
     assert log[-1]["train_loss"] < log[0]["train_loss"]
     # the checkpoint holds fp32 weights: autocast never changes parameter dtypes
     assert torch.load(best, weights_only=True)["state_dict"]["patch_embed.proj.weight"].dtype == torch.float32
+
+
+def test_bf16_patch_embedding_matches_float32():
+    """Patchify convs with an even number of input channels >= 4 (the IPS embedding has 16)
+    come out wrong in bf16 on CPUs with AMX in torch 2.13; PatchEmbed runs them in float32
+    under autocast, so training and float32 serving see the same layer."""
+    from lmae_sdk.model import PatchEmbed
+
+    torch.manual_seed(0)
+    for in_chans in (3, 4, 16, 17):
+        embed = PatchEmbed(in_chans, 64, 16).eval()
+        x = torch.randn(2, in_chans, 64, 96)
+        with torch.no_grad():
+            exact = embed(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                approx = embed(x).float()
+        assert float((approx - exact).norm() / exact.norm()) < 0.01, in_chans
+
+
+def test_the_bf16_check_names_a_layer_that_autocast_breaks():
+    from lmae_sdk.training.amp import AutocastMismatch, check_bf16_autocast
+
+    class WrongUnderAutocast(torch.nn.Module):  # what a broken bf16 kernel looks like from outside
+        def forward(self, x):
+            return -x if torch.is_autocast_enabled("cpu") else x
+
+    torch.manual_seed(0)
+    good = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GELU(), torch.nn.Conv2d(8, 4, 1))
+    x = torch.randn(2, 3, 16, 16)
+    good.train()
+    assert check_bf16_autocast(good, lambda: good(x), "good") < 0.05
+    assert good.training  # the mode is restored
+    bad = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), WrongUnderAutocast(), torch.nn.Conv2d(8, 4, 1))
+    with pytest.raises(AutocastMismatch, match=r"layer '1'.*--amp none"):
+        check_bf16_autocast(bad, lambda: bad(x), "bad")
 
 
 def test_calibrate_stores_the_best_rule(tmp_path, synth_root):

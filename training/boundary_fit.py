@@ -26,6 +26,7 @@ from lmae_sdk.degrade import degrade
 from lmae_sdk.labels import geodesic_nearest, normalize_image
 from lmae_sdk.metrics import CompletionMeter
 
+from .amp import check_bf16_autocast
 from .data import load_pairs
 from .datasets import load_dataset
 
@@ -112,6 +113,11 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
     log(f"training a width-{width} boundary net on {len(pairs)} {split} images "
         f"({f'{max_steps} steps' if max_steps else f'{minutes:g} min'}, crops {crop}, batch {batch_size}"
         f"{', scale and colour augmentation' if augment else ''})")
+    if bf16:  # before the run relies on it: a wrong bf16 kernel would be learned around
+        crops = [_crop(*pairs[i % len(pairs)], crop, np.random.default_rng([seed, i])) for i in range(2)]
+        probe = torch.from_numpy(np.stack([normalize_image(img, lab.shape) for img, lab in crops]))
+        err = check_bf16_autocast(net, lambda: net(probe), "lmae fit-boundaries (bf16)")
+        log(f"bf16 autocast checked: largest layer error {err:.4f} (relative, against float32)")
     t0, step, loss_avg = time.time(), 0, None
     while (step < max_steps) if max_steps else (time.time() - t0 < budget):
         progress = step / max_steps if max_steps else (time.time() - t0) / budget

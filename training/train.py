@@ -29,6 +29,7 @@ from lmae_sdk.metrics import CompletionMeter
 from lmae_sdk.model import LMAE, count_parameters, make_config
 from lmae_sdk.preprocess import ModelInputs, finish, route
 
+from .amp import check_bf16_autocast
 from .data import CompletionTrainSet, SampleSpec, ValSet, collate, load_pairs
 from .datasets import load_dataset
 from .loss import class_frequencies, class_weights, completion_loss
@@ -231,6 +232,13 @@ def train(tc: TrainConfig) -> Path:
               f"K={[cfg.num_visible(m) for m in tc.mask_ratios]}, {len(train_data)} train / {len(val_data)} val, "
               f"{steps_per_epoch} steps/epoch x {tc.epochs} epochs, world={world}", flush=True)
 
+    if tc.amp == "bf16":  # before the run relies on it: a wrong bf16 kernel would be learned around
+        probe = {k: v.to(device) for k, v in collate([trainset[i] for i in range(min(4, len(trainset)))]).items()}
+        err = check_bf16_autocast(model, lambda: model(probe["image"], probe["label_planes"], probe["ids_keep"],
+                                                       probe["ids_mask"], probe["ids_restore"], probe.get("prior")),
+                                  "lmae train --amp bf16", device.split(":")[0])
+        if rank == 0:
+            print(f"bf16 autocast checked: largest layer error {err:.4f} (relative, against float32)", flush=True)
     t0 = time.time()
     args_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(tc).items()}
     for epoch in range(start_epoch, tc.epochs):
