@@ -166,6 +166,27 @@ def test_the_bf16_check_names_a_layer_that_autocast_breaks():
     with pytest.raises(AutocastMismatch, match=r"layer '1'.*--amp none"):
         check_bf16_autocast(bad, lambda: bad(x), "bad")
 
+    # autograd runs backward outside autocast: the flag is what the forward saw
+    class WrongBackwardUnderAutocast(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.amp = torch.is_autocast_enabled("cpu")
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return -grad if ctx.amp else grad
+
+    class Flip(torch.nn.Module):
+        def forward(self, x):
+            return WrongBackwardUnderAutocast.apply(x)
+
+    flip = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), Flip(), torch.nn.Conv2d(8, 4, 1))
+    assert check_bf16_autocast(flip, lambda: flip(x), "forward only") < 0.05  # the outputs agree
+    with pytest.raises(AutocastMismatch, match=r"gradient of '0\.weight'"):
+        check_bf16_autocast(flip, lambda: flip(x), "with gradients", loss=lambda out: out.float().square().mean())
+    assert all(p.grad is None for p in flip.parameters())  # the probe leaves no gradients behind
+
 
 def test_calibrate_stores_the_best_rule(tmp_path, synth_root):
     from lmae_sdk.training.calibrate import calibrate

@@ -116,8 +116,10 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
     if bf16:  # before the run relies on it: a wrong bf16 kernel would be learned around
         crops = [_crop(*pairs[i % len(pairs)], crop, np.random.default_rng([seed, i])) for i in range(2)]
         probe = torch.from_numpy(np.stack([normalize_image(img, lab.shape) for img, lab in crops]))
-        err = check_bf16_autocast(net, lambda: net(probe), "lmae fit-boundaries (bf16)")
-        log(f"bf16 autocast checked: largest layer error {err:.4f} (relative, against float32)")
+        err = check_bf16_autocast(net, lambda: net(probe), "lmae fit-boundaries (bf16)",
+                                  loss=lambda logits: logits.float().square().mean())
+        log(f"bf16 autocast checked (outputs and gradients): largest layer error {err:.4f} (relative, against "
+            f"float32)")
     t0, step, loss_avg = time.time(), 0, None
     while (step < max_steps) if max_steps else (time.time() - t0 < budget):
         progress = step / max_steps if max_steps else (time.time() - t0) / budget

@@ -236,9 +236,12 @@ def train(tc: TrainConfig) -> Path:
         probe = {k: v.to(device) for k, v in collate([trainset[i] for i in range(min(4, len(trainset)))]).items()}
         err = check_bf16_autocast(model, lambda: model(probe["image"], probe["label_planes"], probe["ids_keep"],
                                                        probe["ids_mask"], probe["ids_restore"], probe.get("prior")),
-                                  "lmae train --amp bf16", device.split(":")[0])
+                                  "lmae train --amp bf16", device.split(":")[0],
+                                  loss=lambda logits: completion_loss(logits.float(), probe["target"],
+                                                                      probe["complete"], cw, tc.visible_weight))
         if rank == 0:
-            print(f"bf16 autocast checked: largest layer error {err:.4f} (relative, against float32)", flush=True)
+            print(f"bf16 autocast checked (outputs and gradients): largest layer error {err:.4f} (relative, against "
+                  f"float32)", flush=True)
     t0 = time.time()
     args_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(tc).items()}
     for epoch in range(start_epoch, tc.epochs):
