@@ -9,7 +9,8 @@ mode, not run by CI); kept so its figures in benchmarks/RESULTS.md have a comman
 model's shapes (kernel = stride, 1..24 input channels).  ``--ckpt``: on training samples
 made as in training (crop, holes, masking), the completion loss and pixel accuracy of the
 model run in float32 and under bf16 autocast, then each layer's relative error
-(``training.amp.layer_errors``) for the first batch, those above 2%.  ``--unpatched`` runs the
+(``training.amp.layer_errors``) for the first batch, those above 2%, and how far each
+parameter's gradient moves (``training.amp.gradient_errors``).  ``--unpatched`` runs the
 patch embeddings as before the session-8 fix (their conv in bf16 too), as the run that
 found the problem trained them.
 """
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks._common import DEFAULT_CAMVID  # noqa: E402
 from lmae_sdk.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from lmae_sdk.model import PatchEmbed  # noqa: E402
-from lmae_sdk.training.amp import layer_errors  # noqa: E402
+from lmae_sdk.training.amp import gradient_errors, layer_errors  # noqa: E402
 from lmae_sdk.training.data import CompletionTrainSet, SampleSpec, collate, load_pairs  # noqa: E402
 from lmae_sdk.training.datasets import load_dataset  # noqa: E402
 from lmae_sdk.training.loss import completion_loss  # noqa: E402
@@ -75,6 +76,12 @@ def checkpoint_errors(ckpt_path: str, data: str, batches: int) -> None:
     for name, err in errors:
         if err > 0.02:
             print(f"  {name:40s} {err:.3f}")
+    grads = gradient_errors(model, lambda: completion_loss(
+        model(first["image"], first["label_planes"], first["ids_keep"], first["ids_mask"], first["ids_restore"],
+              first.get("prior")).float(), first["target"], first["complete"], None, 0.1))
+    worst = max(grads, key=lambda t: t[1])
+    print(f"parameter gradients: {sum(e > 0.05 for _, e in grads)} of {len(grads)} move by > 5%; "
+          f"largest {worst[1]:.4f} ({worst[0]})")
 
 
 def main() -> None:
