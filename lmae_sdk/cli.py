@@ -206,8 +206,8 @@ def calibrate(ckpt: str, data: str, out: str | None, thresholds: str, near_copy:
 @click.option("--threads", default=0, type=int)
 @click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast while training")
 def fit_boundaries(ckpt: str, data: str, split: str, out: str | None, minutes: float, steps: int, width: int,
-                   crop: int, batch_size: int, lr: float, continue_net: bool, flip_average: bool, augment: bool, tune_images: int,
-                   weight_grid: str | None, seed: int, threads: int, bf16: bool) -> None:
+                   crop: int, batch_size: int, lr: float, continue_net: bool, flip_average: bool, augment: bool,
+                   tune_images: int, weight_grid: str | None, seed: int, threads: int, bf16: bool) -> None:
     """Fit a class-boundary net for the geodesic step cost and store it in the checkpoint;
     then fine-tune (lmae train --init-from CKPT --boundaries-from CKPT) and refit fusion."""
     from lmae_sdk.training.boundary_fit import DEFAULT_WEIGHT_GRID, fit_boundaries as run

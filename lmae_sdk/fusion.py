@@ -381,7 +381,8 @@ class PixelFusion:
         pred = np.empty(idx.size, np.uint8)
         conf = np.empty(idx.size, np.float32)
         compiled(np.ascontiguousarray(lp), np.ascontiguousarray(class_costs.reshape(-1, n)[idx]), per_class, known,
-                 np.ascontiguousarray(class_extra), np.ascontiguousarray(pixel_extra), w1, b1, w2, b2, np.ascontiguousarray(w3[:, 0]), np.float32(b3[0]), self.class_bias,
+                 np.ascontiguousarray(class_extra), np.ascontiguousarray(pixel_extra), w1, b1, w2, b2,
+                 np.ascontiguousarray(w3[:, 0]), np.float32(b3[0]), self.class_bias,
                  np.float32(self.min_log_prob), np.float32(_COST_CAP), _COST_SCALE, _DIST_SCALE, pred, conf)
         return pred, conf
 
