@@ -56,29 +56,29 @@ def checkpoint_errors(ckpt_path: str, data: str, batches: int) -> None:
     spec = SampleSpec(mask_ratios=(0.5,), label_resize=ck["label_resize"], background_index=ck.get("background_index"))
     samples = CompletionTrainSet(pairs, cfg, spec, 8, seed=0)
     samples.epoch = 3
+    def run(b: dict) -> torch.Tensor:
+        return model(b["image"], b["label_planes"], b["ids_keep"], b["ids_mask"], b["ids_restore"], b.get("prior"))
+
+    def loss(b: dict, logits: torch.Tensor) -> torch.Tensor:
+        return completion_loss(logits.float(), b["target"], b["complete"], None, 0.1)
+
+    chunks = [collate([samples[i] for i in range(s, min(s + 8, len(samples)))]) for s in range(0, len(samples), 8)]
     print("batch  float32 loss / acc   bf16 loss / acc")
-    first = None
-    for start in range(0, 8 * batches, 8):
-        b = collate([samples[i] for i in range(start, min(start + 8, len(samples)))])
-        first = first or b
+    for k, b in enumerate(chunks):
         scored = b["complete"] & (b["target"] < cfg.num_classes)
         row = []
         for amp in (False, True):
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-                logits = model(b["image"], b["label_planes"], b["ids_keep"], b["ids_mask"], b["ids_restore"],
-                               b.get("prior")).float()
+                logits = run(b).float()
             acc = (logits.argmax(1)[scored] == b["target"][scored]).float().mean().item()
-            row.append(f"{completion_loss(logits, b['target'], b['complete'], None, 0.1).item():.4f} / {100 * acc:.1f}")
-        print(f"{start // 8:5d}  {row[0]:>19s}   {row[1]:>15s}")
-    errors = layer_errors(model, lambda: model(first["image"], first["label_planes"], first["ids_keep"],
-                                               first["ids_mask"], first["ids_restore"], first.get("prior")))
+            row.append(f"{loss(b, logits).item():.4f} / {100 * acc:.1f}")
+        print(f"{k:5d}  {row[0]:>19s}   {row[1]:>15s}")
+    first = chunks[0]
     print("layers whose output bf16 autocast moves by > 2% (relative), in the order they run:")
-    for name, err in errors:
+    for name, err in layer_errors(model, lambda: run(first)):
         if err > 0.02:
             print(f"  {name:40s} {err:.3f}")
-    grads = gradient_errors(model, lambda: completion_loss(
-        model(first["image"], first["label_planes"], first["ids_keep"], first["ids_mask"], first["ids_restore"],
-              first.get("prior")).float(), first["target"], first["complete"], None, 0.1))
+    grads = gradient_errors(model, lambda: loss(first, run(first)))
     worst = max(grads, key=lambda t: t[1])
     print(f"parameter gradients: {sum(e > 0.05 for _, e in grads)} of {len(grads)} move by > 5%; "
           f"largest {worst[1]:.4f} ({worst[0]})")
