@@ -159,7 +159,8 @@ def boundary_fill(ckpt_path: str):
     def fill(image: np.ndarray, partial: np.ndarray) -> np.ndarray:
         return geodesic_nearest(image, partial, edge_weight=cfg["geodesic_edge_weight"],
                                 blur_sigma=cfg["geodesic_blur"], boundary=net(image),
-                                boundary_weight=cfg["geodesic_boundary_weight"])
+                                boundary_weight=cfg["geodesic_boundary_weight"],
+                                boundary_power=cfg.get("geodesic_boundary_power", 1.0))
 
     return fill
 

@@ -3,7 +3,8 @@
 Colour change alone is a weak guide to where one class ends and the next begins (shadows,
 texture, two classes of one colour).  ``BoundaryNet`` predicts, per pixel, the probability
 that its right / lower neighbour has another class; the geodesic step cost becomes
-``1 + edge_weight * |colour change| + boundary_weight * p(boundary)``.  The net runs at half
+``1 + edge_weight * |colour change| + boundary_weight * p(boundary) ** boundary_power``
+(power 1 or 2, tuned on train with the weights).  The net runs at half
 resolution (pixel-unshuffle in, pixel-shuffle out: 2.3 GFLOP at 480x360, a quarter of a
 full-resolution UNet of the same width, still a per-pixel map).  On CamVid val at 50% random
 holes it lifts the geodesic fill alone from 69.42 to 73.64 PA-mIoU (benchmarks/RESULTS.md,
@@ -11,7 +12,8 @@ section 0, session 6).
 
 The net is fitted by ``lmae fit-boundaries`` (``training/boundary_fit.py``), stored in the
 checkpoint under ``boundary_net`` and exported as a third graph (``boundary.onnx``, static
-size, dynamic batch); the model's config carries ``geodesic_boundary_weight`` (0 = no net).
+size, dynamic batch); the model's config carries ``geodesic_boundary_weight`` (0 = no net)
+and ``geodesic_boundary_power``.
 """
 from __future__ import annotations
 

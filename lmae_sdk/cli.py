@@ -200,8 +200,9 @@ def calibrate(ckpt: str, data: str, out: str | None, thresholds: str, near_copy:
 @click.option("--augment", is_flag=True, help="random rescaling (0.7-1.4x) and colour jitter of the training crops")
 @click.option("--tune-images", default=80, show_default=True, type=int,
               help="first N images of the split for choosing the step-cost weights")
-@click.option("--weight-grid", default=None, metavar="COLOUR:BOUNDARY,...",
-              help="step-cost weight pairs to choose from (default: 300 and 1000 x 300, 1000 and 3000)")
+@click.option("--weight-grid", default=None, metavar="COLOUR:BOUNDARY[:POWER],...",
+              help="step costs to choose from: colour weight, boundary weight and the map's power (default "
+                   "1); the default grid: 300 and 1000 x 1000, 3000 and 10000 x powers 1 and 2")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", default=0, type=int)
 @click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast while training")
@@ -216,10 +217,11 @@ def fit_boundaries(ckpt: str, data: str, split: str, out: str | None, minutes: f
         grid = tuple(tuple(float(v) for v in pair.split(":")) for pair in weight_grid.split(",")) \
             if weight_grid else DEFAULT_WEIGHT_GRID
     except ValueError:
-        raise click.BadParameter(f"{weight_grid!r}: expected COLOUR:BOUNDARY[,...], e.g. 1000:3000",
+        raise click.BadParameter(f"{weight_grid!r}: expected COLOUR:BOUNDARY[:POWER][,...], e.g. 1000:3000:2",
                                  param_hint="--weight-grid") from None
-    if any(len(pair) != 2 for pair in grid):
-        raise click.BadParameter(f"{weight_grid!r}: expected COLOUR:BOUNDARY[,...]", param_hint="--weight-grid")
+    if any(len(entry) not in (2, 3) or min(entry) <= 0 for entry in grid):
+        raise click.BadParameter(f"{weight_grid!r}: expected COLOUR:BOUNDARY[:POWER][,...], all positive",
+                                 param_hint="--weight-grid")
     run(ckpt, data, out, split, minutes, steps, width, crop, batch_size, lr, tune_images=tune_images,
         weight_grid=grid, seed=seed, threads=threads, bf16=bf16, continue_net=continue_net,
         flip_average=flip_average, augment=augment, log=click.echo)

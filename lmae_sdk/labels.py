@@ -336,10 +336,11 @@ def _compiled_sweeps():
 
 
 def _step_costs(image: np.ndarray, edge_weight: float, blur_sigma: float, boundary: np.ndarray | None = None,
-                boundary_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                boundary_weight: float = 0.0, boundary_power: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Geodesic step costs 1 + edge_weight * |colour change| (sum over RGB, image blurred)
-    [+ boundary_weight * p(class boundary), ``boundary`` (2, H, W) from
-    :mod:`lmae_sdk.boundaries`: to the right / lower neighbour]:
+    [+ boundary_weight * p(class boundary) ** boundary_power, ``boundary`` (2, H, W) from
+    :mod:`lmae_sdk.boundaries`: to the right / lower neighbour; a power above 1 lets paths
+    through where the net is unsure and still walls off where it is confident]:
     step_x[y, x] for (y, x-1) -> (y, x), step_y[y, x] for (y-1, x) -> (y, x); 0 off the image."""
     g = image.astype(np.float32) * np.float32(1 / 255)
     if blur_sigma > 0:
@@ -355,6 +356,8 @@ def _step_costs(image: np.ndarray, edge_weight: float, blur_sigma: float, bounda
     if boundary is not None and boundary_weight > 0:
         if boundary.shape != (2, h, w):
             raise ValueError(f"boundary map shape {boundary.shape}; expected (2, {h}, {w})")
+        if boundary_power != 1:
+            boundary = np.power(boundary, np.float32(boundary_power), dtype=np.float32)
         step_x[:, 1:] += np.float32(boundary_weight) * boundary[0, :, :-1]
         step_y[1:] += np.float32(boundary_weight) * boundary[1, :-1]
     return step_x, step_y
@@ -362,8 +365,8 @@ def _step_costs(image: np.ndarray, edge_weight: float, blur_sigma: float, bounda
 
 def geodesic_propagate(image: np.ndarray, label: np.ndarray, unknown: int = UNKNOWN, edge_weight: float = 100.0,
                        blur_sigma: float = 2.0, rounds: int = 2, backend: str = "auto",
-                       boundary: np.ndarray | None = None,
-                       boundary_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                       boundary: np.ndarray | None = None, boundary_weight: float = 0.0,
+                       boundary_power: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Edge-aware label propagation: each unknown pixel takes the label of the known pixel
     nearest along image paths, where a step costs 1 + ``edge_weight`` * |colour change|.
 
@@ -372,8 +375,8 @@ def geodesic_propagate(image: np.ndarray, label: np.ndarray, unknown: int = UNKN
     row / column sweeps of a 4-connected geodesic distance transform.  ``backend`` "auto"
     runs them compiled by numba when it is installed (about half of ``prepare``'s cost
     went with it, benchmarks/RESULTS.md section 1), else vectorised numpy; "numpy" forces the
-    latter.  ``boundary`` / ``boundary_weight``: learned class boundaries add to the step
-    cost (:func:`_step_costs`).  With no known pixel (or no unknown one) this is
+    latter.  ``boundary`` / ``boundary_weight`` / ``boundary_power``: learned class boundaries
+    add to the step cost (:func:`_step_costs`).  With no known pixel (or no unknown one) this is
     :func:`nearest_known`.
     """
     if backend not in ("auto", "numpy"):
@@ -381,7 +384,7 @@ def geodesic_propagate(image: np.ndarray, label: np.ndarray, unknown: int = UNKN
     unknown_mask = label == unknown
     if unknown_mask.all() or not unknown_mask.any():
         return nearest_known(label, unknown)
-    step_x, step_y = _step_costs(image, edge_weight, blur_sigma, boundary, boundary_weight)
+    step_x, step_y = _step_costs(image, edge_weight, blur_sigma, boundary, boundary_weight, boundary_power)
     dist = np.where(unknown_mask, np.float32(1e9), np.float32(0))
     ids = label.copy()
     compiled = _compiled_sweeps() if backend == "auto" else None
@@ -391,7 +394,7 @@ def geodesic_propagate(image: np.ndarray, label: np.ndarray, unknown: int = UNKN
 
 def geodesic_nearest(image: np.ndarray, label: np.ndarray, unknown: int = UNKNOWN, edge_weight: float = 100.0,
                      blur_sigma: float = 2.0, rounds: int = 2, boundary: np.ndarray | None = None,
-                     boundary_weight: float = 0.0) -> np.ndarray:
+                     boundary_weight: float = 0.0, boundary_power: float = 1.0) -> np.ndarray:
     """The ids of :func:`geodesic_propagate` (edge-aware nearest known label).
 
     On CamVid val with 50% random holes it scores 68.3 PA-mIoU as a completer on its own
@@ -400,7 +403,7 @@ def geodesic_nearest(image: np.ndarray, label: np.ndarray, unknown: int = UNKNOW
     (benchmarks/RESULTS.md, section 0).
     """
     return geodesic_propagate(image, label, unknown, edge_weight, blur_sigma, rounds, boundary=boundary,
-                              boundary_weight=boundary_weight)[0]
+                              boundary_weight=boundary_weight, boundary_power=boundary_power)[0]
 
 
 def _class_sweeps_loops(dist: np.ndarray, step_x: np.ndarray, step_y: np.ndarray,
@@ -446,7 +449,7 @@ NO_PATH = np.float32(1e9)  # the path cost of a class with no known pixel
 def geodesic_class_costs(image: np.ndarray, label: np.ndarray, num_classes: int, unknown: int = UNKNOWN,
                          edge_weight: float = 100.0, blur_sigma: float = 2.0, rounds: int = 2,
                          backend: str = "auto", boundary: np.ndarray | None = None,
-                         boundary_weight: float = 0.0) -> np.ndarray:
+                         boundary_weight: float = 0.0, boundary_power: float = 1.0) -> np.ndarray:
     """(H, W, N) float32: per pixel, the geodesic path cost (as :func:`geodesic_propagate`)
     to the nearest known pixel of *each* class; ``NO_PATH`` for classes with no known pixel.
 
@@ -460,7 +463,7 @@ def geodesic_class_costs(image: np.ndarray, label: np.ndarray, num_classes: int,
     present = [c for c in np.flatnonzero(counts).tolist() if c != unknown]
     if not present:
         return np.full(label.shape + (num_classes,), NO_PATH, np.float32)
-    step_x, step_y = _step_costs(image, edge_weight, blur_sigma, boundary, boundary_weight)
+    step_x, step_y = _step_costs(image, edge_weight, blur_sigma, boundary, boundary_weight, boundary_power)
     slot = np.full(max(UNKNOWN, int(label.max())) + 1, -1, np.int64)
     slot[present] = np.arange(len(present))
     dist = np.full(label.shape + (len(present),), NO_PATH, np.float32)
@@ -495,7 +498,7 @@ class Propagation(NamedTuple):
 def propagate(label: np.ndarray, image: np.ndarray | None = None, mode: str = "euclidean",
               unknown: int = UNKNOWN, edge_weight: float = 100.0, blur_sigma: float = 2.0,
               num_classes: int | None = None, boundary: np.ndarray | None = None,
-              boundary_weight: float = 0.0) -> Propagation:
+              boundary_weight: float = 0.0, boundary_power: float = 1.0) -> Propagation:
     """Label propagation for the prior, near-copy and pixel fusion.
 
     ``mode`` "euclidean": each pixel's nearest known label; "geodesic": the nearest along
@@ -503,7 +506,8 @@ def propagate(label: np.ndarray, image: np.ndarray | None = None, mode: str = "e
     ``image``), which does not leak across object edges, and its path cost.
     ``num_classes``: also every class's geodesic cost (:func:`geodesic_class_costs`, for
     pixel fusion); in geodesic mode the ids and cost are then read off them (same sweeps).
-    ``boundary`` / ``boundary_weight``: learned class boundaries in the geodesic step cost.
+    ``boundary`` / ``boundary_weight`` / ``boundary_power``: learned class boundaries in the
+    geodesic step cost (the map is kept as given in the result, for pixel fusion).
     """
     if mode not in PRIOR_MODES:
         raise ValueError(f"prior mode must be one of {PRIOR_MODES}, got {mode!r}")
@@ -513,7 +517,8 @@ def propagate(label: np.ndarray, image: np.ndarray | None = None, mode: str = "e
     cost = costs = None
     if num_classes and not (label == unknown).all():
         costs = geodesic_class_costs(image, label, num_classes, unknown, edge_weight, blur_sigma,
-                                     boundary=boundary, boundary_weight=boundary_weight)
+                                     boundary=boundary, boundary_weight=boundary_weight,
+                                     boundary_power=boundary_power)
     if mode == "geodesic":
         if costs is not None:
             nearest = costs.argmin(-1)
@@ -523,7 +528,7 @@ def propagate(label: np.ndarray, image: np.ndarray | None = None, mode: str = "e
             cost = np.where(label == unknown, best, np.float32(0))
         else:
             ids, cost = geodesic_propagate(image, label, unknown, edge_weight, blur_sigma, boundary=boundary,
-                                           boundary_weight=boundary_weight)
+                                           boundary_weight=boundary_weight, boundary_power=boundary_power)
     return Propagation(ids, dist, cost, costs, boundary)
 
 

@@ -62,6 +62,7 @@ class LMAEConfig:
     # + geodesic_boundary_weight * p(class boundary) in the geodesic step cost: the map comes from
     # the checkpoint's boundary net (lmae_sdk.boundaries); 0 = colour change only
     geodesic_boundary_weight: float = 0.0
+    geodesic_boundary_power: float = 1.0  # ... * p(class boundary) ** power (tuned with the weights)
     refine_width: int = 32  # 0 disables the full-resolution refinement stage
     refine_depth: int = 4
     refine_arch: str = "plain"  # plain (dilated convs) | unet (multi-scale, sees across holes)
@@ -78,6 +79,8 @@ class LMAEConfig:
             raise ValueError(f"prior_mode must be one of {PRIOR_MODES}, got {self.prior_mode!r}")
         if self.prior_path_cost and not (self.prior and self.prior_mode == "geodesic"):
             raise ValueError("prior_path_cost needs prior=True and prior_mode='geodesic'")
+        if self.geodesic_boundary_power <= 0:
+            raise ValueError(f"geodesic_boundary_power must be positive, got {self.geodesic_boundary_power}")
         if self.fuse not in FUSE_MODES:
             raise ValueError(f"fuse must be one of {FUSE_MODES}, got {self.fuse!r}")
         if self.num_classes < 2:

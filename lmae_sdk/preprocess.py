@@ -41,7 +41,8 @@ def propagate_for(cfg: LMAEConfig, partial: np.ndarray, image: np.ndarray, unkno
     if geodesic and cfg.geodesic_boundary_weight > 0 and boundary is None:
         raise ValueError("this model's geodesic step cost needs the image's class-boundary map (its boundary net)")
     return propagate(partial, image, cfg.prior_mode, unknown, cfg.geodesic_edge_weight, cfg.geodesic_blur,
-                     cfg.num_classes if class_costs else None, boundary, cfg.geodesic_boundary_weight)
+                     cfg.num_classes if class_costs else None, boundary, cfg.geodesic_boundary_weight,
+                     cfg.geodesic_boundary_power)
 
 
 def prepare(image: np.ndarray, partial: np.ndarray, cfg: LMAEConfig, label_resize: str = "soft",

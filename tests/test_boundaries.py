@@ -46,6 +46,33 @@ def test_a_learned_boundary_stops_propagation_where_colour_does_not():
         geodesic_propagate(image, label, boundary=wall[:, :3], boundary_weight=1)
 
 
+def test_boundary_power_lets_paths_through_unsure_boundaries_only():
+    image = np.full((6, 12, 3), 128, np.uint8)
+    label = np.full((6, 12), 255, np.uint8)
+    label[:, 0], label[:, 11] = 0, 1
+    unsure = np.zeros((2, 6, 12), np.float32)
+    unsure[0, :, 8] = 0.3  # a doubtful boundary between columns 8 and 9, near class 1's side
+    kw = dict(edge_weight=10, blur_sigma=0, boundary=unsure, boundary_weight=10)
+    linear, _ = geodesic_propagate(image, label, **kw)  # step cost 1 + 3: column 9 belongs to class 1
+    squared, _ = geodesic_propagate(image, label, boundary_power=2, **kw)  # 1 + 0.9: the plain distance decides
+    assert (linear[:, 9] == 1).all() and (linear[:, 5] == 0).all()
+    assert (squared[:, 6:11] == 1).all() and (squared[:, 5] == 0).all()
+    sure = unsure * (1 / 0.3)  # a confident boundary still walls off at any power
+    for power in (1, 2, 3):
+        ids, _ = geodesic_propagate(image, label, edge_weight=10, blur_sigma=0, boundary=sure, boundary_weight=10,
+                                    boundary_power=power)
+        assert (ids[:, 1:9] == 0).all() and (ids[:, 9:] == 1).all()
+    costs = geodesic_class_costs(image, label, 2, boundary_power=2, **kw)
+    np.testing.assert_array_equal(costs.argmin(-1)[label == 255], squared[label == 255])
+    cfg = make_config("tiny", 2, img_size=(32, 32), geodesic_edge_weight=10, geodesic_blur=0,
+                      geodesic_boundary_weight=10, geodesic_boundary_power=2, prior_mode="geodesic")
+    prop = propagate_for(cfg, label, image, class_costs=True, boundary=unsure)
+    np.testing.assert_array_equal(prop.ids, np.where(label == 255, squared, label))
+    assert prop.boundary is unsure  # fusion reads the map itself, not its power
+    with pytest.raises(ValueError, match="geodesic_boundary_power"):
+        make_config("tiny", 2, img_size=(32, 32), geodesic_boundary_power=0)
+
+
 def test_a_model_with_a_boundary_term_refuses_to_propagate_without_the_map():
     cfg = make_config("tiny", 2, img_size=(32, 32), geodesic_boundary_weight=100.0)
     image = np.zeros((8, 8, 3), np.uint8)
@@ -134,9 +161,10 @@ def test_fit_train_export_and_runtime(tmp_path, synth_root):
     # switch the fitted net to flip-averaged maps in place: no training, the weights retuned
     res = CliRunner().invoke(cli_main, ["fit-boundaries", "--ckpt", str(fitted), "--data", str(synth_root),
                                         "--continue-net", "--minutes", "0", "--flip-average", "--width", "4",
-                                        "--tune-images", "3", "--threads", "1", "--weight-grid", "300:300,1000:3000"])
+                                        "--tune-images", "3", "--threads", "1", "--weight-grid",
+                                        "300:300,1000:3000:2"])
     assert res.exit_code == 0, res.output
-    assert "boundary net (flip-averaged map): 0 steps" in res.output
+    assert "boundary net (flip-averaged map): 0 steps" in res.output and "power 2: PA-mIoU" in res.output
     ck = load_checkpoint(fitted)
     assert ck["boundary_net"]["flip_average"]  # the exported graph below averages too (parity with torch)
     assert ck["boundary_net"]["fit"]["continued_from"]["steps"] == 4
@@ -144,17 +172,20 @@ def test_fit_train_export_and_runtime(tmp_path, synth_root):
     with pytest.raises(ValueError, match="no boundary net to continue"):
         fit_boundaries(base, synth_root, tmp_path / "y.pt", minutes=0, width=4, tune_images=2, continue_net=True,
                        log=lambda s: None)
-    chosen = (ck["config"]["geodesic_edge_weight"], ck["config"]["geodesic_boundary_weight"])
-    assert chosen in [(300, 300), (1000, 3000)]
-    bad = CliRunner().invoke(cli_main, ["fit-boundaries", "--ckpt", str(base), "--data", str(synth_root), "--out",
-                                        str(tmp_path / "x.pt"), "--steps", "1", "--weight-grid", "1000"])
-    assert bad.exit_code == 2 and "COLOUR:BOUNDARY" in bad.output and not (tmp_path / "x.pt").exists()
+    chosen = tuple(ck["config"][k] for k in ("geodesic_edge_weight", "geodesic_boundary_weight",
+                                             "geodesic_boundary_power"))
+    assert chosen in [(300, 300, 1), (1000, 3000, 2)]
+    for grid in ("1000", "1000:3000:2:1", "1000:3000:0"):
+        bad = CliRunner().invoke(cli_main, ["fit-boundaries", "--ckpt", str(base), "--data", str(synth_root), "--out",
+                                            str(tmp_path / "x.pt"), "--steps", "1", "--weight-grid", grid])
+        assert bad.exit_code == 2 and "COLOUR:BOUNDARY" in bad.output and not (tmp_path / "x.pt").exists()
     # the model's prior now needs the map: training on it carries the net into the new checkpoint
     tuned = train(TrainConfig(data=str(synth_root), out=str(tmp_path / "t.pt"), preset="tiny", image_size=(64, 96),
                               epochs=1, batch_size=4, workers=0, threads=1, progress=False, warmup_epochs=0.5,
                               init_from=str(fitted), boundaries_from=str(fitted)))
     tk = load_checkpoint(tuned)
-    assert tk["config"]["geodesic_boundary_weight"] == ck["config"]["geodesic_boundary_weight"]
+    for key in ("geodesic_edge_weight", "geodesic_boundary_weight", "geodesic_boundary_power"):
+        assert tk["config"][key] == ck["config"][key]
     assert weights_sha256(tk["boundary_net"]["state_dict"]) == weights_sha256(ck["boundary_net"]["state_dict"])
 
     # pixel fusion fitted on it reads the map too: the features of each pixel's hole (format 2)

@@ -153,6 +153,7 @@ def train(tc: TrainConfig) -> Path:
             raise ValueError(f"{tc.boundaries_from}: no boundary net in this checkpoint (lmae fit-boundaries)")
         boundary_entry = src_ck["boundary_net"]
         overrides.update({k: src_ck["config"][k] for k in ("geodesic_edge_weight", "geodesic_boundary_weight")})
+        overrides["geodesic_boundary_power"] = float(src_ck["config"].get("geodesic_boundary_power", 1.0))
         train_maps = boundary_maps(boundaries, [img for img, _ in train_data])
         val_maps = boundary_maps(boundaries, [img for img, _ in val_data])
     cfg = make_config(tc.preset, n, img_size=tuple(tc.image_size), **overrides)
