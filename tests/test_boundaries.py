@@ -162,7 +162,7 @@ def test_fit_train_export_and_runtime(tmp_path, synth_root):
     res = CliRunner().invoke(cli_main, ["fit-boundaries", "--ckpt", str(fitted), "--data", str(synth_root),
                                         "--continue-net", "--minutes", "0", "--flip-average", "--width", "4",
                                         "--tune-images", "3", "--threads", "1", "--weight-grid",
-                                        "300:300,1000:3000:2"])
+                                        "300:300:2,1000:3000:2"])
     assert res.exit_code == 0, res.output
     assert "boundary net (flip-averaged map): 0 steps" in res.output and "power 2: PA-mIoU" in res.output
     ck = load_checkpoint(fitted)
@@ -174,7 +174,7 @@ def test_fit_train_export_and_runtime(tmp_path, synth_root):
                        log=lambda s: None)
     chosen = tuple(ck["config"][k] for k in ("geodesic_edge_weight", "geodesic_boundary_weight",
                                              "geodesic_boundary_power"))
-    assert chosen in [(300, 300, 1), (1000, 3000, 2)]
+    assert chosen in [(300, 300, 2), (1000, 3000, 2)]  # the power travels to training, the bundle and runtime
     for grid in ("1000", "1000:3000:2:1", "1000:3000:0"):
         bad = CliRunner().invoke(cli_main, ["fit-boundaries", "--ckpt", str(base), "--data", str(synth_root), "--out",
                                             str(tmp_path / "x.pt"), "--steps", "1", "--weight-grid", grid])
@@ -221,6 +221,7 @@ def test_fit_train_export_and_runtime(tmp_path, synth_root):
     assert manifest["boundary"]["weights_sha256"] == weights_sha256(tk["boundary_net"]["state_dict"])
     assert manifest["boundary_graph"]["parity"]["passed"]
     oc = LMAECompleter.load(out, backend="onnxruntime", threads=1)
+    assert oc.cfg.geodesic_boundary_power == tc.cfg.geodesic_boundary_power == 2
     res_ort = oc.complete(image, partial.copy())
     assert (res_ort.label[hole] == res.label[hole]).mean() > 0.999
     # a bundle whose boundary graph was swapped is refused
