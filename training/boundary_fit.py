@@ -4,8 +4,8 @@ in a checkpoint, with the step-cost weights tuned on that split.
 The net learns, per pixel, whether the right / lower neighbour has another class (BCE on
 random crops, boundaries weighted up: they are ~5% of pixel pairs).  The weights and the
 power of the step cost ``1 + colour_weight * |colour change| + boundary_weight *
-p(boundary) ** power`` are then chosen by the geodesic fill's PA-mIoU on the split's first images at 50% random holes
-(train by default: val stays for calibrate and the benchmarks).  The model's prior changes
+p(boundary) ** power`` are then chosen by the geodesic fill's PA-mIoU on the split's first
+images at 50% random holes (train by default: val stays for calibrate and the benchmarks).  The model's prior changes
 with them, so the checkpoint's pixel fusion is dropped (refit it: ``lmae fit-fusion``), and
 the model is best fine-tuned on the new prior (``lmae train --init-from``).
 """
@@ -85,9 +85,10 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
                    threads: int = 0, bf16: bool = True, continue_net: bool = False, flip_average: bool = False,
                    augment: bool = False, log=print) -> dict:
     """Train for ``minutes`` (or ``max_steps``), tune the step cost over ``weight_grid``
-    ((colour weight, boundary weight[, boundary power]) each), store both in the checkpoint (``out``, default in place).  ``continue_net``: start from the
-    checkpoint's net (same width) instead of a fresh one: a second cosine cycle (with
-    ``minutes`` 0: no training, only the weights are tuned again).  ``flip_average``: the
+    ((colour weight, boundary weight[, boundary power]) each), store both in the checkpoint
+    (``out``, default in place).  ``continue_net``: start from the checkpoint's net (same
+    width) instead of a fresh one: a second cosine cycle (with ``minutes`` 0: no training,
+    only the step cost is tuned again).  ``flip_average``: the
     runtime's map averages the image with its mirror image (twice the net's compute).
     ``augment``: random rescaling and colour jitter of the training crops (:func:`_crop`)."""
     if threads:
@@ -175,6 +176,6 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
     target = Path(out) if out else Path(ckpt_path)
     save_checkpoint(ck, target)
     log(f"boundary net{' (flip-averaged map)' if flip_average else ''}: {step} steps in {train_s / 60:.1f} min; "
-        f"fill on {split} {colour_only:.2f} -> "
-        f"{scores[(cw, bw, power)]:.2f} (colour {cw:g}, boundary {bw:g}, power {power:g}); map {map_s:.3f} s/img -> {target}")
+        f"fill on {split} {colour_only:.2f} -> {scores[(cw, bw, power)]:.2f} (colour {cw:g}, boundary {bw:g}, "
+        f"power {power:g}); map {map_s:.3f} s/img -> {target}")
     return fit
