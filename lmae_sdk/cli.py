@@ -242,14 +242,14 @@ def fit_boundaries(ckpt: str, data: str, split: str, out: str | None, minutes: f
               help="class weights (total / count) ** power: rare classes count more as it grows")
 @click.option("--hole-features/--no-hole-features", default=None,
               help="features of the pixel's hole (default: when the checkpoint has a boundary net)")
-@click.option("--line-features", is_flag=True,
-              help="also straight-line votes up/down and left/right, for thin structures (format 3; needs the hole "
-                   "features)")
+@click.option("--line-features/--no-line-features", default=None,
+              help="also straight-line votes up/down and left/right, for thin structures (format 3; default: with "
+                   "the hole features)")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", default=0, type=int)
 def fit_fusion(ckpt: str, data: str, split: str, out: str | None, setting: str, images: int, per_image: int,
-               hidden: int, steps: int, class_weight_power: float, hole_features: bool | None, line_features: bool,
-               seed: int, threads: int) -> None:
+               hidden: int, steps: int, class_weight_power: float, hole_features: bool | None,
+               line_features: bool | None, seed: int, threads: int) -> None:
     """Fit pixel fusion (model probability x per-class geodesic cost, per hole pixel) and
     store it in the checkpoint; run before calibrate and export."""
     from lmae_sdk.training.fusion_fit import fit_fusion as run

@@ -95,12 +95,15 @@ def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: i
 def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None = None, split: str = "train",
                settings=DEFAULT_FIT_SETTINGS, images: int = 0, per_image: int = 3000, hidden: int = 32,
                steps: int = 1500, class_weight_power: float = 0.25, seed: int = 0, threads: int = 0,
-               hole_features: bool | None = None, line_features: bool = False, log=print) -> dict:
+               hole_features: bool | None = None, line_features: bool | None = None, log=print) -> dict:
     """Fit pixel fusion on ``split`` and store it in the checkpoint (``out``, default in place).
 
     ``hole_features`` (default: when the checkpoint has a boundary net) adds the features of
-    the pixel's hole (format 2, :data:`lmae_sdk.fusion.HOLE_FEATURES`); ``line_features`` also
-    the straight-line votes for thin structures (format 3, :data:`lmae_sdk.fusion.LINE_FEATURES`).
+    the pixel's hole (format 2, :data:`lmae_sdk.fusion.HOLE_FEATURES`); ``line_features``
+    (default: with the hole features) also the straight-line votes for thin structures
+    (format 3, :data:`lmae_sdk.fusion.LINE_FEATURES`; with trained CamVid models +0.45 to +0.6
+    PA-mIoU at random 0.5 over format 2, -0.1 to -0.3 on whole objects: RESULTS section 0,
+    session 9).
 
     Class weights are (total / count) ** ``class_weight_power``: at 0.25 rare classes count
     more, but not so much that the fusion paints them over common ones (full inverse
@@ -115,6 +118,8 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
         hole_features = bool(ck.get("boundary_net"))
     elif hole_features and not ck.get("boundary_net"):
         raise ValueError(f"{ckpt_path}: hole features need a boundary net (lmae fit-boundaries)")
+    if line_features is None:
+        line_features = hole_features
     if line_features and not hole_features:
         raise ValueError(f"{ckpt_path}: line features come with the hole features (format 3); "
                          "this checkpoint has no boundary net or they were turned off")
