@@ -102,7 +102,7 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
     the pixel's hole (format 2, :data:`lmae_sdk.fusion.HOLE_FEATURES`); ``line_features``
     (default: with the hole features) also the straight-line votes for thin structures
     (format 3, :data:`lmae_sdk.fusion.LINE_FEATURES`; with trained CamVid models +0.45 to +0.6
-    PA-mIoU at random 0.5 over format 2, -0.1 to -0.3 on whole objects: RESULTS section 0,
+    PA-mIoU at random 0.5 over format 2, -0.1 to -0.35 on whole objects: RESULTS section 0,
     session 9).
 
     Class weights are (total / count) ** ``class_weight_power``: at 0.25 rare classes count
