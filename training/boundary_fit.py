@@ -69,11 +69,11 @@ def _jitter_colour(img: np.ndarray, rng: np.random.Generator, strength: float = 
 
 
 def fill_score(pairs: list, partials: list, maps: list, colour_weight: float, boundary_weight: float, blur: float,
-               num_classes: int, boundary_power: float = 1.0) -> float:
+               num_classes: int, boundary_power: float = 1.0, rounds: int = 2) -> float:
     """PA-mIoU of the geodesic fill with these step-cost weights."""
     meter = CompletionMeter(num_classes)
     for (img, lab), partial, bmap in zip(pairs, partials, maps):
-        ids = geodesic_nearest(img, partial, edge_weight=colour_weight, blur_sigma=blur, boundary=bmap,
+        ids = geodesic_nearest(img, partial, edge_weight=colour_weight, blur_sigma=blur, rounds=rounds, boundary=bmap,
                                boundary_weight=boundary_weight, boundary_power=boundary_power)
         meter.update(ids, lab, partial)
     return float(meter.summary()["pa_miou"])

@@ -152,8 +152,8 @@ def train(tc: TrainConfig) -> Path:
         if boundaries is None:
             raise ValueError(f"{tc.boundaries_from}: no boundary net in this checkpoint (lmae fit-boundaries)")
         boundary_entry = src_ck["boundary_net"]
-        overrides.update({k: src_ck["config"][k] for k in ("geodesic_edge_weight", "geodesic_boundary_weight")})
-        overrides["geodesic_boundary_power"] = float(src_ck["config"].get("geodesic_boundary_power", 1.0))
+        step_cost = ("geodesic_edge_weight", "geodesic_boundary_weight", "geodesic_boundary_power")  # as fitted
+        overrides.update({k: src_ck["config"][k] for k in step_cost if k in src_ck["config"]})  # power: since s9
         train_maps = boundary_maps(boundaries, [img for img, _ in train_data])
         val_maps = boundary_maps(boundaries, [img for img, _ in val_data])
     cfg = make_config(tc.preset, n, img_size=tuple(tc.image_size), **overrides)

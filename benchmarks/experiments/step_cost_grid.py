@@ -25,8 +25,7 @@ from benchmarks._common import DEFAULT_CAMVID  # noqa: E402
 from lmae_sdk.boundaries import boundaries_from_checkpoint  # noqa: E402
 from lmae_sdk.checkpoint import load_checkpoint  # noqa: E402
 from lmae_sdk.degrade import degrade  # noqa: E402
-from lmae_sdk.labels import geodesic_nearest  # noqa: E402
-from lmae_sdk.metrics import CompletionMeter  # noqa: E402
+from lmae_sdk.training.boundary_fit import fill_score  # noqa: E402
 from lmae_sdk.training.data import load_pairs  # noqa: E402
 from lmae_sdk.training.datasets import load_dataset  # noqa: E402
 
@@ -63,11 +62,7 @@ def main() -> None:
     maps = [net(img) for img, _ in pairs]
 
     def fill(colour: float, boundary: float, power: float, rounds: int = 2, blur_sigma: float = blur) -> float:
-        meter = CompletionMeter(n)
-        for (img, lab), partial, bmap in zip(pairs, partials, maps):
-            meter.update(geodesic_nearest(img, partial, edge_weight=colour, blur_sigma=blur_sigma, rounds=rounds,
-                                          boundary=bmap, boundary_weight=boundary, boundary_power=power), lab, partial)
-        return float(meter.summary()["pa_miou"])
+        return fill_score(pairs, partials, maps, colour, boundary, blur_sigma, n, power, rounds)
 
     print(f"{a.split} ({len(pairs)} images, random 0.5), geodesic fill PA-mIoU; {a.ckpt}")
     scores = {}
