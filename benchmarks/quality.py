@@ -89,13 +89,13 @@ def score(method_fn, data, partials, num_classes: int, with_truth: bool = False)
     return meter.summary(), secs / max(len(data), 1)
 
 
-def score_lmae(completer, data, partials, num_classes: int, batch_size: int, workers: int):
+def score_lmae(completer, data, partials, num_classes: int, batch_size: int, workers: int, lanes: int = 1):
     from lmae_sdk.metrics import CompletionMeter
 
     meter = CompletionMeter(num_classes)
     t0 = time.perf_counter()
     results = list(completer.complete_batch([(img, p) for (img, _), p in zip(data, partials)],
-                                            batch_size=batch_size, workers=workers))
+                                            batch_size=batch_size, workers=workers, lanes=lanes))
     secs = (time.perf_counter() - t0) / max(len(data), 1)
     passes = 0
     for (_, gt), partial, r in zip(data, partials, results):
@@ -187,6 +187,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--patch", type=int, default=32, help="degrade grid patch / minimum block side (px)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lanes", type=int, default=1,
+                    help="L-MAE batches side by side (complete_batch lanes), each engine on threads / lanes threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-plot", action="store_true")
@@ -243,7 +245,7 @@ def main(argv=None) -> dict[str, Any]:
             extra_fills[BOUNDARY_FILL] = boundary_fill(a.boundary_fill)
         completers = {}
         for m in a.model:
-            c = LMAECompleter.load(m, backend=a.backend, threads=a.threads)
+            c = LMAECompleter.load(m, backend=a.backend, threads=max(1, a.threads // max(1, a.lanes)))
             if c.num_classes != n:
                 raise SystemExit(f"{m}: model has {c.num_classes} classes, the dataset {n}")
             label = Path(m).stem if Path(m).suffix == ".pt" else Path(m).name
@@ -256,7 +258,7 @@ def main(argv=None) -> dict[str, Any]:
             partials = make_partials(data, strategy, ratio, a.seed, a.patch, info.background_index)
             hole = float(np.mean([np.mean(p == 255) for p in partials]))
             for name, c in completers.items():
-                s, secs = score_lmae(c, data, partials, n, a.batch_size, max(1, a.threads))
+                s, secs = score_lmae(c, data, partials, n, a.batch_size, max(1, a.threads), max(1, a.lanes))
                 rows.append(_row(name, "lmae", sname, s, secs, hole))
                 print(f"  {sname:>12} {name:>24}: PA-mIoU {s['pa_miou']:6.2f}  acc {s['pa_pixel_acc']:6.2f}  "
                       f"global {s['global_miou']:6.2f}  {secs:.3f} s/img", flush=True)

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -217,7 +217,7 @@ def engine_feed(completer, pairs: list[tuple[Path, Path]], mask_ratio: float) ->
             "ids_mask": plan.ids_mask, "ids_restore": plan.ids_restore}
 
 
-def run_e2e(completer, pairs, out_dir: Path, batch_size: int, workers: int) -> tuple[float, dict]:
+def run_e2e(completer, pairs, out_dir: Path, batch_size: int, workers: int, lanes: int = 1) -> tuple[float, dict]:
     from collections import Counter
 
     from lmae_sdk.labels import write_label
@@ -229,7 +229,7 @@ def run_e2e(completer, pairs, out_dir: Path, batch_size: int, workers: int) -> t
         write_label(out_dir / Path(r.name).name, r.label, r.palette)
 
     t0 = time.perf_counter()
-    for r in completer.complete_batch(pairs, batch_size=batch_size, workers=workers, on_result=save):
+    for r in completer.complete_batch(pairs, batch_size=batch_size, workers=workers, on_result=save, lanes=lanes):
         used.update({f"{m:g}": n for m, n in r.engines.items()})
         passes = max(passes, r.passes)
     return time.perf_counter() - t0, {"engine_runs": dict(used), "max_passes": passes}
@@ -284,40 +284,70 @@ def stage_profile(completer, pairs, out_dir: Path, mask_ratio: float) -> dict[st
     return {"seconds_per_image": per, "share": {k: v / total for k, v in per.items()}, "batch": len(pairs)}
 
 
+def concurrent_engine_ips(eng, feed: dict[str, np.ndarray], reps: int, lanes: int) -> float:
+    """Images/s of ``lanes`` threads calling the engine side by side (as complete_batch's lanes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bs = len(feed["ids_keep"])
+    with ThreadPoolExecutor(lanes) as pool:
+        list(pool.map(lambda _: eng.run(feed), range(lanes)))  # warm-up on every lane
+        t0 = time.perf_counter()
+        list(pool.map(lambda _: [eng.run(feed) for _ in range(reps)], range(lanes)))
+        return lanes * reps * bs / (time.perf_counter() - t0)
+
+
 def bench_cell(completer, pairs, work: Path, bs: int, n_stream: int, reps: int, lat_reps: int, workers: int,
-               mask_ratio: float) -> dict[str, Any]:
+               mask_ratio: float, lanes: int = 1, full_engine=None,
+               set_lane_threads: Callable[[bool], None] | None = None) -> dict[str, Any]:
+    """e2e and engine-only figures of one backend at batch ``bs``.
+
+    ``lanes > 1``: the completer's engines run on ``threads / lanes`` threads and e2e runs
+    ``lanes`` batches side by side; engine-only is then the better of ``lanes`` concurrent
+    calls and one call of ``full_engine`` (the same engine on every thread), so e2e / engine
+    compares e2e with the best the engine does alone.  ``set_lane_threads(True / False)``
+    switches torch's process-wide thread count between the two."""
     out_dir = work / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
     eng = completer.engines[round(mask_ratio, 6)].backend
+    lane_mode = set_lane_threads or (lambda on: None)
+    extra: dict[str, Any] = {}
     with PeakRSS() as mem:
-        # engine-only on ready arrays
+        # engine-only on ready arrays; one call on all threads
         feed = engine_feed(completer, pairs[:bs], mask_ratio)
-        eng.run(feed)  # warm-up (allocator, ORT arenas, lazy init)
+        single = full_engine.engines[round(mask_ratio, 6)].backend if full_engine is not None else eng
+        lane_mode(False)
+        single.run(feed)  # warm-up (allocator, ORT arenas, lazy init)
         lat = []
         for _ in range(reps):
             t0 = time.perf_counter()
-            eng.run(feed)
+            single.run(feed)
             lat.append(time.perf_counter() - t0)
+        lane_mode(True)
+        eng_p = percentiles(lat)
+        engine_ips = bs / eng_p["p50"]
+        if lanes > 1:
+            lanes_ips = concurrent_engine_ips(eng, feed, reps, lanes)
+            extra = {"engine_ips_one_call": engine_ips, "engine_ips_lanes": lanes_ips}
+            engine_ips = max(engine_ips, lanes_ips)
         # e2e: warm-up batch, then the stream, then isolated batches for latency
-        run_e2e(completer, pairs[:bs], out_dir, bs, workers)
+        run_e2e(completer, pairs[:bs], out_dir, bs, workers, lanes)
         stream = pairs[:n_stream]
-        total, used = run_e2e(completer, stream, out_dir, bs, workers)
+        total, used = run_e2e(completer, stream, out_dir, bs, workers, lanes)
         e2e_lat = []
         for r in range(lat_reps):
             s = (r * bs) % max(len(pairs) - bs + 1, 1)
-            dt, _ = run_e2e(completer, pairs[s: s + bs], out_dir, bs, workers)
+            dt, _ = run_e2e(completer, pairs[s: s + bs], out_dir, bs, workers, lanes)
             e2e_lat.append(dt)
-    eng_p = percentiles(lat)
     e2e_p = percentiles(e2e_lat)
     return {
         "batch_size": bs,
-        "engine_ips": bs / eng_p["p50"],
+        "engine_ips": engine_ips,
         "engine_latency_ms_p50": 1e3 * eng_p["p50"], "engine_latency_ms_p95": 1e3 * eng_p["p95"],
         "e2e_ips": len(stream) / total, "e2e_images": len(stream), "e2e_seconds": total,
         "e2e_latency_ms_p50": 1e3 * e2e_p["p50"], "e2e_latency_ms_p95": 1e3 * e2e_p["p95"],
         "e2e_isolated_ips": bs / e2e_p["p50"],
         "peak_rss_mb": mem.peak, "rss_before_mb": mem.start,
-        "routing": used, "engine_reps": reps, "e2e_latency_reps": lat_reps,
+        "routing": used, "engine_reps": reps, "e2e_latency_reps": lat_reps, "lanes": lanes, **extra,
     }
 
 
@@ -334,6 +364,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--prep-workers", type=int, default=0,
                     help="threads that decode / prepare / finish / write (0 = --threads); on a small CPU, "
                          "engine threads + prep workers = cores keeps the engine fed")
+    ap.add_argument("--lanes", type=int, default=1,
+                    help="batches completed side by side (complete_batch lanes), each engine on threads / lanes "
+                         "threads; engine-only is then the better of lanes concurrent calls and one call on all "
+                         "threads")
     ap.add_argument("--images", type=int, default=32, help="images in the e2e stream (at least 2 batches)")
     ap.add_argument("--reps", type=int, default=5, help="timed engine-only calls per batch size")
     ap.add_argument("--latency-reps", type=int, default=3, help="isolated e2e batches per batch size")
@@ -472,23 +506,32 @@ def main(argv=None) -> dict[str, Any]:
                               max_batch=max(batch_sizes), legacy=a.legacy_export)
                 exports[preset] = {"seconds": time.perf_counter() - te, "fp16": gpu, "tensorrt": trt,
                                    "exporter": "legacy" if a.legacy_export else "dynamo"}
+            lanes = max(1, a.lanes)
+            lane_threads = max(1, a.threads // lanes)
             for b0, plan in plans.items():
                 try:
-                    completer = load_completer(plan, pt, bundle, a.threads)
+                    full = load_completer(plan, pt, bundle, a.threads) if lanes > 1 else None
+                    completer = load_completer(plan, pt, bundle, lane_threads)
                 except Exception as e:  # e.g. a GPU wheel that cannot load CUDA
                     skipped[f"{b0}@{preset}"] = f"{type(e).__name__}: {e}"
                     print(f"skip {b0} ({preset}): {e}", flush=True)
                     continue
+
+                def lane_mode(on: bool, torch_backend=plan["source"] == "pt") -> None:
+                    if torch_backend and lanes > 1:  # torch's thread count is process-wide
+                        set_threads(lane_threads if on else a.threads)
                 fusion = completer.fusion
                 # --compare-fusion: the same engines again without pixel fusion, side by side
                 runs = [(b0, fusion)] + ([(f"{b0}-nofusion", None)] if a.compare_fusion and fusion else [])
                 pbs = min(16, max(batch_sizes))
                 for b, fusion_used in runs:
                     completer.fusion = fusion_used
+                    if full is not None:
+                        full.fusion = fusion_used
                     for bs in batch_sizes:
                         n_stream = max(a.images, 4 * bs)  # >= 2 chunks of 2 * bs: prep overlaps inference
                         cell = bench_cell(completer, pairs, tmp / "run", bs, n_stream, a.reps, a.latency_reps,
-                                          a.prep_workers or max(1, a.threads), a.mask_ratio)
+                                          a.prep_workers or max(1, a.threads), a.mask_ratio, lanes, full, lane_mode)
                         gfl = flops[preset]["per_image"] * cell["engine_ips"] / 1e9
                         cell.update({"preset": preset, "backend": b, "providers": completer.providers,
                                      "engine_gflops": gfl, "roofline_share": gfl / peak["gflops"],
@@ -497,8 +540,10 @@ def main(argv=None) -> dict[str, Any]:
                         print(f"  {b:>13} bs={bs:<3} e2e {cell['e2e_ips']:7.2f} img/s  engine "
                               f"{cell['engine_ips']:7.2f} img/s  ({cell['e2e_vs_engine']:.2f})  roofline "
                               f"{100 * cell['roofline_share']:.0f}%  rss {cell['peak_rss_mb']:.0f} MB", flush=True)
-                    profiles[f"{preset}/{b}"] = stage_profile(completer, pairs[:pbs], tmp / "run", a.mask_ratio)
-                del completer
+                    lane_mode(False)  # the profile's engine call on all threads, as engine-only
+                    profiles[f"{preset}/{b}"] = stage_profile(full or completer, pairs[:pbs], tmp / "run",
+                                                              a.mask_ratio)
+                del completer, full
         # the peak again at the end (a busy machine can spoil one measurement): keep the best
         peak_end = matmul_peak_gflops(a.threads, a.matmul_n)
         if peak_end["gflops"] > peak["gflops"]:

@@ -23,6 +23,7 @@ from lmae_sdk.boundaries import BoundarySpec
 from lmae_sdk.model import LMAE
 
 from .graphs import BoundaryGraph, example_inputs, input_names, make_graph, output_names
+from .onnx_passes import gelu_for_fusion
 
 DEFAULT_OPSET = 18
 BATCH_AXIS = "batch"
@@ -150,6 +151,7 @@ def _trace(graph: torch.nn.Module, inputs: dict[str, torch.Tensor], outs: list[s
         if len(dims) == len(out_shape):
             for d, v in zip(list(dims)[1:], out_shape[1:]):
                 d.dim_value = int(v)
+    gelu_for_fusion(proto)  # ONNX Runtime then fuses each GELU into one kernel
     set_metadata(proto, meta)
     got = [i.name for i in proto.graph.input]
     if got != names:

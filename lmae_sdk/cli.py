@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -235,9 +236,9 @@ def fit_boundaries(ckpt: str, data: str, split: str, out: str | None, minutes: f
 @click.option("--setting", default="random:0.5,objects:0.5,blocks:0.5,random:0.3,random:0.7", show_default=True,
               help="degrade STRATEGY:RATIO[,...]; image i gets setting i mod count")
 @click.option("--images", default=0, type=int, help="first N pairs of the split (0 = all)")
-@click.option("--per-image", default=3000, show_default=True, type=int, help="hole pixels sampled per image")
+@click.option("--per-image", default=6000, show_default=True, type=int, help="hole pixels sampled per image")
 @click.option("--hidden", default=32, show_default=True, type=int, help="the MLP's width")
-@click.option("--steps", default=1500, show_default=True, type=int)
+@click.option("--steps", default=4000, show_default=True, type=int)
 @click.option("--class-weight-power", default=0.25, show_default=True, type=float,
               help="class weights (total / count) ** power: rare classes count more as it grows")
 @click.option("--hole-features/--no-hole-features", default=None,
@@ -362,6 +363,24 @@ def _confidence_png(conf: np.ndarray) -> bytes:
     return encode_png(np.clip(np.round(conf * 255.0), 0, 255).astype(np.uint8))
 
 
+def _auto_lanes(backend: str, device: str | None, threads: int) -> tuple[int, int]:
+    """(lanes, engine threads) for ``--lanes 0``: on a CPU every core completes its own batches
+    (1.15x the throughput of one engine over all cores on 2 cores, benchmarks/RESULTS.md
+    section 1); with a GPU, one lane whose workers prepare while the GPU runs."""
+    from lmae_sdk.runtime.backends import ort_cuda_available, trt_available
+    from lmae_sdk.runtime.completer import _cuda_available
+
+    on_gpu = (device or "").startswith("cuda") or (device is None and (
+        (backend in ("auto", "tensorrt") and trt_available())
+        or (backend in ("auto", "onnxruntime") and ort_cuda_available())
+        or (backend in ("auto", "torch") and _cuda_available())))
+    if on_gpu:
+        return 1, threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = threads or 1
+    return max(1, cores // threads), threads
+
+
 @main.command()
 @click.option("--model", "model_path", required=True, type=click.Path(exists=True),
               help="a bundle folder (manifest.json) or a .pt checkpoint")
@@ -375,7 +394,10 @@ def _confidence_png(conf: np.ndarray) -> bytes:
 @click.option("--precision", default=None, type=click.Choice(["fp32", "fp16", "int8"]))
 @click.option("--batch-size", default=16, show_default=True, type=int)
 @click.option("--threads", default=0, type=int, help="inference threads (0 = all cores)")
-@click.option("--workers", default=2, show_default=True, type=int, help="pre/post-processing threads")
+@click.option("--workers", default=2, show_default=True, type=int, help="pre/post-processing threads (one lane)")
+@click.option("--lanes", default=0, show_default=True, type=int,
+              help="batches completed side by side, each on its own thread from reading to writing (0 = auto: "
+                   "one per core with one engine thread each on a CPU, 1 with a GPU)")
 @click.option("--unknown-index", default=255, show_default=True, type=int)
 @click.option("--confidence-dir", default=None, type=click.Path(file_okay=False),
               help="also write per-pixel confidence (8-bit PNG, 255 = 1.0)")
@@ -387,7 +409,7 @@ def _confidence_png(conf: np.ndarray) -> bytes:
 @click.option("--overwrite", is_flag=True, help="redo files already in --out")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def complete(model_path: str, images: str, labels_dir: str, out: str, backend: str, device: str | None,
-             precision: str | None, batch_size: int, threads: int, workers: int, unknown_index: int,
+             precision: str | None, batch_size: int, threads: int, workers: int, lanes: int, unknown_index: int,
              confidence_dir: str | None, min_confidence: float, mask_ratios: str | None, tile: bool, no_fusion: bool,
              overwrite: bool, quiet: bool) -> None:
     """Fill the unknown pixels of every partial label in --labels; one PNG each in --out."""
@@ -409,6 +431,10 @@ def complete(model_path: str, images: str, labels_dir: str, out: str, backend: s
     conf_dst = Path(confidence_dir).resolve() if confidence_dir else None
     if dst in (src_img, src_lab) or (conf_dst is not None and conf_dst in (src_img, src_lab, dst)):
         raise click.UsageError("--out / --confidence-dir must differ from the inputs (inputs are never modified)")
+    if lanes < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--lanes")
+    if lanes == 0:
+        lanes, threads = _auto_lanes(backend, device, threads)
     try:
         completer = LMAECompleter.load(model_path, backend=backend, device=device, threads=threads,
                                        precision=precision, unknown_index=unknown_index,
@@ -416,7 +442,7 @@ def complete(model_path: str, images: str, labels_dir: str, out: str, backend: s
                                        pixel_fusion=not no_fusion)
     except (BundleError, CheckpointError, BackendError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"model: {completer.describe()}", err=True)
+    click.echo(f"model: {completer.describe()}" + (f", {lanes} lanes" if lanes > 1 else ""), err=True)
     dst.mkdir(parents=True, exist_ok=True)
     stray = _clean_stray_temps(dst) + (_clean_stray_temps(conf_dst) if conf_dst else 0)
     if conf_dst:
@@ -445,7 +471,7 @@ def complete(model_path: str, images: str, labels_dir: str, out: str, backend: s
         write_label(dst / f"{r.name}.png", r.label, r.palette)
 
     for r in completer.complete_batch(todo, batch_size=batch_size, min_confidence=min_confidence, tile=tile,
-                                      workers=workers, on_error="return", on_result=save):
+                                      workers=workers, on_error="return", on_result=save, lanes=lanes):
         bar.update(1)
         stem = r.name
         if not r.ok:
@@ -465,6 +491,7 @@ def complete(model_path: str, images: str, labels_dir: str, out: str, backend: s
         "images_completed": done_n, "images_skipped": skipped, "images_failed": len(failed),
         "pixels_filled": filled, "pixels_left_unknown": unreliable, "min_confidence": min_confidence,
         "engine_use": dict(sorted(engine_use.items())), "multi_pass_images": multipass, "tile": tile,
+        "lanes": lanes, "engine_threads": threads,
         "seconds": round(secs, 3), "images_per_s": round(done_n / secs, 3) if secs > 0 and done_n else 0.0,
         "stray_temp_files_removed": stray, "failures": failed,
     }

@@ -244,6 +244,11 @@ class StackFuse(nn.Module):
         self.out_channels = base + cfg.prior_channels
 
     def forward(self, image: torch.Tensor, label_planes: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+        return torch.cat(self.parts(image, label_planes, prior), dim=1)
+
+    def parts(self, image: torch.Tensor, label_planes: torch.Tensor,
+              prior: torch.Tensor | None) -> list[torch.Tensor]:
+        """The fuse map's channel groups in order (the fuse map is their concatenation)."""
         if self.mode == "layer":
             parts = [label_planes, image]
         else:
@@ -254,25 +259,44 @@ class StackFuse(nn.Module):
                 parts = [image[:, 0:1], code, image[:, 1:2], code, image[:, 2:3], code]
         if prior is not None:
             parts.append(prior)
-        return torch.cat(parts, dim=1)
+        return parts
 
 
 class PatchEmbed(nn.Module):
-    """Conv2d stride-p patch embedding -> (B, L, D) tokens in row-major order."""
+    """Conv2d stride-p patch embedding -> (B, L, D) tokens in row-major order.
+
+    Takes the input whole (B, C, H, W) or as its channel groups in order: then each group
+    is projected by its slice of the kernel and the projections summed, the same function
+    without writing the full-resolution concatenation (about 6% of the engine's time in
+    ONNX Runtime)."""
 
     def __init__(self, in_chans: int, dim: int, patch: int) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch, stride=patch)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_autocast_enabled(x.device.type):
+    def _project(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        if len(parts) == 1:
+            return self.proj(parts[0])
+        conv, w, c0 = self.proj, self.proj.weight, 0
+        out = None
+        for x in parts:
+            c1 = c0 + x.shape[1]
+            y = nn.functional.conv2d(x, w[:, c0:c1], conv.bias if out is None else None, conv.stride)
+            out, c0 = (y if out is None else out + y), c1
+        if c0 != w.shape[1]:
+            raise ValueError(f"patch embedding takes {w.shape[1]} channels, got {c0}")
+        return out
+
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        parts = list(x) if isinstance(x, (list, tuple)) else [x]
+        if torch.is_autocast_enabled(parts[0].device.type):
             # in float32 under autocast: torch 2.13's bf16 kernel for a patchify conv (kernel =
             # stride >= 4, an even number of input channels >= 4) returns wrong values on CPUs
             # with AMX (relative error ~1), and a model trained through it fails in float32
             # (benchmarks/RESULTS.md, section 0, session 8); it is a small share of the FLOPs
-            with torch.autocast(x.device.type, enabled=False):
-                return self.proj(x.float()).flatten(2).transpose(1, 2)
-        return self.proj(x).flatten(2).transpose(1, 2)
+            with torch.autocast(parts[0].device.type, enabled=False):
+                return self._project([p.float() for p in parts]).flatten(2).transpose(1, 2)
+        return self._project(parts).flatten(2).transpose(1, 2)
 
 
 class RefineHead(nn.Module):
@@ -322,14 +346,24 @@ class UNetRefineHead(nn.Module):
     def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return nn.functional.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
+    def _merge(self, block: nn.Sequential, low: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """``block(cat([up(low), skip]))`` whose first layer is a 1x1 conv, computed as
+        ``up(conv_low(low)) + conv_skip(skip)``: the same function (a 1x1 conv commutes with
+        bilinear upsampling), with neither the upsampled ``low`` nor the concatenation ever
+        stored at the skip's resolution (1.3x faster in ONNX Runtime at batch 16)."""
+        conv, c = block[0], low.shape[1]
+        conv2d = nn.functional.conv2d
+        y = self._up(conv2d(low, conv.weight[:, :c]), skip) + conv2d(skip, conv.weight[:, c:], conv.bias)
+        return block[1:](y)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f0 = self.stem(x)
         f1 = self.down1(f0)
         f2 = self.down2(f1)
         f3 = self.down3(f2)
-        y = self.up2(torch.cat([self._up(f3, f2), f2], dim=1))
-        y = self.up1(torch.cat([self._up(y, f1), f1], dim=1))
-        y = self.up0(torch.cat([self._up(y, f0), f0], dim=1))
+        y = self._merge(self.up2, f3, f2)
+        y = self._merge(self.up1, y, f1)
+        y = self._merge(self.up0, y, f0)
         return self.out(y)
 
 
@@ -408,7 +442,7 @@ class LMAE(nn.Module):
                prior: torch.Tensor | None = None) -> torch.Tensor:
         """image (B,3,H,W), label_planes (B,N,H,W), ids_keep (B,K) -> latent (B,K,E)."""
         self._check_prior(prior)
-        x = self.patch_embed(self.fuse(image, label_planes, prior))  # (B, L, E)
+        x = self.patch_embed(self.fuse.parts(image, label_planes, prior))  # (B, L, E)
         x = gather_tokens(x + self.pos_embed, ids_keep)  # (B, K, E): the encoder sees visible tokens only
         for blk in self.blocks:
             x = blk(x)
@@ -416,8 +450,7 @@ class LMAE(nn.Module):
 
     def supplement_tokens(self, image: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
         """IPS: decoder-dim embedding of every image patch, (B, L, DD)."""
-        src = image if prior is None else torch.cat([image, prior], dim=1)
-        return self.ips_embed(src)
+        return self.ips_embed([image] if prior is None else [image, prior])
 
     def decode(self, latent: torch.Tensor, image: torch.Tensor, ids_mask: torch.Tensor, ids_restore: torch.Tensor,
                label_planes: torch.Tensor | None = None, prior: torch.Tensor | None = None) -> torch.Tensor:

@@ -106,6 +106,50 @@ def test_ort_parity_other_batch(bundle, ckpt):
     assert res["argmax_agreement"] == 1.0 and res["max_abs_diff"] < 1e-4
 
 
+def test_gelu_regrouped_so_onnx_runtime_fuses_it(bundle, tmp_path):
+    """torch writes GELU as x * (0.5 * (1 + erf(x / sqrt 2))), which ONNX Runtime does not
+    fuse; export regroups it, same outputs, and ORT's optimized graph keeps no Erf."""
+    import math
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from lmae_sdk.export.onnx_passes import gelu_for_fusion
+
+    def optimized_ops(model: onnx.ModelProto) -> list[str]:
+        src, dst = tmp_path / "in.onnx", tmp_path / "opt.onnx"
+        onnx.save(model, str(src))
+        o = ort.SessionOptions()
+        o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        o.optimized_model_filepath = str(dst)
+        sess = ort.InferenceSession(str(src), o, providers=["CPUExecutionProvider"])
+        return [n.op_type for n in onnx.load(str(dst)).graph.node], sess
+
+    const = lambda name, v: helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.FLOAT, [], [v]))  # noqa: E731
+    nodes = [const("sqrt2", math.sqrt(2)), const("one", 1.0), const("half", 0.5),
+             helper.make_node("Div", ["x", "sqrt2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["half", "a"], ["m"]),
+             helper.make_node("Mul", ["x", "m"], ["y"])]
+    vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 8])  # noqa: E731
+    model = helper.make_model(helper.make_graph(nodes, "gelu", [vi("x")], [vi("y")]),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    x = np.linspace(-4, 4, 16, dtype=np.float32).reshape(2, 8)
+    ops, sess = optimized_ops(model)
+    before = sess.run(None, {"x": x})[0]
+    assert "Erf" in ops  # as torch writes it: not fused
+    assert gelu_for_fusion(model) == 1
+    onnx.checker.check_model(model)
+    ops, sess = optimized_ops(model)
+    assert "Erf" not in ops and "Gelu" in ops
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], before, rtol=1e-6, atol=1e-6)
+    # the exported graphs come regrouped: nothing left to rewrite, and ORT fuses every GELU
+    for part in ("encoder", "decoder"):
+        proto = onnx.load(str(bundle / f"{part}_m0.5_fp32.onnx"))
+        assert "Erf" in [n.op_type for n in proto.graph.node]
+        assert gelu_for_fusion(proto) == 0
+        assert "Erf" not in optimized_ops(proto)[0]
+
+
 def test_readiness_passes_on_exported(bundle):
     for e in B.read_manifest(bundle).engines:
         for part in ("encoder", "decoder"):

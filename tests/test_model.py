@@ -141,3 +141,36 @@ def test_ips_ignores_label_of_masked_patches_and_mask_token_differs():
 def test_parameter_counts_grow_with_presets():
     counts = [count_parameters(LMAE(make_config(p, 11, img_size=(64, 64)))) for p in ("tiny", "small", "base")]
     assert counts == sorted(counts)
+
+
+def test_unet_merge_and_patch_parts_equal_the_concatenated_form():
+    """The refinement head's merges and the patch embeddings skip the full-resolution
+    concatenation; they must compute what the concatenated form computes (checkpoints
+    trained either way load into the other)."""
+    from lmae_sdk.model import PatchEmbed, UNetRefineHead
+
+    torch.manual_seed(0)
+    head = UNetRefineHead(9, 5, 8)
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, 9, 40, 56)
+
+    def concat_form(h, x):
+        f0 = h.stem(x)
+        f1 = h.down1(f0)
+        f2 = h.down2(f1)
+        f3 = h.down3(f2)
+        y = h.up2(torch.cat([h._up(f3, f2), f2], 1))
+        y = h.up1(torch.cat([h._up(y, f1), f1], 1))
+        return h.out(h.up0(torch.cat([h._up(y, f0), f0], 1)))
+
+    with torch.no_grad():
+        want, got = concat_form(head, x), head(x)
+    assert want.abs().max() > 1
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    pe = PatchEmbed(7, 12, 8)
+    parts = [torch.randn(2, 3, 32, 48), torch.randn(2, 4, 32, 48)]
+    with torch.no_grad():
+        torch.testing.assert_close(pe(parts), pe(torch.cat(parts, 1)), rtol=1e-4, atol=1e-4)
+        with pytest.raises(ValueError, match="7 channels, got 6"):
+            pe([parts[0], parts[0]])

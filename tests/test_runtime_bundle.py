@@ -84,6 +84,9 @@ def test_torch_and_onnxruntime_agree(ckpt, ort_completer):
     pairs = _pairs(6)
     a = list(tc.complete_batch(pairs, batch_size=4))
     b = list(ort_completer.complete_batch(pairs, batch_size=4))
+    lanes = list(ort_completer.complete_batch(pairs, batch_size=2, lanes=2))  # one ORT session, two threads
+    for rb, rl in zip(b, lanes):
+        assert rb.mask_ratio == rl.mask_ratio and (rb.label == rl.label).mean() > 0.999
     assert len({r.mask_ratio for r in b}) == 2
     for (img, lab), ra, rb in zip(pairs, a, b):
         hole = lab == 255

@@ -57,6 +57,39 @@ def test_complete_writes_one_png_per_label(ckpt, tmp_path):
         assert c.shape == part.shape and (c[part != 255] == 255).all()
 
 
+def test_auto_lanes_one_per_core_on_cpu_one_with_gpu(monkeypatch):
+    import os
+
+    import lmae_sdk.runtime.backends as backends
+    import lmae_sdk.runtime.completer as completer
+    from lmae_sdk.cli import _auto_lanes
+
+    cores = len(os.sched_getaffinity(0))
+    for mod, name in ((backends, "ort_cuda_available"), (backends, "trt_available"), (completer, "_cuda_available")):
+        monkeypatch.setattr(mod, name, lambda: False)
+    assert _auto_lanes("auto", None, 0) == (cores, 1)
+    assert _auto_lanes("onnxruntime", "cpu", 1) == (cores, 1)
+    assert _auto_lanes("auto", None, 2 * cores) == (1, 2 * cores)
+    assert _auto_lanes("auto", "cuda:0", 0) == (1, 0)
+    monkeypatch.setattr(backends, "ort_cuda_available", lambda: True)
+    assert _auto_lanes("auto", None, 0) == (1, 0) and _auto_lanes("torch", None, 0) == (cores, 1)
+
+
+def test_lanes_in_report_and_same_labels_as_one_lane(ckpt, tmp_path):
+    imgs, labs = _dataset(tmp_path)
+    outs = {}
+    for lanes in (1, 3):
+        out = tmp_path / f"out{lanes}"
+        res = _run("--model", ckpt, "--images", imgs, "--labels", labs, "--out", out, "--lanes", lanes,
+                   "--batch-size", "2")
+        assert res.exit_code == 0, res.output
+        rep = json.loads((out / "report.json").read_text())
+        assert rep["lanes"] == lanes and rep["images_completed"] == 6
+        outs[lanes] = {i: read_label(out / f"s{i}.png")[0] for i in range(6)}
+    for i in range(6):  # other batch mates: float noise at most
+        assert (outs[1][i] == outs[3][i]).mean() > 0.999
+
+
 def test_resume_after_interruption(ckpt, tmp_path):
     imgs, labs = _dataset(tmp_path)
     out = tmp_path / "out"

@@ -84,6 +84,35 @@ def test_batch_keeps_order_across_engines(completer):
         assert agree > 0.999  # batched vs single: float noise only
 
 
+def test_lanes_keep_order_and_match_one_lane(completer):
+    """Batches completed side by side come back in input order, with one lane's results;
+    a bad input in a lane is reported in place and on_result sees every good result."""
+    rng = np.random.default_rng(8)
+    pairs = []
+    for i in range(11):
+        h, w = int(rng.integers(30, 130)), int(rng.integers(30, 170))
+        img, lab = _pair(rng, h, w, holes=0)
+        lab[: int([0.0, 0.3, 0.7, 0.97][i % 4] * h)] = 255
+        pairs.append((img, lab, f"p{i}"))
+    pairs[5] = (pairs[5][0], pairs[5][1][:, :-1], "p5")  # size mismatch
+    one = list(completer.complete_batch(pairs, batch_size=2, on_error="return"))
+    seen = []
+    many = list(completer.complete_batch(iter(pairs), batch_size=2, on_error="return", lanes=3,
+                                         on_result=lambda r: seen.append(r.name)))
+    assert [r.name for r in many] == [f"p{i}" for i in range(11)]
+    assert [r.ok for r in many] == [i != 5 for i in range(11)] and "differs" in str(many[5].error)
+    assert sorted(seen) == sorted(f"p{i}" for i in range(11) if i != 5)
+    assert len({r.mask_ratio for r in many if r.ok}) >= 2
+    for a, b in zip(one, many):
+        if a.ok:
+            assert a.mask_ratio == b.mask_ratio and a.passes == b.passes
+            assert (a.label == b.label).mean() > 0.999
+    with pytest.raises(InputError):
+        list(completer.complete_batch(pairs, batch_size=2, lanes=2))
+    with pytest.raises(ValueError, match="lanes"):
+        list(completer.complete_batch(pairs, lanes=0))
+
+
 def test_min_confidence_leaves_unreliable_unknown(completer):
     rng = np.random.default_rng(4)
     img, lab = _pair(rng, 64, 96)

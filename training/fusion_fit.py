@@ -93,8 +93,8 @@ def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: i
 
 
 def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None = None, split: str = "train",
-               settings=DEFAULT_FIT_SETTINGS, images: int = 0, per_image: int = 3000, hidden: int = 32,
-               steps: int = 1500, class_weight_power: float = 0.25, seed: int = 0, threads: int = 0,
+               settings=DEFAULT_FIT_SETTINGS, images: int = 0, per_image: int = 6000, hidden: int = 32,
+               steps: int = 4000, class_weight_power: float = 0.25, seed: int = 0, threads: int = 0,
                hole_features: bool | None = None, line_features: bool | None = None, log=print) -> dict:
     """Fit pixel fusion on ``split`` and store it in the checkpoint (``out``, default in place).
 

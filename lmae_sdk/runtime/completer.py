@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import islice
@@ -337,7 +337,8 @@ class LMAECompleter:
     def complete_batch(self, pairs: Iterable, batch_size: int = 16, *, min_confidence: float = 0.0,
                        tile: bool = False, tile_scale: float = 1.0, workers: int = 2,
                        on_error: str = "raise", chunk_size: int | None = None,
-                       on_result: Callable[[CompletionResult], None] | None = None) -> Iterator[CompletionResult]:
+                       on_result: Callable[[CompletionResult], None] | None = None,
+                       lanes: int = 1) -> Iterator[CompletionResult]:
         """Complete any iterable of pairs, any sizes; results in input order.
 
         A pair is ``(image, partial)`` or ``(image, partial, name)`` where image / partial are
@@ -346,9 +347,22 @@ class LMAECompleter:
         ``on_result``: called with each good result on the worker threads, before it is
         yielded (e.g. write it to disk): the work overlaps the model instead of waiting for
         the caller's loop; an exception it raises is that image's error.
+
+        ``lanes``: batches completed side by side, each on its own thread from reading to
+        ``on_result`` (``workers`` is then unused).  On a CPU, load with ``threads=1`` and
+        set ``lanes`` to the core count: every core runs engine and host work in turn, where
+        one engine over all cores waits while the host works (about 1.25x on 2 cores,
+        benchmarks/RESULTS.md section 1).  A backend that is not thread-safe (TensorRT)
+        runs one batch at a time.
         """
         if on_error not in ("raise", "return"):
             raise ValueError("on_error must be 'raise' or 'return'")
+        if lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {lanes}")
+        if lanes > 1:
+            yield from self._complete_in_lanes(pairs, batch_size, min_confidence, tile, tile_scale, on_error,
+                                               chunk_size or batch_size, on_result, lanes)
+            return
         chunk = chunk_size or max(2 * batch_size, 8)
         it = enumerate(pairs)
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix="lmae-prep") as pool:
@@ -368,6 +382,27 @@ class LMAECompleter:
                 prev, cur = fin, nxt
             for f in prev:
                 yield f.result()
+
+    def _complete_in_lanes(self, pairs: Iterable, batch_size: int, min_confidence: float, tile: bool,
+                           tile_scale: float, on_error: str, chunk: int,
+                           on_result: Callable[[CompletionResult], None] | None,
+                           lanes: int) -> Iterator[CompletionResult]:
+        def run_chunk(chunk_pairs: list) -> list[CompletionResult]:
+            items = [self._load(i, p, tile, tile_scale, on_error) for i, p in chunk_pairs]
+            self._infer([j for item in items if item.error is None for j in item.jobs], batch_size, None)
+            return [self._finish_and_hand_on(item, min_confidence, on_result, on_error) for item in items]
+
+        it = enumerate(pairs)
+        pending: deque = deque()
+        with ThreadPoolExecutor(lanes, thread_name_prefix="lmae-lane") as pool:
+            while True:
+                chunk_pairs = list(islice(it, chunk))
+                if chunk_pairs:
+                    pending.append(pool.submit(run_chunk, chunk_pairs))
+                if pending and (len(pending) > lanes or not chunk_pairs):  # keep every lane busy, one queued
+                    yield from pending.popleft().result()
+                elif not chunk_pairs:
+                    return
 
     # ------------------------------------------------------------------ stages
     def _load(self, index: int, pair, tile: bool, tile_scale: float, on_error: str) -> _Item:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,9 @@ class TrtBackend(Backend):
         cls = _engine_class()
         self.precision = precision
         self.engines = {"encoder": cls(str(Path(encoder))), "decoder": cls(str(Path(decoder)))}
+        # one execution context and one set of device buffers per engine: calls from the
+        # completer's lanes take turns
+        self._lock = threading.Lock()
 
     @property
     def providers(self) -> list[str]:
@@ -63,6 +67,10 @@ class TrtBackend(Backend):
         if hasattr(out, "detach"):  # a torch tensor
             out = out.detach().float().cpu().numpy()
         return np.asarray(out, dtype=np.float32)
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        with self._lock:
+            return super().run(feed)
 
     def encode(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         return self._run("encoder", feed)
