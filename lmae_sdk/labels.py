@@ -250,6 +250,18 @@ def nearest_known(label: np.ndarray, unknown: int = UNKNOWN) -> tuple[np.ndarray
     return lut[idx], dist.astype(np.float32)
 
 
+def known_distance(label: np.ndarray, unknown: int = UNKNOWN) -> np.ndarray:
+    """The distance of :func:`nearest_known` alone (px, 0 on known pixels, +inf with none
+    known; within 3e-4 px of it): a third of its time, for where geodesic ids replace
+    the nearest ones."""
+    unknown_mask = label == unknown
+    if unknown_mask.all():
+        return np.full(label.shape, np.inf, np.float32)
+    if not unknown_mask.any():
+        return np.zeros(label.shape, np.float32)
+    return cv2.distanceTransform(unknown_mask.view(np.uint8), cv2.DIST_L2, 5).astype(np.float32, copy=False)
+
+
 PRIOR_MODES = ("euclidean", "geodesic")
 # geodesic step-cost parameters tuned on 80 CamVid TRAIN images at 50% random holes
 # (blur 0 / 0.7 / 1.2 / 2 x edge weight 30 / 100 / 300 / 1000; benchmarks/RESULTS.md section 0)
@@ -335,6 +347,34 @@ def _compiled_sweeps():
     return numba.njit(cache=True, nogil=True)(_geodesic_sweeps_loops)
 
 
+def _colour_steps_loops(g: np.ndarray, edge_weight: np.float32, step_x: np.ndarray,
+                        step_y: np.ndarray) -> None:  # pragma: no cover - compiled by numba
+    """step_x / step_y of :func:`_step_costs` in one pass over the blurred image: the same
+    float32 operations in the same order as its numpy form, bit for bit, without its
+    temporaries (2.2x faster)."""
+    h, w = step_x.shape
+    one = np.float32(1)
+    for y in range(h):
+        for x in range(w):
+            if x > 0:
+                d = (abs(g[y, x, 0] - g[y, x - 1, 0]) + abs(g[y, x, 1] - g[y, x - 1, 1])) \
+                    + abs(g[y, x, 2] - g[y, x - 1, 2])
+                step_x[y, x] = one + edge_weight * d
+            if y > 0:
+                d = (abs(g[y, x, 0] - g[y - 1, x, 0]) + abs(g[y, x, 1] - g[y - 1, x, 1])) \
+                    + abs(g[y, x, 2] - g[y - 1, x, 2])
+                step_y[y, x] = one + edge_weight * d
+
+
+@functools.cache
+def _compiled_colour_steps():
+    try:
+        import numba
+    except Exception:
+        return None
+    return numba.njit(cache=True, nogil=True)(_colour_steps_loops)
+
+
 def _step_costs(image: np.ndarray, edge_weight: float, blur_sigma: float, boundary: np.ndarray | None = None,
                 boundary_weight: float = 0.0, boundary_power: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Geodesic step costs 1 + edge_weight * |colour change| (sum over RGB, image blurred)
@@ -348,11 +388,15 @@ def _step_costs(image: np.ndarray, edge_weight: float, blur_sigma: float, bounda
     h, w = g.shape[:2]
     step_x = np.zeros((h, w), np.float32)
     step_y = np.zeros((h, w), np.float32)
-    # channel sums by hand: numpy's .sum(-1) over a length-3 axis is ~10x slower
-    dx = np.abs(g[:, 1:] - g[:, :-1])
-    step_x[:, 1:] = 1 + edge_weight * (dx[..., 0] + dx[..., 1] + dx[..., 2])
-    dy = np.abs(g[1:] - g[:-1])
-    step_y[1:] = 1 + edge_weight * (dy[..., 0] + dy[..., 1] + dy[..., 2])
+    compiled = _compiled_colour_steps() if g.ndim == 3 and g.shape[2] == 3 else None
+    if compiled is not None:
+        compiled(np.ascontiguousarray(g), np.float32(edge_weight), step_x, step_y)
+    else:
+        # channel sums by hand: numpy's .sum(-1) over a length-3 axis is ~10x slower
+        dx = np.abs(g[:, 1:] - g[:, :-1])
+        step_x[:, 1:] = 1 + edge_weight * (dx[..., 0] + dx[..., 1] + dx[..., 2])
+        dy = np.abs(g[1:] - g[:-1])
+        step_y[1:] = 1 + edge_weight * (dy[..., 0] + dy[..., 1] + dy[..., 2])
     if boundary is not None and boundary_weight > 0:
         if boundary.shape != (2, h, w):
             raise ValueError(f"boundary map shape {boundary.shape}; expected (2, {h}, {w})")
@@ -513,7 +557,10 @@ def propagate(label: np.ndarray, image: np.ndarray | None = None, mode: str = "e
         raise ValueError(f"prior mode must be one of {PRIOR_MODES}, got {mode!r}")
     if (mode == "geodesic" or num_classes) and image is None:
         raise ValueError("geodesic propagation needs the image")
-    ids, dist = nearest_known(label, unknown)
+    if mode == "geodesic":  # the ids come from the geodesic sweeps below
+        ids, dist = label, known_distance(label, unknown)
+    else:
+        ids, dist = nearest_known(label, unknown)
     cost = costs = None
     if num_classes and not (label == unknown).all():
         costs = geodesic_class_costs(image, label, num_classes, unknown, edge_weight, blur_sigma,

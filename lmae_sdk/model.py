@@ -262,6 +262,22 @@ class StackFuse(nn.Module):
         return parts
 
 
+def conv_over_parts(conv: nn.Conv2d, parts: list[torch.Tensor]) -> torch.Tensor:
+    """``conv(cat(parts, dim=1))`` as the sum of each part's conv with its slice of the
+    kernel: the same function without writing the concatenation."""
+    if len(parts) == 1:
+        return conv(parts[0])
+    w, c0, out = conv.weight, 0, None
+    for x in parts:
+        c1 = c0 + x.shape[1]
+        y = nn.functional.conv2d(x, w[:, c0:c1], conv.bias if out is None else None, conv.stride, conv.padding,
+                                 conv.dilation)
+        out, c0 = (y if out is None else out + y), c1
+    if c0 != w.shape[1]:
+        raise ValueError(f"{type(conv).__name__} takes {w.shape[1]} channels, got {c0}")
+    return out
+
+
 class PatchEmbed(nn.Module):
     """Conv2d stride-p patch embedding -> (B, L, D) tokens in row-major order.
 
@@ -275,17 +291,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch, stride=patch)
 
     def _project(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        if len(parts) == 1:
-            return self.proj(parts[0])
-        conv, w, c0 = self.proj, self.proj.weight, 0
-        out = None
-        for x in parts:
-            c1 = c0 + x.shape[1]
-            y = nn.functional.conv2d(x, w[:, c0:c1], conv.bias if out is None else None, conv.stride)
-            out, c0 = (y if out is None else out + y), c1
-        if c0 != w.shape[1]:
-            raise ValueError(f"patch embedding takes {w.shape[1]} channels, got {c0}")
-        return out
+        return conv_over_parts(self.proj, parts)
 
     def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         parts = list(x) if isinstance(x, (list, tuple)) else [x]
@@ -356,8 +362,10 @@ class UNetRefineHead(nn.Module):
         y = self._up(conv2d(low, conv.weight[:, :c]), skip) + conv2d(skip, conv.weight[:, c:], conv.bias)
         return block[1:](y)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f0 = self.stem(x)
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """x: the input (B, C, H, W) or its channel groups in order (not concatenated)."""
+        parts = list(x) if isinstance(x, (list, tuple)) else [x]
+        f0 = self.stem[1:](conv_over_parts(self.stem[0], parts))
         f1 = self.down1(f0)
         f2 = self.down2(f1)
         f3 = self.down3(f2)
@@ -481,7 +489,7 @@ class LMAE(nn.Module):
             if label_planes is None:
                 raise ValueError("the refinement stage needs label_planes")
             parts = [logits, image, label_planes] + ([prior] if prior is not None else [])
-            logits = logits + self.refine(torch.cat(parts, dim=1))
+            logits = logits + self.refine(parts if isinstance(self.refine, UNetRefineHead) else torch.cat(parts, 1))
         return logits
 
     def forward(self, image: torch.Tensor, label_planes: torch.Tensor, ids_keep: torch.Tensor,

@@ -154,6 +154,40 @@ def test_compiled_and_numpy_geodesic_sweeps_agree():
     np.testing.assert_allclose(cost_c, cost_n, rtol=1e-3, atol=1e-2)
 
 
+def test_compiled_colour_step_costs_equal_numpy_bit_for_bit(monkeypatch):
+    pytest.importorskip("numba", reason="numba not installed: only the numpy step costs exist here")
+    import lmae_sdk.labels as L
+
+    rng = np.random.default_rng(6)
+    img = rng.integers(0, 256, (37, 53, 3)).astype(np.uint8)
+    boundary = rng.random((2, 37, 53)).astype(np.float32)
+    got = [L._step_costs(img, 1000.0, b, boundary, 3000.0, 2.0) for b in (0, 1.2)]
+    monkeypatch.setattr(L, "_compiled_colour_steps", lambda: None)
+    want = [L._step_costs(img, 1000.0, b, boundary, 3000.0, 2.0) for b in (0, 1.2)]
+    for (gx, gy), (wx, wy) in zip(got, want):
+        assert gx[:, 1:].min() > 1 and (gx[:, 0] == 0).all() and (gy[0] == 0).all()
+        np.testing.assert_array_equal(gx, wx)
+        np.testing.assert_array_equal(gy, wy)
+
+
+def test_known_distance_is_nearest_knowns_distance():
+    from lmae_sdk.labels import known_distance
+
+    rng = np.random.default_rng(7)
+    lab = rng.integers(0, 3, (40, 60)).astype(np.uint8)
+    lab[rng.random((40, 60)) < 0.7] = 255
+    lab[5:30, 10:50] = 255
+    np.testing.assert_allclose(known_distance(lab), nearest_known(lab)[1], atol=1e-3)
+    assert known_distance(lab).dtype == np.float32 and (known_distance(lab)[lab != 255] == 0).all()
+    assert np.isinf(known_distance(np.full((4, 5), 255, np.uint8))).all()
+    assert (known_distance(np.zeros((4, 5), np.uint8)) == 0).all()
+    # geodesic propagation reads its distance plane from it (the ids from the sweeps)
+    img = rng.integers(0, 256, (40, 60, 3)).astype(np.uint8)
+    prop = propagate(lab, img, "geodesic", edge_weight=1000.0, blur_sigma=1.2)
+    np.testing.assert_allclose(prop.distance, nearest_known(lab)[1], atol=1e-3)
+    assert (prop.ids[lab != 255] == lab[lab != 255]).all() and (prop.ids != 255).all()
+
+
 def test_path_cost_plane_marks_holes_behind_image_edges():
     img = np.zeros((32, 64, 3), np.uint8)
     img[8:24, 40:56] = 255  # a bright object
