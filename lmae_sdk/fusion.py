@@ -44,7 +44,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .labels import UNKNOWN, resize_logits
+from .labels import UNKNOWN, numba_compiled, resize_logits
 
 FUSION_FEATURES = ("log_prob", "path_cost", "path_cost_gap", "is_nearest", "class_distance", "known_distance")
 HOLE_FEATURES = ("border_share", "border_boundary", "hole_size", "pixel_boundary")
@@ -267,12 +267,8 @@ def _fusion_loops(lp: np.ndarray, cost: np.ndarray, per_class: np.ndarray, known
 
 @functools.cache
 def _compiled_fusion():
-    try:
-        import numba
-    except Exception:
-        return None
     # reassociation lets the weight-row loops vectorise; no 'ninf': the kernel relies on -inf
-    return numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(_fusion_loops)
+    return numba_compiled(_fusion_loops, fastmath={"reassoc", "contract"})
 
 
 def _candidates(log_probs: np.ndarray, cost: np.ndarray, min_log_prob: float) -> np.ndarray:

@@ -149,6 +149,17 @@ def resize_planes(planes: np.ndarray, size: tuple[int, int], interpolation: int)
     return out
 
 
+def numba_compiled(fn, **options):
+    """``fn`` compiled by numba (cached on disk, releasing the GIL so the completer's threads
+    run it side by side), or None where numba is absent (optional: each kernel here has a
+    numpy form that gives the same result)."""
+    try:
+        import numba
+    except Exception:  # not installed, or no wheel for this platform
+        return None
+    return numba.njit(cache=True, nogil=True, **options)(fn)
+
+
 def _area_table(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """OpenCV's INTER_AREA weights for a downscale src -> dst along one axis (its
     computeResizeAreaTab): (source index, destination index, weight) per entry; each
@@ -185,11 +196,7 @@ def _area_one_hot_loops(ids: np.ndarray, n: int, ys: np.ndarray, yd: np.ndarray,
 
 @functools.cache
 def _compiled_area_one_hot():
-    try:
-        import numba
-    except Exception:
-        return None
-    return numba.njit(cache=True, nogil=True)(_area_one_hot_loops)
+    return numba_compiled(_area_one_hot_loops)
 
 
 @functools.cache
@@ -340,11 +347,7 @@ def _geodesic_sweeps_loops(dist: np.ndarray, ids: np.ndarray, step_x: np.ndarray
 @functools.cache
 def _compiled_sweeps():
     """numba-compiled sweeps, or None (numba is optional: the numpy form gives the same labels)."""
-    try:
-        import numba
-    except Exception:  # not installed, or no wheel for this platform
-        return None
-    return numba.njit(cache=True, nogil=True)(_geodesic_sweeps_loops)
+    return numba_compiled(_geodesic_sweeps_loops)
 
 
 def _colour_steps_loops(g: np.ndarray, edge_weight: np.float32, step_x: np.ndarray,
@@ -368,11 +371,7 @@ def _colour_steps_loops(g: np.ndarray, edge_weight: np.float32, step_x: np.ndarr
 
 @functools.cache
 def _compiled_colour_steps():
-    try:
-        import numba
-    except Exception:
-        return None
-    return numba.njit(cache=True, nogil=True)(_colour_steps_loops)
+    return numba_compiled(_colour_steps_loops)
 
 
 def _step_costs(image: np.ndarray, edge_weight: float, blur_sigma: float, boundary: np.ndarray | None = None,
@@ -480,11 +479,7 @@ def _class_sweeps_loops(dist: np.ndarray, step_x: np.ndarray, step_y: np.ndarray
 
 @functools.cache
 def _compiled_class_sweeps():
-    try:
-        import numba
-    except Exception:
-        return None
-    return numba.njit(cache=True, nogil=True)(_class_sweeps_loops)
+    return numba_compiled(_class_sweeps_loops)
 
 
 NO_PATH = np.float32(1e9)  # the path cost of a class with no known pixel
