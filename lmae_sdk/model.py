@@ -255,8 +255,8 @@ class StackFuse(nn.Module):
             code = (label_planes * self.class_code).sum(dim=1, keepdim=True)  # (B, 1, H, W)
             if self.mode == "concat":
                 parts = [code, image]
-            else:
-                parts = [image[:, 0:1], code, image[:, 1:2], code, image[:, 2:3], code]
+            else:  # six one-channel groups would be six thin convs: one group
+                parts = [torch.cat([image[:, 0:1], code, image[:, 1:2], code, image[:, 2:3], code], dim=1)]
         if prior is not None:
             parts.append(prior)
         return parts
@@ -283,8 +283,8 @@ class PatchEmbed(nn.Module):
 
     Takes the input whole (B, C, H, W) or as its channel groups in order: then each group
     is projected by its slice of the kernel and the projections summed, the same function
-    without writing the full-resolution concatenation (about 6% of the engine's time in
-    ONNX Runtime)."""
+    without writing the full-resolution concatenation (the engine 1.08x faster in ONNX
+    Runtime: benchmarks/experiments/engine_graph.py)."""
 
     def __init__(self, in_chans: int, dim: int, patch: int) -> None:
         super().__init__()
@@ -356,7 +356,8 @@ class UNetRefineHead(nn.Module):
         """``block(cat([up(low), skip]))`` whose first layer is a 1x1 conv, computed as
         ``up(conv_low(low)) + conv_skip(skip)``: the same function (a 1x1 conv commutes with
         bilinear upsampling), with neither the upsampled ``low`` nor the concatenation ever
-        stored at the skip's resolution (1.3x faster in ONNX Runtime at batch 16)."""
+        stored at the skip's resolution (the engine 1.12x faster in ONNX Runtime:
+        benchmarks/experiments/engine_graph.py)."""
         conv, c = block[0], low.shape[1]
         conv2d = nn.functional.conv2d
         y = self._up(conv2d(low, conv.weight[:, :c]), skip) + conv2d(skip, conv.weight[:, c:], conv.bias)

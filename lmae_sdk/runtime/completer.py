@@ -351,9 +351,9 @@ class LMAECompleter:
         ``lanes``: batches completed side by side, each on its own thread from reading to
         ``on_result`` (``workers`` is then unused).  On a CPU, load with ``threads=1`` and
         set ``lanes`` to the core count: every core runs engine and host work in turn, where
-        one engine over all cores waits while the host works (about 1.25x on 2 cores,
-        benchmarks/RESULTS.md section 1).  A backend that is not thread-safe (TensorRT)
-        runs one batch at a time.
+        one engine over all cores waits while the host works (1.13x for ``small`` on 2 cores,
+        benchmarks/RESULTS.md section 1).  TensorRT's engine calls take turns (one execution
+        context per engine); the lanes' host work still overlaps them.
         """
         if on_error not in ("raise", "return"):
             raise ValueError("on_error must be 'raise' or 'return'")
