@@ -365,7 +365,7 @@ def _confidence_png(conf: np.ndarray) -> bytes:
 
 def _auto_lanes(backend: str, device: str | None, threads: int) -> tuple[int, int]:
     """(lanes, engine threads) for ``--lanes 0``: on a CPU every core completes its own batches
-    (1.13x the throughput of one engine over both cores for ``small`` on 2 cores,
+    (1.13-1.18x the throughput of one engine over both cores for ``small`` on 2 cores,
     benchmarks/RESULTS.md section 1); with a GPU, one lane whose workers prepare while the GPU
     runs."""
     from lmae_sdk.runtime.backends import ort_cuda_available, trt_available

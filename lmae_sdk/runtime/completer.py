@@ -351,7 +351,7 @@ class LMAECompleter:
         ``lanes``: batches completed side by side, each on its own thread from reading to
         ``on_result`` (``workers`` is then unused).  On a CPU, load with ``threads=1`` and
         set ``lanes`` to the core count: every core runs engine and host work in turn, where
-        one engine over all cores waits while the host works (1.13x for ``small`` on 2 cores,
+        one engine over all cores waits while the host works (1.13-1.18x for ``small`` on 2 cores,
         benchmarks/RESULTS.md section 1).  TensorRT's engine calls take turns (one execution
         context per engine); the lanes' host work still overlaps them.
         """
