@@ -12,6 +12,10 @@ For every (preset, backend, batch size), side by side:
 * **engine-only**: the backend's encoder + decoder call on ready, stacked arrays (the same
   engine, the same K).
 
+``--lanes N``: e2e completes N batches side by side (``complete_batch(lanes=N)``, engines on
+threads / N threads each); engine-only is then the better of one call on all threads and N
+one-lane calls side by side, so e2e / engine compares with the best the engine does alone.
+
 Plus peak RSS while each cell ran, model FLOPs per image (``FlopCounterMode`` on
 encode + decode: matmuls / convs only), this machine's fp32 matmul peak on the same thread
 count, and the share of it the engine reaches (roofline share).  Backends: torch eager, ONNX
@@ -369,8 +373,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "threads; engine-only is then the better of lanes concurrent calls and one call on all "
                          "threads")
     ap.add_argument("--lane-threads", type=int, default=0,
-                    help="engine threads per lane (0 = threads / lanes; more oversubscribes the cores, which "
-                         "lets one lane's engine use the core the other lane's host work leaves idle)")
+                    help="engine threads per lane (0 = threads / lanes; more oversubscribes the cores: on 2 "
+                         "cores 2 lanes x 2 threads ran at 0.85x of 2 x 1, RESULTS section 1)")
     ap.add_argument("--images", type=int, default=32, help="images in the e2e stream (at least 2 batches)")
     ap.add_argument("--reps", type=int, default=5, help="timed engine-only calls per batch size")
     ap.add_argument("--latency-reps", type=int, default=3, help="isolated e2e batches per batch size")
