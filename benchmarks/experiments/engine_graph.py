@@ -113,7 +113,7 @@ def main() -> None:
             times[i].append(time.perf_counter() - t0)
     base = np.median(times[0])
     print(f"{a.preset}, batch {a.batch}, ORT {a.threads} thread(s), median of {a.reps} interleaved runs")
-    print(f"| variant | ms/image | speed-up vs a | max abs diff vs a |\n|---|---|---|---|")
+    print("| variant | ms/image | speed-up vs a | max abs diff vs a |\n|---|---|---|---|")
     for name, ts, out in zip(VARIANTS, times, outs):
         print(f"| {name} | {1e3 * np.median(ts) / a.batch:.1f} | {base / np.median(ts):.2f}x | "
               f"{np.abs(out - outs[0]).max():.1e} |")
