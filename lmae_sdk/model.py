@@ -262,6 +262,11 @@ class StackFuse(nn.Module):
         return parts
 
 
+def as_parts(x: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """A module input given whole (B, C, H, W) or as its channel groups in order -> the groups."""
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
 def conv_over_parts(conv: nn.Conv2d, parts: list[torch.Tensor]) -> torch.Tensor:
     """``conv(cat(parts, dim=1))`` as the sum of each part's conv with its slice of the
     kernel: the same function without writing the concatenation."""
@@ -290,19 +295,16 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch, stride=patch)
 
-    def _project(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        return conv_over_parts(self.proj, parts)
-
     def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
-        parts = list(x) if isinstance(x, (list, tuple)) else [x]
+        parts = as_parts(x)
         if torch.is_autocast_enabled(parts[0].device.type):
             # in float32 under autocast: torch 2.13's bf16 kernel for a patchify conv (kernel =
             # stride >= 4, an even number of input channels >= 4) returns wrong values on CPUs
             # with AMX (relative error ~1), and a model trained through it fails in float32
             # (benchmarks/RESULTS.md, section 0, session 8); it is a small share of the FLOPs
             with torch.autocast(parts[0].device.type, enabled=False):
-                return self._project([p.float() for p in parts]).flatten(2).transpose(1, 2)
-        return self._project(parts).flatten(2).transpose(1, 2)
+                return conv_over_parts(self.proj, [p.float() for p in parts]).flatten(2).transpose(1, 2)
+        return conv_over_parts(self.proj, parts).flatten(2).transpose(1, 2)
 
 
 class RefineHead(nn.Module):
@@ -321,8 +323,9 @@ class RefineHead(nn.Module):
         nn.init.zeros_(self.out.weight)  # start as identity on the coarse logits
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.body(x))
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """x: the input (B, C, H, W) or its channel groups in order."""
+        return self.out(self.body(torch.cat(as_parts(x), dim=1)))
 
 
 class UNetRefineHead(nn.Module):
@@ -365,8 +368,7 @@ class UNetRefineHead(nn.Module):
 
     def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """x: the input (B, C, H, W) or its channel groups in order (not concatenated)."""
-        parts = list(x) if isinstance(x, (list, tuple)) else [x]
-        f0 = self.stem[1:](conv_over_parts(self.stem[0], parts))
+        f0 = self.stem[1:](conv_over_parts(self.stem[0], as_parts(x)))
         f1 = self.down1(f0)
         f2 = self.down2(f1)
         f3 = self.down3(f2)
@@ -490,7 +492,7 @@ class LMAE(nn.Module):
             if label_planes is None:
                 raise ValueError("the refinement stage needs label_planes")
             parts = [logits, image, label_planes] + ([prior] if prior is not None else [])
-            logits = logits + self.refine(parts if isinstance(self.refine, UNetRefineHead) else torch.cat(parts, 1))
+            logits = logits + self.refine(parts)
         return logits
 
     def forward(self, image: torch.Tensor, label_planes: torch.Tensor, ids_keep: torch.Tensor,

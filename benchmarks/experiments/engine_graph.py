@@ -39,18 +39,18 @@ def concatenated_forms(level: int):
     from lmae_sdk import model as M
 
     saved = {(onnx_export, "gelu_for_fusion"): onnx_export.gelu_for_fusion,
-             (M.UNetRefineHead, "_merge"): M.UNetRefineHead._merge,
-             (M.PatchEmbed, "_project"): M.PatchEmbed._project, (M, "conv_over_parts"): M.conv_over_parts}
+             (M.UNetRefineHead, "_merge"): M.UNetRefineHead._merge, (M, "conv_over_parts"): M.conv_over_parts}
     if level < 1:
         onnx_export.gelu_for_fusion = lambda proto: 0
     if level < 2:
         M.UNetRefineHead._merge = lambda self, block, low, skip: block(torch.cat([self._up(low, skip), skip], 1))
-    if level < 3:
-        M.PatchEmbed._project = lambda self, parts: self.proj(torch.cat(parts, 1))
-    if level < 4:  # the stem: the 1x1 conv_over_parts (patch embeddings are 16x16)
-        real = M.conv_over_parts
-        M.conv_over_parts = lambda conv, parts: (conv(torch.cat(parts, 1)) if conv.kernel_size == (1, 1)
-                                                 else real(conv, parts))
+    real = M.conv_over_parts
+
+    def conv_over_parts(conv, parts):  # the stem is the 1x1 call, the patch embeddings the 16x16 ones
+        undo = level < 4 if conv.kernel_size == (1, 1) else level < 3
+        return conv(torch.cat(parts, 1)) if undo else real(conv, parts)
+
+    M.conv_over_parts = conv_over_parts
     try:
         yield
     finally:
