@@ -37,6 +37,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise InputError(p, "image file not found")
+    rgb = _decode_jpeg(p)
+    if rgb is not None:
+        return rgb
     try:
         with Image.open(p) as im:
             im.load()
@@ -44,6 +47,21 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except Exception as e:  # Pillow raises many types for truncated / non-image files
         raise InputError(p, f"unreadable or truncated image ({type(e).__name__}: {e})") from None
     return rgb
+
+
+def _decode_jpeg(path: Path) -> np.ndarray | None:
+    """A complete JPEG decoded by OpenCV, else None (Pillow then reads the file and names
+    what is wrong).  The same pixels as Pillow's (both libjpeg-turbo, EXIF orientation not
+    applied; checked on CamVid) in ~75% of its time.  "Complete" = ends with the EOI
+    marker: OpenCV would pad a truncated file with grey where Pillow refuses it."""
+    data = np.fromfile(path, np.uint8)
+    if data.size < 4 or bytes(data[:3]) != b"\xff\xd8\xff" or bytes(data[-2:]) != b"\xff\xd9":
+        return None
+    rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes to RGB directly
+    img = cv2.imdecode(data, (cv2.IMREAD_COLOR if rgb_flag is None else rgb_flag) | cv2.IMREAD_IGNORE_ORIENTATION)
+    if img is None or rgb_flag is not None:
+        return img
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def read_label(path: str | os.PathLike) -> tuple[np.ndarray, list[list[int]] | None]:
@@ -99,6 +117,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def encode_png(label: np.ndarray, palette: list[list[int]] | None = None) -> bytes:
     import io
 
+    if palette is None:  # 8-bit grey: OpenCV's encoder with run-length deflate, 1.5x faster and
+        # ~30% smaller than Pillow's level 3 on CamVid labels
+        ok, buf = cv2.imencode(".png", np.ascontiguousarray(label, dtype=np.uint8),
+                               [cv2.IMWRITE_PNG_COMPRESSION, 3, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
+        if ok:
+            return buf.tobytes()
     im = Image.fromarray(np.ascontiguousarray(label.astype(np.uint8)), mode="L")
     if palette is not None:
         im = im.convert("P")
@@ -124,11 +148,33 @@ def check_label_ids(label: np.ndarray, num_classes: int, unknown: int = UNKNOWN,
 # --------------------------------------------------------------------------------------
 # model-side tensors
 # --------------------------------------------------------------------------------------
+def _normalize_loops(small: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                     out: np.ndarray) -> None:  # pragma: no cover - compiled by numba
+    """out[c] = (small[..., c] / 255 - mean[c]) / std[c]: numpy's float32 operations in its
+    order (the same bits), in one pass and already channel-first."""
+    h, w = out.shape[1:]
+    for c in range(3):
+        for y in range(h):
+            for x in range(w):
+                out[c, y, x] = (np.float32(small[y, x, c]) / np.float32(255.0) - mean[c]) / std[c]
+
+
+@functools.cache
+def _compiled_normalize():
+    return numba_compiled(_normalize_loops)
+
+
 def normalize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """RGB uint8 (H, W, 3) -> float32 (3, h, w), bilinear resize, ImageNet normalization."""
     h, w = size
-    x = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
-    x = (x - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    small = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+    mean, std = np.asarray(IMAGENET_MEAN, np.float32), np.asarray(IMAGENET_STD, np.float32)
+    compiled = _compiled_normalize()
+    if compiled is not None:  # 5x faster than the five numpy passes below
+        out = np.empty((3, h, w), np.float32)
+        compiled(np.ascontiguousarray(small), mean, std, out)
+        return out
+    x = (small.astype(np.float32) / 255.0 - mean) / std
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
@@ -615,6 +661,45 @@ def resize_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resize_planes(np.ascontiguousarray(logits, dtype=np.float32), size, cv2.INTER_LINEAR)
 
 
+def _class_max_loops(planes: np.ndarray, top: np.ndarray, arg: np.ndarray) -> None:  # pragma: no cover - numba
+    """Row by row, classes outer, pixels inner: loops the compiler vectorises."""
+    n, h, w = planes.shape
+    for y in range(h):
+        for x in range(w):
+            top[y, x] = planes[0, y, x]
+            arg[y, x] = 0
+        for c in range(1, n):
+            for x in range(w):
+                if planes[c, y, x] > top[y, x]:  # strict: the first maximum wins, as np.argmax
+                    top[y, x] = planes[c, y, x]
+                    arg[y, x] = c
+
+
+@functools.cache
+def _compiled_class_max():
+    return numba_compiled(_class_max_loops)
+
+
+def class_max(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, H, W) float32 -> per pixel the largest value (H, W) float32 and its class (H, W)
+    uint8, the first on ties (``planes.max(0)``, ``planes.argmax(0)``).  Compiled by numba
+    ~5x faster than numpy's elementwise loop below."""
+    n, h, w = planes.shape
+    top = np.empty((h, w), np.float32)
+    arg = np.empty((h, w), np.uint8)
+    compiled = _compiled_class_max()
+    if compiled is not None:
+        compiled(np.ascontiguousarray(planes, dtype=np.float32), top, arg)
+        return top, arg
+    # elementwise numpy only: boolean-mask assignment is ~10x slower here
+    top[:] = planes[0]
+    arg[:] = 0
+    for c in range(1, n):  # classes ascend, so max(arg, c * better) sets c where better
+        np.maximum(arg, np.greater(planes[c], top).view(np.uint8) * np.uint8(c), out=arg)
+        np.maximum(top, planes[c], out=top)
+    return top, arg
+
+
 def upsampled_prediction(logits: np.ndarray, size: tuple[int, int], forced: np.ndarray | None = None,
                          min_forced_prob: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(N, h, w) model-size logits -> per input pixel the argmax id (H, W) uint8 and its
@@ -627,12 +712,7 @@ def upsampled_prediction(logits: np.ndarray, size: tuple[int, int], forced: np.n
     """
     n, (h, w) = logits.shape[0], size
     planes = resize_logits(logits, size)  # (N, H, W)
-    # Elementwise numpy / OpenCV only: boolean-mask assignment is ~10x slower here.
-    top = planes[0].copy()  # running max logit
-    arg = np.zeros((h, w), np.uint8)
-    for c in range(1, n):  # classes ascend, so max(arg, c * better) sets c where better
-        np.maximum(arg, np.greater(planes[c], top).view(np.uint8) * np.uint8(c), out=arg)  # strict: first max wins
-        np.maximum(top, planes[c], out=top)
+    top, arg = class_max(planes)
     total = np.zeros((h, w), np.float32)  # softmax denominator, stabilized by the max
     e = np.empty((h, w), np.float32)
     for c in range(n):
@@ -648,3 +728,4 @@ def upsampled_prediction(logits: np.ndarray, size: tuple[int, int], forced: np.n
         use &= p_forced >= min_forced_prob
     pred = np.where(use, forced, arg).astype(np.uint8)
     return pred, np.where(use, p_forced, 1.0 / total)
+

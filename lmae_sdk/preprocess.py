@@ -67,11 +67,13 @@ def prepare(image: np.ndarray, partial: np.ndarray, cfg: LMAEConfig, label_resiz
 
 def route(inputs: ModelInputs, cfg: LMAEConfig, mask_ratio: float, strategy: str = "background_first",
           threshold: float = DEFAULT_UNKNOWN_THRESHOLD, background_index: int | None = None,
-          rng: np.random.Generator | None = None) -> MaskPlan:
+          rng: np.random.Generator | None = None, share: np.ndarray | None = None) -> MaskPlan:
     """Patches needing completion first, topped up to L - K by ``strategy`` (inference:
-    Background-First)."""
+    Background-First).  ``share``: ``patch_class_share(inputs.label_planes, p)`` when the
+    caller has it."""
     rng = rng or np.random.default_rng(0)
-    share = patch_class_share(inputs.label_planes, cfg.patch_size)
+    if share is None:
+        share = patch_class_share(inputs.label_planes, cfg.patch_size)
     scores = strategy_scores(strategy, share, rng, background_index)
     return plan_masks(unknown_share(share), scores, num_masked(cfg.num_patches, mask_ratio), threshold)
 
@@ -106,8 +108,8 @@ def finish(logits: np.ndarray, partial: np.ndarray, unknown: int = UNKNOWN, min_
             nearest, dist = propagated[:2] if propagated is not None else nearest_known(partial, unknown)
             forced = np.where(hole & (dist < near_copy_px), nearest, UNKNOWN).astype(np.uint8)
         pred, p = upsampled_prediction(logits, partial.shape, forced, near_copy_min_prob)
-        out[hole] = pred[hole]
-        conf[hole] = p[hole]
+        np.copyto(out, pred, where=hole)  # faster than out[hole] = pred[hole]: no gather
+        np.copyto(conf, p, where=hole)
     if min_confidence > 0:
         out[hole & (conf < min_confidence)] = unknown
     return out, conf

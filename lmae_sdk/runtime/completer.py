@@ -512,12 +512,14 @@ class LMAECompleter:
                     for f in [pool.submit(self._advance, j) for j in active]:
                         f.result()
 
-    def _run(self, eng: Engine, inputs: list[ModelInputs], plans: list[MaskPlan]) -> np.ndarray:
-        inp = ModelInputs.stack(inputs)
+    def _run(self, eng: Engine, inputs: list[ModelInputs], plans: list[MaskPlan]) -> list[np.ndarray]:
         plan = MaskPlan.stack(plans)
-        feed = {"image": inp.image, "label_planes": inp.label_planes, "prior": inp.prior,
+        # image-sized inputs per image: stacking 16 images' copies cost ~1.7 ms per image, and
+        # the CPU runtime calls its graphs one image at a time anyway
+        feed = {"image": [i.image for i in inputs], "label_planes": [i.label_planes for i in inputs],
+                "prior": None if inputs[0].prior is None else [i.prior for i in inputs],
                 "ids_keep": plan.ids_keep, "ids_mask": plan.ids_mask, "ids_restore": plan.ids_restore}
-        return eng.backend.run(feed)
+        return eng.backend.run_images(feed)
 
     def _finish_and_hand_on(self, item: _Item, min_confidence: float,
                             on_result: Callable[[CompletionResult], None] | None, on_error: str) -> CompletionResult:

@@ -59,7 +59,8 @@ def route_image(inputs: ModelInputs, cfg: LMAEConfig, ratios: Sequence[float], t
     if not ratios:
         raise ValueError("no engines to route to")
     L = cfg.num_patches
-    unk = unknown_share(patch_class_share(inputs.label_planes, cfg.patch_size))
+    share = patch_class_share(inputs.label_planes, cfg.patch_size)
+    unk = unknown_share(share)
     n_must = int((unk > threshold).sum())
     m = choose_ratio(n_must, ratios, L)
     final = m is not None
@@ -70,7 +71,7 @@ def route_image(inputs: ModelInputs, cfg: LMAEConfig, ratios: Sequence[float], t
         final = force_final
     # plan_masks puts the must-patches first, most unknown first: an intermediate pass
     # therefore masks the most-unknown patches
-    plan = route(inputs, cfg, m, "background_first", threshold, background_index)
+    plan = route(inputs, cfg, m, "background_first", threshold, background_index, share=share)
     return RouteDecision(m, n_must, plan, final, unk)
 
 

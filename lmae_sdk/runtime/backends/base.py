@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,12 @@ class Backend(ABC):
                              f"got {feed['ids_keep'].shape[1]}")
         latent = self.encode(feed)
         return self.decode({**feed, "latent": latent})
+
+    def run_images(self, feed: dict[str, Any]) -> list[np.ndarray]:
+        """``run`` for a batch whose image-sized inputs may come as lists of per-image arrays
+        (the completer's, unstacked); returns the logits per image.  This default stacks
+        them; a runtime that calls its graphs a few images at a time stacks only those."""
+        return list(self.run({k: np.stack(v) if isinstance(v, list) else v for k, v in feed.items()}))
 
     def select(self, part: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = self.input_names[part]

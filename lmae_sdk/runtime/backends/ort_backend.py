@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -11,6 +12,13 @@ from ...boundaries import BoundarySpec, boundary_input, boundary_to_image
 from .base import Backend, BackendError
 
 log = logging.getLogger("lmae_sdk.runtime")
+
+# Images per session call on CPU: a batch runs one image at a time, so that the decoder's
+# full-resolution maps (~4 MB per map and image at 224x288) stay in cache; 16 images per call
+# stream them through memory, and two lanes side by side then contend for it (engine 1.5x
+# faster in two lanes: benchmarks/RESULTS.md, section 1, session 11).  It also spares the
+# completer stacking its per-image inputs (``run_images``).  On a GPU a batch is one call.
+CPU_IMAGES_PER_CALL = 1
 
 
 def ort_available() -> bool:
@@ -64,9 +72,14 @@ class OrtBackend(Backend):
 
     def __init__(self, encoder: str | os.PathLike, decoder: str | os.PathLike, mask_ratio: float, num_visible: int,
                  input_names: dict[str, list[str]], device: str = "cpu", threads: int = 0,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", images_per_call: int | None = None) -> None:
+        """``images_per_call``: a batch runs in calls of this many images (default
+        ``CPU_IMAGES_PER_CALL`` on CPU; 0 = the whole batch in one call, the default on CUDA)."""
         super().__init__(mask_ratio, num_visible, input_names)
         self.precision = precision
+        if images_per_call is None:
+            images_per_call = 0 if device.startswith("cuda") else CPU_IMAGES_PER_CALL
+        self.images_per_call = int(images_per_call)
         self.sessions = {}
         for part, path in (("encoder", encoder), ("decoder", decoder)):
             sess = ort_session(path, device, threads)
@@ -100,6 +113,35 @@ class OrtBackend(Backend):
 
     def decode(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         return self.sessions["decoder"].run(None, self._feed("decoder", feed))[0].astype(np.float32, copy=False)
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        n, step = len(feed["ids_keep"]), self.images_per_call
+        if not step or n <= step:
+            return super().run(feed)
+        out = None
+        for s in range(0, n, step):
+            part = super().run({k: None if v is None else v[s: s + step] for k, v in feed.items()})
+            if out is None:
+                out = np.empty((n, *part.shape[1:]), part.dtype)
+            out[s: s + len(part)] = part
+        return out
+
+    def run_images(self, feed: dict[str, Any]) -> list[np.ndarray]:
+        step = self.images_per_call
+        if not step:
+            return super().run_images(feed)
+        out: list[np.ndarray] = []
+        for s in range(0, len(feed["ids_keep"]), step):
+            part = {k: _batch_of(v[s: s + step]) for k, v in feed.items() if v is not None}
+            out.extend(super().run(part))
+        return out
+
+
+def _batch_of(images: np.ndarray | list[np.ndarray]) -> np.ndarray:
+    """A (b, ...) batch from a batch slice or a list of per-image arrays (one image: a view)."""
+    if not isinstance(images, list):
+        return images
+    return images[0][None] if len(images) == 1 else np.stack(images)
 
 
 class OrtBoundaries:
