@@ -221,27 +221,35 @@ def engine_feed(completer, pairs: list[tuple[Path, Path]], mask_ratio: float) ->
             "ids_mask": plan.ids_mask, "ids_restore": plan.ids_restore}
 
 
-def run_e2e(completer, pairs, out_dir: Path, batch_size: int, workers: int, lanes: int = 1) -> tuple[float, dict]:
+def run_e2e(completer, pairs, out_dir: Path, batch_size: int, workers: int, lanes: int = 1,
+            confidence: bool = False) -> tuple[float, dict]:
+    """Seconds to complete ``pairs`` and write them as ``lmae complete`` does: the labels, and
+    with ``confidence`` the confidence PNGs too (``--confidence-dir``)."""
     from collections import Counter
 
-    from lmae_sdk.labels import write_label
+    from lmae_sdk.cli import _confidence_png
+    from lmae_sdk.labels import atomic_write_bytes, write_label
 
     used: Counter = Counter()
     passes = 0
 
     def save(r) -> None:  # on the completer's workers, as `lmae complete` writes
+        if confidence:
+            atomic_write_bytes(out_dir / f"conf_{Path(r.name).name}", _confidence_png(r.confidence))
         write_label(out_dir / Path(r.name).name, r.label, r.palette)
 
     t0 = time.perf_counter()
-    for r in completer.complete_batch(pairs, batch_size=batch_size, workers=workers, on_result=save, lanes=lanes):
+    for r in completer.complete_batch(pairs, batch_size=batch_size, workers=workers, on_result=save, lanes=lanes,
+                                      confidence=confidence):
         used.update({f"{m:g}": n for m, n in r.engines.items()})
         passes = max(passes, r.passes)
     return time.perf_counter() - t0, {"engine_runs": dict(used), "max_passes": passes}
 
 
-def stage_profile(completer, pairs, out_dir: Path, mask_ratio: float) -> dict[str, float]:
+def stage_profile(completer, pairs, out_dir: Path, mask_ratio: float, confidence: bool = False) -> dict[str, float]:
     """Serial per-image seconds of each e2e stage over ``pairs`` (one batch): where time goes."""
-    from lmae_sdk.labels import read_image, read_label, write_label
+    from lmae_sdk.cli import _confidence_png
+    from lmae_sdk.labels import atomic_write_bytes, read_image, read_label, write_label
     from lmae_sdk.masking import MaskPlan
     from lmae_sdk.preprocess import ModelInputs, finish, prepare, propagate_for, route
 
@@ -276,9 +284,11 @@ def stage_profile(completer, pairs, out_dir: Path, mask_ratio: float) -> dict[st
     t["engine"] += time.perf_counter() - t0
     for i, lab in enumerate(labs):
         t0 = time.perf_counter()
-        out, _ = finish(logits[i], lab, near_copy_px=completer.near_copy_px, propagated=props[i],
-                        near_copy_min_prob=completer.near_copy_min_prob, fusion=fusion)
+        out, conf = finish(logits[i], lab, near_copy_px=completer.near_copy_px, propagated=props[i],
+                           near_copy_min_prob=completer.near_copy_min_prob, fusion=fusion, confidence=confidence)
         t1 = time.perf_counter()
+        if confidence:
+            atomic_write_bytes(out_dir / f"profile_conf_{i:04d}.png", _confidence_png(conf))
         write_label(out_dir / f"profile_{i:04d}.png", out)
         t["write"] += time.perf_counter() - t1
         t["finish"] += t1 - t0
@@ -302,7 +312,7 @@ def concurrent_engine_ips(eng, feed: dict[str, np.ndarray], reps: int, lanes: in
 
 def bench_cell(completer, pairs, work: Path, bs: int, n_stream: int, reps: int, lat_reps: int, workers: int,
                mask_ratio: float, lanes: int = 1, full_engine=None,
-               set_lane_threads: Callable[[bool], None] | None = None) -> dict[str, Any]:
+               set_lane_threads: Callable[[bool], None] | None = None, confidence: bool = False) -> dict[str, Any]:
     """e2e and engine-only figures of one backend at batch ``bs``.
 
     ``lanes > 1``: the completer's engines run on ``threads / lanes`` threads and e2e runs
@@ -330,17 +340,21 @@ def bench_cell(completer, pairs, work: Path, bs: int, n_stream: int, reps: int, 
         eng_p = percentiles(lat)
         engine_ips = bs / eng_p["p50"]
         if lanes > 1:
-            lanes_ips = concurrent_engine_ips(eng, feed, reps, lanes)
-            extra = {"engine_ips_one_call": engine_ips, "engine_ips_lanes": lanes_ips}
+            # as many images as the e2e stream: both figures of the ratio span a like stretch of
+            # time on a machine whose speed drifts (5 batches per lane swung by +-10% here)
+            lane_reps = max(reps, -(-n_stream // (lanes * bs)))
+            lanes_ips = concurrent_engine_ips(eng, feed, lane_reps, lanes)
+            extra = {"engine_ips_one_call": engine_ips, "engine_ips_lanes": lanes_ips,
+                     "engine_lanes_images": lane_reps * lanes * bs}
             engine_ips = max(engine_ips, lanes_ips)
         # e2e: warm-up batch, then the stream, then isolated batches for latency
-        run_e2e(completer, pairs[:bs], out_dir, bs, workers, lanes)
+        run_e2e(completer, pairs[:bs], out_dir, bs, workers, lanes, confidence)
         stream = pairs[:n_stream]
-        total, used = run_e2e(completer, stream, out_dir, bs, workers, lanes)
+        total, used = run_e2e(completer, stream, out_dir, bs, workers, lanes, confidence)
         e2e_lat = []
         for r in range(lat_reps):
             s = (r * bs) % max(len(pairs) - bs + 1, 1)
-            dt, _ = run_e2e(completer, pairs[s: s + bs], out_dir, bs, workers, lanes)
+            dt, _ = run_e2e(completer, pairs[s: s + bs], out_dir, bs, workers, lanes, confidence)
             e2e_lat.append(dt)
     e2e_p = percentiles(e2e_lat)
     return {
@@ -368,6 +382,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--prep-workers", type=int, default=0,
                     help="threads that decode / prepare / finish / write (0 = --threads); on a small CPU, "
                          "engine threads + prep workers = cores keeps the engine fed")
+    ap.add_argument("--confidence", action="store_true",
+                    help="e2e also computes and writes the confidence maps (lmae complete --confidence-dir); "
+                         "default: labels only, as lmae complete writes by default")
     ap.add_argument("--lanes", type=int, default=1,
                     help="batches completed side by side (complete_batch lanes), each engine on threads / lanes "
                          "threads; engine-only is then the better of lanes concurrent calls and one call on all "
@@ -538,7 +555,8 @@ def main(argv=None) -> dict[str, Any]:
                     for bs in batch_sizes:
                         n_stream = max(a.images, 4 * bs)  # >= 2 chunks of 2 * bs: prep overlaps inference
                         cell = bench_cell(completer, pairs, tmp / "run", bs, n_stream, a.reps, a.latency_reps,
-                                          a.prep_workers or max(1, a.threads), a.mask_ratio, lanes, full, lane_mode)
+                                          a.prep_workers or max(1, a.threads), a.mask_ratio, lanes, full, lane_mode,
+                                          a.confidence)
                         gfl = flops[preset]["per_image"] * cell["engine_ips"] / 1e9
                         cell.update({"preset": preset, "backend": b, "providers": completer.providers,
                                      "engine_gflops": gfl, "roofline_share": gfl / peak["gflops"],
@@ -549,7 +567,7 @@ def main(argv=None) -> dict[str, Any]:
                               f"{100 * cell['roofline_share']:.0f}%  rss {cell['peak_rss_mb']:.0f} MB", flush=True)
                     lane_mode(False)  # the profile's engine call on all threads, as engine-only
                     profiles[f"{preset}/{b}"] = stage_profile(full or completer, pairs[:pbs], tmp / "run",
-                                                              a.mask_ratio)
+                                                              a.mask_ratio, a.confidence)
                 del completer, full
         # the peak again at the end (a busy machine can spoil one measurement): keep the best
         peak_end = matmul_peak_gflops(a.threads, a.matmul_n)

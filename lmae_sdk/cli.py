@@ -472,7 +472,8 @@ def complete(model_path: str, images: str, labels_dir: str, out: str, backend: s
         write_label(dst / f"{r.name}.png", r.label, r.palette)
 
     for r in completer.complete_batch(todo, batch_size=batch_size, min_confidence=min_confidence, tile=tile,
-                                      workers=workers, on_error="return", on_result=save, lanes=lanes):
+                                      workers=workers, on_error="return", on_result=save, lanes=lanes,
+                                      confidence=conf_dst is not None):
         bar.update(1)
         stem = r.name
         if not r.ok:

@@ -701,7 +701,8 @@ def class_max(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def upsampled_prediction(logits: np.ndarray, size: tuple[int, int], forced: np.ndarray | None = None,
-                         min_forced_prob: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                         min_forced_prob: float = 0.0,
+                         confidence: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """(N, h, w) model-size logits -> per input pixel the argmax id (H, W) uint8 and its
     softmax probability (H, W) float32, as argmax / softmax of ``resize_logits(...)``.
 
@@ -709,10 +710,14 @@ def upsampled_prediction(logits: np.ndarray, size: tuple[int, int], forced: np.n
     boolean gather, which cost more than the resize itself.  ``forced`` (H, W) ids (255 =
     not forced): where set, that class is the prediction and its probability the confidence,
     unless the model gives it less than ``min_forced_prob`` (then the argmax stands).
+    ``confidence=False``: the probability is None (the softmax, half of the time here, is
+    skipped unless ``min_forced_prob`` needs it).
     """
     n, (h, w) = logits.shape[0], size
     planes = resize_logits(logits, size)  # (N, H, W)
     top, arg = class_max(planes)
+    if not confidence and (forced is None or min_forced_prob <= 0):
+        return (arg if forced is None else np.where(forced != UNKNOWN, forced, arg).astype(np.uint8)), None
     total = np.zeros((h, w), np.float32)  # softmax denominator, stabilized by the max
     e = np.empty((h, w), np.float32)
     for c in range(n):
@@ -727,5 +732,5 @@ def upsampled_prediction(logits: np.ndarray, size: tuple[int, int], forced: np.n
     if min_forced_prob > 0:
         use &= p_forced >= min_forced_prob
     pred = np.where(use, forced, arg).astype(np.uint8)
-    return pred, np.where(use, p_forced, 1.0 / total)
+    return pred, (np.where(use, p_forced, 1.0 / total) if confidence else None)
 

@@ -353,6 +353,10 @@ class UNetRefineHead(nn.Module):
 
     @staticmethod
     def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        if like.shape[-2:] == tuple(2 * d for d in x.shape[-2:]):
+            # the same numbers as size=like's, but a constant scale: ONNX Runtime then upsamples in
+            # its blocked (NCHWc) layout, without layout reorders around it
+            return nn.functional.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
         return nn.functional.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
     def _merge(self, block: nn.Sequential, low: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:

@@ -80,7 +80,8 @@ def route(inputs: ModelInputs, cfg: LMAEConfig, mask_ratio: float, strategy: str
 
 def finish(logits: np.ndarray, partial: np.ndarray, unknown: int = UNKNOWN, min_confidence: float = 0.0,
            near_copy_px: float = 0.0, propagated: Propagation | None = None,
-           near_copy_min_prob: float = 0.0, fusion: PixelFusion | None = None) -> tuple[np.ndarray, np.ndarray]:
+           near_copy_min_prob: float = 0.0, fusion: PixelFusion | None = None,
+           confidence: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Model-size logits (N, h, w) -> (completed label (H, W) uint8, confidence (H, W)).
 
     Known pixels keep their label and confidence 1; unknown pixels take the argmax; with
@@ -94,10 +95,13 @@ def finish(logits: np.ndarray, partial: np.ndarray, unknown: int = UNKNOWN, min_
     boundary runs; a whole removed object, whose class the copy cannot know, stays the
     model's.  ``fusion``: pixel fusion decides instead of the near-copy rule (needs
     ``propagated`` with class costs: ``propagate_for(..., class_costs=True)``).
+    ``confidence=False``: the confidence returned is None, unless ``min_confidence`` needs it
+    (then it is computed and returned).
     """
     hole = partial == unknown
     out = partial.copy()
-    conf = np.ones(partial.shape, np.float32)
+    confidence = confidence or min_confidence > 0
+    conf = np.ones(partial.shape, np.float32) if confidence else None
     if fusion is not None and hole.any() and not hole.all():
         if propagated is None or propagated.class_costs is None:
             raise ValueError("pixel fusion needs the propagation's class costs (propagate_for(..., class_costs=True))")
@@ -107,9 +111,10 @@ def finish(logits: np.ndarray, partial: np.ndarray, unknown: int = UNKNOWN, min_
         if near_copy_px > 0 and not hole.all():
             nearest, dist = propagated[:2] if propagated is not None else nearest_known(partial, unknown)
             forced = np.where(hole & (dist < near_copy_px), nearest, UNKNOWN).astype(np.uint8)
-        pred, p = upsampled_prediction(logits, partial.shape, forced, near_copy_min_prob)
+        pred, p = upsampled_prediction(logits, partial.shape, forced, near_copy_min_prob, confidence)
         np.copyto(out, pred, where=hole)  # faster than out[hole] = pred[hole]: no gather
-        np.copyto(conf, p, where=hole)
+        if confidence:
+            np.copyto(conf, p, where=hole)
     if min_confidence > 0:
         out[hole & (conf < min_confidence)] = unknown
-    return out, conf
+    return out, conf if confidence else None

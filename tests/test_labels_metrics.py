@@ -325,3 +325,71 @@ def test_near_copy_min_prob_keeps_the_model_where_it_rules_the_copied_class_out(
     assert (always[:, 2:] == 0).all()  # the plain copy overwrites the object
     assert (gated[:, 8:] == 2).all() and (gated[:, 2:8] == 0).all()  # the gate keeps it, copies the rest
     assert (gated[:, :2] == 0).all() and np.allclose(conf[:, :2], 1.0)  # known pixels untouched
+
+
+def test_class_max_equals_numpy_max_and_first_argmax(monkeypatch):
+    import lmae_sdk.labels as L
+
+    rng = np.random.default_rng(3)
+    planes = rng.standard_normal((7, 13, 17)).astype(np.float32)
+    planes[:, 0, :5] = 0.25  # ties: the first class wins
+    got = [L.class_max(planes)]
+    monkeypatch.setattr(L, "_compiled_class_max", lambda: None)  # the numpy form
+    got.append(L.class_max(planes))
+    for top, arg in got:
+        np.testing.assert_array_equal(top, planes.max(0))
+        np.testing.assert_array_equal(arg, planes.argmax(0))
+        assert arg.dtype == np.uint8 and (arg[0, :5] == 0).all()
+
+
+def test_normalize_image_compiled_equals_numpy_bit_for_bit(monkeypatch):
+    import lmae_sdk.labels as L
+
+    img = np.random.default_rng(4).integers(0, 256, (37, 53, 3)).astype(np.uint8)
+    got = L.normalize_image(img, (24, 32))
+    monkeypatch.setattr(L, "_compiled_normalize", lambda: None)
+    want = L.normalize_image(img, (24, 32))
+    assert got.shape == (3, 24, 32) and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, want)
+
+
+def test_jpeg_read_matches_pillow_and_a_truncated_file_is_refused(tmp_path):
+    from lmae_sdk.labels import read_image
+
+    rng = np.random.default_rng(5)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (40, 56, 3)).astype(np.uint8), (0, 0), 2)
+    path = tmp_path / "a.jpg"
+    Image.fromarray(img).save(path, quality=90)
+    got = read_image(path)
+    np.testing.assert_array_equal(got, np.asarray(Image.open(path).convert("RGB")))
+    data = path.read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="cut.jpg.*truncated"):
+        read_image(tmp_path / "cut.jpg")
+
+
+def test_grey_label_png_round_trip(tmp_path):
+    lab = np.random.default_rng(6).integers(0, 12, (33, 47)).astype(np.uint8)
+    lab[:5] = 255
+    write_label(tmp_path / "l.png", lab)
+    with Image.open(tmp_path / "l.png") as im:
+        assert im.mode == "L"
+    got, palette = read_label(tmp_path / "l.png")
+    assert palette is None
+    np.testing.assert_array_equal(got, lab)
+
+
+def test_finish_without_confidence_gives_the_same_labels():
+    rng = np.random.default_rng(7)
+    logits = (3 * rng.standard_normal((5, 8, 12))).astype(np.float32)
+    partial = rng.integers(0, 5, (21, 30)).astype(np.uint8)
+    partial[5:15, 4:20] = 255
+    with_conf, conf = finish(logits, partial)
+    without, none = finish(logits, partial, confidence=False)
+    assert none is None and conf is not None
+    np.testing.assert_array_equal(without, with_conf)
+    copied, _ = finish(logits, partial, near_copy_px=3, confidence=False)
+    want, _ = finish(logits, partial, near_copy_px=3)
+    np.testing.assert_array_equal(copied, want)
+    gated, conf2 = finish(logits, partial, min_confidence=0.6, confidence=False)  # needs it: computed
+    assert conf2 is not None and (gated[conf2 < 0.6] == 255).all()

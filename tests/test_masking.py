@@ -96,3 +96,9 @@ def test_num_masked_and_stack():
     st = MaskPlan.stack([plan_masks(np.zeros(6), rng.random(6), 3) for _ in range(4)])
     assert st.ids_keep.shape == (4, 3)
     assert st.masked_grid((2, 3)).sum() == 12
+
+
+def test_patch_class_share_is_the_patch_mean():
+    planes = np.random.default_rng(8).random((3, 16, 24)).astype(np.float32)
+    want = planes.reshape(3, 4, 4, 6, 4).mean(axis=(2, 4)).reshape(3, -1)
+    np.testing.assert_allclose(patch_class_share(planes, 4), want, rtol=1e-6)

@@ -174,3 +174,19 @@ def test_unet_merge_and_patch_parts_equal_the_concatenated_form():
         torch.testing.assert_close(pe(parts), pe(torch.cat(parts, 1)), rtol=1e-4, atol=1e-4)
         with pytest.raises(ValueError, match="7 channels, got 6"):
             pe([parts[0], parts[0]])
+
+
+def test_unpatchify_and_constant_scale_upsampling_equal_the_torch_forms():
+    """The export-friendly forms (one 6-D transpose; a constant 2x scale) compute what the
+    pixel shuffle and the size-driven interpolation compute."""
+    from lmae_sdk.model import UNetRefineHead
+
+    cfg = make_config("tiny", 5, img_size=(32, 48))
+    model = LMAE(cfg)
+    x = torch.randn(2, cfg.num_patches, 5 * 16 * 16)
+    shuffled = torch.nn.functional.pixel_shuffle(x.transpose(1, 2).reshape(2, -1, *cfg.grid), 16)
+    assert torch.equal(model.unpatchify(x), shuffled)
+    low = torch.randn(2, 3, 7, 9)
+    for size in ((14, 18), (15, 17)):  # exactly twice: the constant scale; otherwise: the size
+        want = torch.nn.functional.interpolate(low, size=size, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(UNetRefineHead._up(low, torch.empty(1, 1, *size)), want, rtol=0, atol=1e-6)

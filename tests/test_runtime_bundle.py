@@ -95,6 +95,43 @@ def test_torch_and_onnxruntime_agree(ckpt, ort_completer):
         np.testing.assert_allclose(ra.confidence, rb.confidence, atol=1e-3)
 
 
+def test_ort_batches_in_calls_of_a_few_images_give_the_whole_batch_result(bundle, ort_completer):
+    from lmae_sdk.runtime.backends.ort_backend import OrtBackend
+
+    be = ort_completer.engines[0.5].backend
+    assert be.images_per_call == 1  # the CPU default
+    cfg = ort_completer.cfg
+    rng = np.random.default_rng(2)
+    b, (h, w), L = 5, cfg.img_size, cfg.num_patches
+    plans = [rng.permutation(L) for _ in range(b)]
+    K = be.num_visible
+    keep = np.sort(np.stack([p[:K] for p in plans]), 1)
+    mask = np.sort(np.stack([p[K:] for p in plans]), 1)
+    feed = {"image": rng.standard_normal((b, 3, h, w)).astype(np.float32),
+            "label_planes": rng.random((b, cfg.num_classes, h, w)).astype(np.float32),
+            "prior": rng.random((b, cfg.prior_channels, h, w)).astype(np.float32),
+            "ids_keep": keep, "ids_mask": mask, "ids_restore": np.argsort(np.concatenate([keep, mask], 1), 1)}
+    files = [bundle / f"{part}_m0.5_fp32.onnx" for part in ("encoder", "decoder")]
+    whole = OrtBackend(*files, 0.5, K, be.input_names, threads=1, images_per_call=0).run(feed)
+    assert whole.shape == (b, cfg.num_classes, h, w)
+    for k in (1, 3):
+        part = OrtBackend(*files, 0.5, K, be.input_names, threads=1, images_per_call=k)
+        np.testing.assert_allclose(part.run(feed), whole, rtol=1e-5, atol=1e-5)
+        per_image = {n: list(v) if n in ("image", "label_planes", "prior") else v for n, v in feed.items()}
+        got = part.run_images(per_image)
+        assert len(got) == b
+        np.testing.assert_allclose(np.stack(got), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_results_without_confidence(ort_completer):
+    pairs = _pairs(3)
+    a = list(ort_completer.complete_batch(pairs, batch_size=2))
+    b = list(ort_completer.complete_batch(pairs, batch_size=2, lanes=2, confidence=False))
+    for ra, rb in zip(a, b):
+        assert ra.confidence is not None and rb.confidence is None
+        np.testing.assert_array_equal(ra.label, rb.label)
+
+
 def test_backend_choice_errors(ckpt, bundle):
     from lmae_sdk import LMAECompleter
 

@@ -10,7 +10,9 @@ is timed on the same batch, interleaved (ms/image, median of ``--reps``):
   d. + patch embeddings summed over the fuse map's channel groups (no fuse-map concatenation)
   e. + the refinement stem summed over its input groups
   f. + the per-patch logits unpatchified by one 6-D transpose, not a token transpose and a
-     pixel shuffle (DepthToSpace) (= what ``lmae-export`` writes now)
+     pixel shuffle (DepthToSpace)
+  g. + the UNet's 2x upsampling by a constant scale, not to a size read from a tensor's shape
+     (ORT then keeps it in its blocked layout) (= what ``lmae-export`` writes now)
 
 Each variant runs twice: the whole batch in one session call, and sliced as the ORT backend
 runs a batch on CPU (``ort_backend.CPU_IMAGES_PER_CALL`` images per call).
@@ -34,18 +36,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks._common import DEFAULT_CAMVID, random_checkpoint, set_threads  # noqa: E402
 
 VARIANTS = ("a. as torch writes it", "b. + GELU regrouped", "c. + UNet merges", "d. + patch embeddings by groups",
-            "e. + refinement stem by groups", "f. + logits unpatchified by one transpose")
+            "e. + refinement stem by groups", "f. + logits unpatchified by one transpose",
+            "g. + upsampling by a constant scale")
 
 
 @contextlib.contextmanager
 def concatenated_forms(level: int):
-    """Undo the graph changes after ``level`` (0 = none kept ... 5 = all kept)."""
+    """Undo the graph changes after ``level`` (0 = none kept ... 6 = all kept)."""
     import lmae_sdk.export.onnx_export as onnx_export
     from lmae_sdk import model as M
 
     saved = {(onnx_export, "gelu_for_fusion"): onnx_export.gelu_for_fusion,
              (M.UNetRefineHead, "_merge"): M.UNetRefineHead._merge, (M, "conv_over_parts"): M.conv_over_parts,
-             (M.LMAE, "unpatchify"): M.LMAE.unpatchify}
+             (M.LMAE, "unpatchify"): M.LMAE.unpatchify, (M.UNetRefineHead, "_up"): M.UNetRefineHead.__dict__["_up"]}  # the staticmethod
     if level < 1:
         onnx_export.gelu_for_fusion = lambda proto: 0
     if level < 2:
@@ -56,6 +59,9 @@ def concatenated_forms(level: int):
             return torch.nn.functional.pixel_shuffle(x, self.cfg.patch_size)
 
         M.LMAE.unpatchify = unpatchify
+    if level < 6:
+        M.UNetRefineHead._up = staticmethod(lambda x, like: torch.nn.functional.interpolate(
+            x, size=like.shape[-2:], mode="bilinear", align_corners=False))
     real = M.conv_over_parts
 
     def conv_over_parts(conv, parts):  # the stem is the 1x1 call, the patch embeddings the 16x16 ones

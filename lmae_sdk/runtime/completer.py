@@ -42,7 +42,7 @@ PRECISION_PREFERENCE = {"cpu": ("fp32", "fp16", "int8"), "gpu": ("fp16", "fp32",
 @dataclass
 class CompletionResult:
     label: np.ndarray | None  # (H, W) uint8, unknown pixels filled (or left unknown below min_confidence)
-    confidence: np.ndarray | None  # (H, W) float32, 1 on known pixels
+    confidence: np.ndarray | None  # (H, W) float32, 1 on known pixels; None when not asked for
     mask_ratio: float  # the engine used (the largest one over tiles / passes)
     passes: int = 1
     tiles: int = 1
@@ -328,17 +328,18 @@ class LMAECompleter:
 
     # ------------------------------------------------------------------ public API
     def complete(self, image, partial, *, min_confidence: float = 0.0, tile: bool = False,
-                 tile_scale: float = 1.0) -> CompletionResult:
-        """One image; raises :class:`InputError` on a bad input."""
+                 tile_scale: float = 1.0, confidence: bool = True) -> CompletionResult:
+        """One image; raises :class:`InputError` on a bad input.  ``confidence=False``: no
+        confidence map (``result.confidence`` None) unless ``min_confidence`` needs one."""
         item = self._load(0, (image, partial), tile, tile_scale, on_error="raise")
         self._infer([j for j in item.jobs], batch_size=max(len(item.jobs), 1), pool=None)
-        return self._finish(item, min_confidence)
+        return self._finish(item, min_confidence, confidence)
 
     def complete_batch(self, pairs: Iterable, batch_size: int = 16, *, min_confidence: float = 0.0,
                        tile: bool = False, tile_scale: float = 1.0, workers: int = 2,
                        on_error: str = "raise", chunk_size: int | None = None,
                        on_result: Callable[[CompletionResult], None] | None = None,
-                       lanes: int = 1) -> Iterator[CompletionResult]:
+                       lanes: int = 1, confidence: bool = True) -> Iterator[CompletionResult]:
         """Complete any iterable of pairs, any sizes; results in input order.
 
         A pair is ``(image, partial)`` or ``(image, partial, name)`` where image / partial are
@@ -346,7 +347,9 @@ class LMAECompleter:
         result with ``.error`` for a bad input and carries on; ``"raise"`` raises it.
         ``on_result``: called with each good result on the worker threads, before it is
         yielded (e.g. write it to disk): the work overlaps the model instead of waiting for
-        the caller's loop; an exception it raises is that image's error.
+        the caller's loop; an exception it raises is that image's error.  ``confidence=False``:
+        results carry no confidence map unless ``min_confidence`` needs one (the softmax is ~15%
+        of the host work per image; ``lmae complete`` asks for it with ``--confidence-dir``).
 
         ``lanes``: batches completed side by side, each on its own thread from reading to
         ``on_result`` (``workers`` is then unused).  On a CPU, load with ``threads=1`` and
@@ -360,8 +363,8 @@ class LMAECompleter:
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
         if lanes > 1:
-            yield from self._complete_in_lanes(pairs, batch_size, min_confidence, tile, tile_scale, on_error,
-                                               chunk_size or batch_size, on_result, lanes)
+            yield from self._complete_in_lanes(pairs, batch_size, (min_confidence, confidence), tile, tile_scale,
+                                               on_error, chunk_size or batch_size, on_result, lanes)
             return
         chunk = chunk_size or max(2 * batch_size, 8)
         it = enumerate(pairs)
@@ -375,7 +378,7 @@ class LMAECompleter:
                 nxt = submit_chunk()  # the next chunk prepares while this one runs the model
                 items = [f.result() for f in cur]
                 self._infer([j for item in items if item.error is None for j in item.jobs], batch_size, pool)
-                fin = [pool.submit(self._finish_and_hand_on, item, min_confidence, on_result, on_error)
+                fin = [pool.submit(self._finish_and_hand_on, item, (min_confidence, confidence), on_result, on_error)
                        for item in items]
                 for f in prev:  # finished on the pool while this chunk was inferred
                     yield f.result()
@@ -383,14 +386,22 @@ class LMAECompleter:
             for f in prev:
                 yield f.result()
 
-    def _complete_in_lanes(self, pairs: Iterable, batch_size: int, min_confidence: float, tile: bool,
+    def _complete_in_lanes(self, pairs: Iterable, batch_size: int, wanted: tuple[float, bool], tile: bool,
                            tile_scale: float, on_error: str, chunk: int,
                            on_result: Callable[[CompletionResult], None] | None,
                            lanes: int) -> Iterator[CompletionResult]:
+        # engines that run a batch a few images per call anyway (ONNX Runtime on CPU): the lane
+        # takes its chunk that many images at a time from reading to on_result, so each image's
+        # arrays are still in cache when the engine and the finish read them
+        step = min([batch_size] + [e.backend.images_per_call or batch_size for e in self.engines.values()])
+
         def run_chunk(chunk_pairs: list) -> list[CompletionResult]:
-            items = [self._load(i, p, tile, tile_scale, on_error) for i, p in chunk_pairs]
-            self._infer([j for item in items if item.error is None for j in item.jobs], batch_size, None)
-            return [self._finish_and_hand_on(item, min_confidence, on_result, on_error) for item in items]
+            results = []
+            for s in range(0, len(chunk_pairs), step):
+                items = [self._load(i, p, tile, tile_scale, on_error) for i, p in chunk_pairs[s: s + step]]
+                self._infer([j for item in items if item.error is None for j in item.jobs], batch_size, None)
+                results += [self._finish_and_hand_on(item, wanted, on_result, on_error) for item in items]
+            return results
 
         it = enumerate(pairs)
         pending: deque = deque()
@@ -521,9 +532,9 @@ class LMAECompleter:
                 "ids_keep": plan.ids_keep, "ids_mask": plan.ids_mask, "ids_restore": plan.ids_restore}
         return eng.backend.run_images(feed)
 
-    def _finish_and_hand_on(self, item: _Item, min_confidence: float,
+    def _finish_and_hand_on(self, item: _Item, wanted: tuple[float, bool],
                             on_result: Callable[[CompletionResult], None] | None, on_error: str) -> CompletionResult:
-        result = self._finish(item, min_confidence)
+        result = self._finish(item, *wanted)
         if on_result is not None and result.ok:
             try:
                 on_result(result)
@@ -533,7 +544,7 @@ class LMAECompleter:
                 return replace(result, error=e)
         return result
 
-    def _finish(self, item: _Item, min_confidence: float) -> CompletionResult:
+    def _finish(self, item: _Item, min_confidence: float, confidence: bool = True) -> CompletionResult:
         if item.error is not None:
             return CompletionResult(None, None, float("nan"), 0, 0, name=item.name, error=item.error)
         partial = item.partial
@@ -546,15 +557,16 @@ class LMAECompleter:
             propagated = propagate_for(self.cfg, partial, item.image, self.unknown_index, self.fusion is not None,
                                        item.boundary)
         label, conf = finish(logits, partial, self.unknown_index, min_confidence, self.near_copy_px, propagated,
-                             self.near_copy_min_prob, self.fusion)
+                             self.near_copy_min_prob, self.fusion, confidence)
         hole = partial == self.unknown_index
-        unreliable = int((label[hole] == self.unknown_index).sum())
+        # only min_confidence leaves hole pixels unknown
+        unreliable = int(np.count_nonzero(label[hole] == self.unknown_index)) if min_confidence > 0 else 0
         runs = Counter()
         for j in item.jobs:
             runs.update(j.runs)
         return CompletionResult(label, conf, max(runs) if runs else float("nan"),
                                 passes=max(j.passes for j in item.jobs), tiles=len(item.jobs),
-                                filled=int(hole.sum()) - unreliable, unreliable=unreliable, name=item.name,
+                                filled=int(np.count_nonzero(hole)) - unreliable, unreliable=unreliable, name=item.name,
                                 palette=item.palette, engines=dict(runs))
 
     def _blend(self, jobs: list[_Job], shape: tuple[int, int]) -> np.ndarray:

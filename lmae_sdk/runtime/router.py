@@ -98,7 +98,7 @@ def apply_pass(working: np.ndarray, logits: np.ndarray, decision: RouteDecision,
                unknown: int = UNKNOWN) -> np.ndarray:
     """An intermediate pass's predictions for its masked patches become known pixels of
     the working label (a new array; known pixels are kept)."""
-    pred, _ = finish(logits, working, unknown)
+    pred, _ = finish(logits, working, unknown, confidence=False)
     region = patch_region(cfg, decision.masked, working.shape) & (working == unknown)
     out = working.copy()
     out[region] = pred[region]

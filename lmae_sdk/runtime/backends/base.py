@@ -19,6 +19,8 @@ class Backend(ABC):
     """
 
     name: str = "backend"
+    # a batch runs in calls of this many images (0: the whole batch in one call)
+    images_per_call: int = 0
 
     def __init__(self, mask_ratio: float, num_visible: int, input_names: dict[str, list[str]]) -> None:
         self.mask_ratio = float(mask_ratio)
