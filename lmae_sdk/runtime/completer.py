@@ -30,6 +30,7 @@ from ..labels import UNKNOWN, InputError, Propagation, check_label_ids, read_ima
 from ..masking import MaskPlan, num_masked
 from ..model import LMAEConfig
 from ..preprocess import ModelInputs, finish, prepare, propagate_for
+from .allocator import keep_freed_memory
 from .backends import (Backend, BackendError, OrtBackend, OrtBoundaries, TorchBackend, TrtBackend,
                        ort_available, ort_cuda_available, trt_available)
 from .router import RouteDecision, apply_pass, route_image
@@ -362,6 +363,7 @@ class LMAECompleter:
             raise ValueError("on_error must be 'raise' or 'return'")
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
+        keep_freed_memory()  # a third of the host work was page faults on fresh arrays (allocator.py)
         if lanes > 1:
             yield from self._complete_in_lanes(pairs, batch_size, (min_confidence, confidence), tile, tile_scale,
                                                on_error, chunk_size or batch_size, on_result, lanes)
