@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .fusion import PixelFusion
-from .labels import (UNKNOWN, Propagation, label_planes, nearest_known, normalize_image, prior_planes, propagate,
-                     upsampled_prediction)
+from .labels import (UNKNOWN, Propagation, fill_argmax, label_planes, nearest_known, normalize_image, prior_planes,
+                     propagate, upsampled_prediction)
 from .masking import (DEFAULT_UNKNOWN_THRESHOLD, MaskPlan, num_masked, patch_class_share, plan_masks,
                       strategy_scores, unknown_share)
 from .model import LMAEConfig
@@ -111,10 +111,15 @@ def finish(logits: np.ndarray, partial: np.ndarray, unknown: int = UNKNOWN, min_
         if near_copy_px > 0 and not hole.all():
             nearest, dist = propagated[:2] if propagated is not None else nearest_known(partial, unknown)
             forced = np.where(hole & (dist < near_copy_px), nearest, UNKNOWN).astype(np.uint8)
-        pred, p = upsampled_prediction(logits, partial.shape, forced, near_copy_min_prob, confidence)
-        np.copyto(out, pred, where=hole)  # faster than out[hole] = pred[hole]: no gather
-        if confidence:
-            np.copyto(conf, p, where=hole)
+        if not confidence and (forced is None or near_copy_min_prob <= 0):  # labels only
+            fill_argmax(logits, hole, out)
+            if forced is not None:
+                np.copyto(out, forced, where=hole & (forced != UNKNOWN))
+        else:
+            pred, p = upsampled_prediction(logits, partial.shape, forced, near_copy_min_prob, confidence)
+            np.copyto(out, pred, where=hole)  # faster than out[hole] = pred[hole]: no gather
+            if confidence:
+                np.copyto(conf, p, where=hole)
     if min_confidence > 0:
         out[hole & (conf < min_confidence)] = unknown
     return out, conf if confidence else None

@@ -393,3 +393,23 @@ def test_finish_without_confidence_gives_the_same_labels():
     np.testing.assert_array_equal(copied, want)
     gated, conf2 = finish(logits, partial, min_confidence=0.6, confidence=False)  # needs it: computed
     assert conf2 is not None and (gated[conf2 < 0.6] == 255).all()
+
+
+@pytest.mark.parametrize("size", [(21, 30), (40, 61)])
+def test_fill_argmax_is_the_upsampled_argmax_where_asked(size, monkeypatch):
+    import lmae_sdk.labels as L
+
+    rng = np.random.default_rng(9)
+    logits = cv2.GaussianBlur(rng.standard_normal((16, 24, 6)).astype(np.float32) * 8, (0, 0), 1.5)
+    logits = np.ascontiguousarray(logits.transpose(2, 0, 1))
+    where = rng.random(size) < 0.5
+    full = resize_logits(logits, size)
+    ranked = np.sort(full, 0)
+    clear = (ranked[-1] - ranked[-2]) > 1e-4  # not a near tie: the answer cannot depend on rounding
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(L, "_compiled_upsampled_argmax", lambda: None)
+        out = np.full(size, 77, np.uint8)
+        L.fill_argmax(logits, where, out)
+        assert (out[~where] == 77).all()
+        np.testing.assert_array_equal(out[where & clear], full.argmax(0)[where & clear])

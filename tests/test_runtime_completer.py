@@ -222,3 +222,19 @@ def test_geodesic_model_propagates_once_and_near_copy_follows_image_edges(tmp_pa
     np.testing.assert_array_equal(r.label, geodesic_nearest(img, lab, edge_weight=c.cfg.geodesic_edge_weight,
                                                             blur_sigma=c.cfg.geodesic_blur))
     assert (r.label[:, 50:70] == 3).all()
+
+
+def test_allocator_settings_respect_the_users_choice(monkeypatch):
+    import platform
+    import sys
+
+    from lmae_sdk.runtime import allocator
+
+    monkeypatch.setenv("LMAE_MALLOC_DEFAULTS", "1")
+    assert allocator._apply(32 << 20, 256 << 20, 64 << 20) is False
+    monkeypatch.delenv("LMAE_MALLOC_DEFAULTS")
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "1048576")
+    assert allocator._apply(32 << 20, 256 << 20, 64 << 20) is False
+    monkeypatch.delenv("MALLOC_TOP_PAD_")
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert allocator._apply(32 << 20, 256 << 20, 64 << 20) is glibc

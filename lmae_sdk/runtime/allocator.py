@@ -32,9 +32,8 @@ _state: dict[str, bool] = {}
 
 def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 20,
                       top_pad: int = 64 << 20) -> bool:
-    """Serve allocations below ``mmap_threshold`` bytes (at most 32 MB: glibc's cap) from
-    the heap, and keep up to ``trim_threshold`` bytes of freed heap (plus ``top_pad`` of
-    growth) for reuse.
+    """Serve allocations below ``mmap_threshold`` bytes from the heap, and keep up to
+    ``trim_threshold`` bytes of freed heap (plus ``top_pad`` of growth) for reuse.
 
     Once per process; returns whether the settings are in force."""
     with _lock:
