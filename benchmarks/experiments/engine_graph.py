@@ -14,8 +14,10 @@ is timed on the same batch, interleaved (ms/image, median of ``--reps``):
   g. + the UNet's 2x upsampling by a constant scale, not to a size read from a tensor's shape
      (ORT then keeps it in its blocked layout) (= what ``lmae-export`` writes now)
 
-Each variant runs twice: the whole batch in one session call, and sliced as the ORT backend
-runs a batch on CPU (``ort_backend.CPU_IMAGES_PER_CALL`` images per call).
+Each variant runs four ways: one call on all threads, or as ``complete_batch``'s lanes (one
+one-thread call per core side by side); each with the whole batch in one session call, or
+sliced as the ORT backend runs a batch on CPU (``ort_backend.CPU_IMAGES_PER_CALL`` images
+per call).
 
     python benchmarks/experiments/engine_graph.py --threads 2
 """
@@ -26,6 +28,7 @@ import contextlib
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +106,23 @@ def main() -> None:
     work = Path(a.workdir or tempfile.mkdtemp(prefix="lmae-graph-"))
     ckpt = random_checkpoint(work / f"{a.preset}.pt", a.preset, 11, (224, 288), (0.5,))
     feed = feed_for(ckpt, Path(a.data), a.batch, 0.5)
-    backends = []  # per variant: (the whole batch per call, sliced)
+    lanes = a.threads
+    # per variant, four ways to run it: one call on all threads / `lanes` one-thread calls side by
+    # side (as complete_batch's lanes), each with the whole batch per session call or sliced
+    modes = [(f"1 call x {a.threads} threads, whole batch", a.threads, 0, 1),
+             (f"1 call x {a.threads} threads, sliced", a.threads, CPU_IMAGES_PER_CALL, 1),
+             (f"{lanes} lanes x 1 thread, whole batch", 1, 0, lanes),
+             (f"{lanes} lanes x 1 thread, sliced", 1, CPU_IMAGES_PER_CALL, lanes)]
+
+    def seconds_per_image(be, n_lanes: int) -> float:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(n_lanes) as pool:
+            list(pool.map(lambda _: be.run(feed), range(n_lanes)))
+        return (time.perf_counter() - t0) / (n_lanes * a.batch)
+
+    # one variant at a time (28 sessions at once, each with its batch-16 arena, outgrow 23 GB);
+    # its four ways interleaved
+    outs, times = [], []
     for level, name in enumerate(VARIANTS):
         with concatenated_forms(level):
             model = model_from_checkpoint(load_checkpoint(ckpt))
@@ -112,26 +131,24 @@ def main() -> None:
             paths = [export_onnx(model, work / f"v{level}" / f"{part}.onnx", part, 0.5)
                      for part in ("encoder", "decoder")]
         cfg = model.cfg
-        backends.append([OrtBackend(*paths, 0.5, cfg.num_visible(0.5), cfg.graph_inputs(), "cpu", a.threads,
-                                    images_per_call=k) for k in (0, CPU_IMAGES_PER_CALL)])
-
-    outs = [be.run(feed) for pair in backends for be in pair][::2]  # warm-up
-    times = [[[], []] for _ in backends]
-    for _ in range(a.reps):
-        for i, pair in enumerate(backends):
-            for j, be in enumerate(pair):
-                t0 = time.perf_counter()
-                be.run(feed)
-                times[i][j].append(time.perf_counter() - t0)
-    base = np.median(times[0][0])
-    ms = lambda ts: 1e3 * np.median(ts) / a.batch  # noqa: E731
-    print(f"{a.preset}, batch {a.batch}, ORT {a.threads} thread(s), median of {a.reps} interleaved runs; "
-          f"sliced: {CPU_IMAGES_PER_CALL} image(s) per call")
-    print("| variant | ms/image, whole batch | speed-up vs a | ms/image, sliced | speed-up vs a | "
-          "max abs diff vs a |\n|---|---|---|---|---|---|")
-    for name, (whole, sliced), out in zip(VARIANTS, times, outs):
-        print(f"| {name} | {ms(whole):.1f} | {base / np.median(whole):.2f}x | {ms(sliced):.1f} | "
-              f"{base / np.median(sliced):.2f}x | {np.abs(out - outs[0]).max():.1e} |")
+        row = [OrtBackend(*paths, 0.5, cfg.num_visible(0.5), cfg.graph_inputs(), "cpu", threads,
+                          images_per_call=per_call) for _, threads, per_call, _ in modes]
+        outs.append(row[0].run(feed))  # warm-up
+        for be in row[1:]:
+            be.run(feed)
+        times.append([[] for _ in modes])
+        for _ in range(a.reps):
+            for j, (be, mode) in enumerate(zip(row, modes)):
+                times[-1][j].append(seconds_per_image(be, mode[3]))
+        del row
+    ms = [[1e3 * float(np.median(t)) for t in row] for row in times]
+    print(f"{a.preset}, batch {a.batch}, ORT, ms per image (median of {a.reps} runs, the four ways interleaved; in brackets the "
+          f"speed-up vs a in the same column); sliced: {CPU_IMAGES_PER_CALL} image(s) per session call")
+    print("| variant | " + " | ".join(m[0] for m in modes) + " | max abs diff vs a |")
+    print("|---|" + "---|" * (len(modes) + 1))
+    for name, row, out in zip(VARIANTS, ms, outs):
+        cells = [f"{v:.1f} ({ms[0][j] / v:.2f}x)" for j, v in enumerate(row)]
+        print(f"| {name} | " + " | ".join(cells) + f" | {np.abs(out - outs[0]).max():.1e} |")
 
 
 if __name__ == "__main__":
