@@ -835,4 +835,3 @@ def upsampled_prediction(logits: np.ndarray, size: tuple[int, int], forced: np.n
         use &= p_forced >= min_forced_prob
     pred = np.where(use, forced, arg).astype(np.uint8)
     return pred, (np.where(use, p_forced, 1.0 / total) if confidence else None)
-

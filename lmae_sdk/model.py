@@ -500,8 +500,8 @@ class LMAE(nn.Module):
         """(B, L, N*p*p) per-patch pixel logits -> (B, N, H, W).
 
         One 6-D transpose: the pixel shuffle of the (B, N*p*p, gh, gw) map would be a
-        token transpose plus a DepthToSpace, two passes over the full-resolution logits (the
-        decoder 1.05x faster in ONNX Runtime: benchmarks/experiments/engine_graph.py)."""
+        token transpose plus a DepthToSpace, two passes over the full-resolution logits (~5%
+        off ONNX Runtime's decoder on one thread: benchmarks/RESULTS.md section 1, session 11)."""
         (gh, gw), p, n = self.cfg.grid, self.cfg.patch_size, self.cfg.num_classes
         x = x.reshape(x.shape[0], gh, gw, n, p, p).permute(0, 3, 1, 4, 2, 5)  # (B, N, gh, p, gw, p)
         return x.reshape(x.shape[0], n, gh * p, gw * p)

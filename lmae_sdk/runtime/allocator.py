@@ -4,7 +4,7 @@ Completing one image allocates dozens of 0.5-3 MB arrays (full-resolution planes
 model-size inputs, logits).  With glibc's defaults such a block goes back to the kernel
 when it is freed, and the next one is faulted in again, page by page and zeroed: on the
 machines here a 2 MB Gaussian blur took 1.6 ms into a fresh array and 0.55 ms into a
-reused one, and the host work per image fell by a third with freed memory kept
+reused one, and the host work per image in the completer fell ~5% with freed memory kept
 (benchmarks/RESULTS.md, section 1, session 11).  PyTorch's CPU performance guide gives the
 same advice (``MALLOC_*`` variables, or jemalloc / tcmalloc).
 

@@ -363,7 +363,7 @@ class LMAECompleter:
             raise ValueError("on_error must be 'raise' or 'return'")
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
-        keep_freed_memory()  # a third of the host work was page faults on fresh arrays (allocator.py)
+        keep_freed_memory()  # fresh multi-MB arrays were faulted in page by page (allocator.py)
         if lanes > 1:
             yield from self._complete_in_lanes(pairs, batch_size, (min_confidence, confidence), tile, tile_scale,
                                                on_error, chunk_size or batch_size, on_result, lanes)
@@ -388,7 +388,7 @@ class LMAECompleter:
             for f in prev:
                 yield f.result()
 
-    def _complete_in_lanes(self, pairs: Iterable, batch_size: int, wanted: tuple[float, bool], tile: bool,
+    def _complete_in_lanes(self, pairs: Iterable, batch_size: int, finish_args: tuple[float, bool], tile: bool,
                            tile_scale: float, on_error: str, chunk: int,
                            on_result: Callable[[CompletionResult], None] | None,
                            lanes: int) -> Iterator[CompletionResult]:
@@ -402,7 +402,7 @@ class LMAECompleter:
             for s in range(0, len(chunk_pairs), step):
                 items = [self._load(i, p, tile, tile_scale, on_error) for i, p in chunk_pairs[s: s + step]]
                 self._infer([j for item in items if item.error is None for j in item.jobs], batch_size, None)
-                results += [self._finish_and_hand_on(item, wanted, on_result, on_error) for item in items]
+                results += [self._finish_and_hand_on(item, finish_args, on_result, on_error) for item in items]
             return results
 
         it = enumerate(pairs)
@@ -534,9 +534,9 @@ class LMAECompleter:
                 "ids_keep": plan.ids_keep, "ids_mask": plan.ids_mask, "ids_restore": plan.ids_restore}
         return eng.backend.run_images(feed)
 
-    def _finish_and_hand_on(self, item: _Item, wanted: tuple[float, bool],
+    def _finish_and_hand_on(self, item: _Item, finish_args: tuple[float, bool],
                             on_result: Callable[[CompletionResult], None] | None, on_error: str) -> CompletionResult:
-        result = self._finish(item, *wanted)
+        result = self._finish(item, *finish_args)  # (min_confidence, confidence)
         if on_result is not None and result.ok:
             try:
                 on_result(result)
