@@ -2,7 +2,8 @@
 
 The same random-weight checkpoint is exported cumulatively with each change, the way torch
 writes the model before it (the concatenated forms), and every variant's encoder + decoder
-is timed on the same batch, interleaved (ms/image, median of ``--reps``):
+is timed on the same batch (ms/image, median of ``--reps``; one variant at a time, since all
+their sessions at once outgrow 23 GB):
 
   a. as torch writes it: GELU as x * (0.5 * (1 + erf(x / sqrt 2))), concatenations at full size
   b. + GELU regrouped so ORT fuses it (``export/onnx_passes.py``)
