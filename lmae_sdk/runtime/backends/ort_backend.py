@@ -115,16 +115,9 @@ class OrtBackend(Backend):
         return self.sessions["decoder"].run(None, self._feed("decoder", feed))[0].astype(np.float32, copy=False)
 
     def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        n, step = len(feed["ids_keep"]), self.images_per_call
-        if not step or n <= step:
+        if not self.images_per_call or len(feed["ids_keep"]) <= self.images_per_call:
             return super().run(feed)
-        out = None
-        for s in range(0, n, step):
-            part = super().run({k: None if v is None else v[s: s + step] for k, v in feed.items()})
-            if out is None:
-                out = np.empty((n, *part.shape[1:]), part.dtype)
-            out[s: s + len(part)] = part
-        return out
+        return np.stack(self.run_images(feed))
 
     def run_images(self, feed: dict[str, Any]) -> list[np.ndarray]:
         step = self.images_per_call
