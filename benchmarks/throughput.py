@@ -229,7 +229,7 @@ def run_e2e(completer, pairs, out_dir: Path, batch_size: int, workers: int, lane
     with ``confidence`` the confidence PNGs too (``--confidence-dir``)."""
     from collections import Counter
 
-    from lmae_sdk.cli import _confidence_png
+    from lmae_sdk.labels import confidence_png as _confidence_png
     from lmae_sdk.labels import atomic_write_bytes, write_label
 
     used: Counter = Counter()
@@ -250,7 +250,7 @@ def run_e2e(completer, pairs, out_dir: Path, batch_size: int, workers: int, lane
 
 def stage_profile(completer, pairs, out_dir: Path, mask_ratio: float, confidence: bool = False) -> dict[str, float]:
     """Serial per-image seconds of each e2e stage over ``pairs`` (one batch): where time goes."""
-    from lmae_sdk.cli import _confidence_png
+    from lmae_sdk.labels import confidence_png as _confidence_png
     from lmae_sdk.labels import atomic_write_bytes, read_image, read_label, write_label
     from lmae_sdk.masking import MaskPlan
     from lmae_sdk.preprocess import ModelInputs, finish, prepare, propagate_for, route

@@ -1,8 +1,8 @@
 """Export: L-MAE checkpoints -> ONNX graphs / TensorRT engines in a model bundle.
 
-Names are imported lazily, so ``lmae_sdk.export.tensorrt_build`` (the TensorRT runner
-the runtime uses) does not pull in onnx, and nothing here imports ``tensorrt`` until
-asked.
+Names are imported lazily: importing the package (e.g. for ``lmae-export``'s entry point)
+needs neither torch nor onnx, and nothing here imports ``tensorrt`` until asked.  Engines
+run on :class:`lmae_sdk.trt_engine.TrtEngine`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ _LAZY = {
     "decoder_input_names": "graphs",
     "export_onnx": "onnx_export", "ExportError": "onnx_export",
     "check_trt_readiness": "readiness", "ReadinessReport": "readiness",
-    "TrtEngine": "tensorrt_build", "require_tensorrt": "tensorrt_build", "TensorRTUnavailable": "tensorrt_build",
+    "require_tensorrt": "tensorrt_build", "TensorRTUnavailable": "tensorrt_build",
 }
 __all__ = sorted(_LAZY)
 

@@ -240,7 +240,8 @@ def export_bundle(ckpts: list[str | os.PathLike] | str | os.PathLike, out_dir: s
                                               f"on {parity['argmax_agreement']:.4%} of pixels")
                     entry = _entry(ratio, prec, "tensorrt", cfg, files, producer, p, parity, time.time() - t0)
                     entry["max_batch"] = max_batch
-                    moved = [f for part in PARTS for f in (files[part], f.with_name(files[part].name + ".json"))]
+                    moved = [path for part in PARTS
+                             for path in (files[part], files[part].with_name(files[part].name + ".json"))]
                     entries.append((entry, [m for m in moved if m.exists()]))
             # ---- commit: move files in, then rewrite the manifest -------------------
             for entry, moved in entries:

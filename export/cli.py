@@ -58,12 +58,20 @@ def _parity(p: dict) -> str:
 def main(ckpts, out, mask_ratios, opset, legacy, fp16, trt, max_batch, workspace_gb, no_verify, data, no_lint,
          show_ops, quiet) -> None:
     """Export L-MAE checkpoints into a model bundle (manifest.json + graphs)."""
+    from lmae_sdk.extras import MissingExtra, require_torch  # noqa: PLC0415
+
+    try:
+        require_torch("lmae-export")
+    except MissingExtra as e:
+        click.echo(f"lmae-export: error: {e}", err=True)
+        sys.exit(2)
     from lmae_sdk.bundle import BundleError  # noqa: PLC0415
     from lmae_sdk.checkpoint import CheckpointError  # noqa: PLC0415
 
+    from lmae_sdk.trt_engine import TensorRTUnavailable, TrtEngineError  # noqa: PLC0415
+
     from .api import export_bundle, graph_ops  # noqa: PLC0415
     from .onnx_export import ExportError, op_list  # noqa: PLC0415
-    from .tensorrt_build import TensorRTUnavailable  # noqa: PLC0415
 
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     exported: list[dict] = []
@@ -72,7 +80,7 @@ def main(ckpts, out, mask_ratios, opset, legacy, fp16, trt, max_batch, workspace
         man = export_bundle(list(ckpts), out, mask_ratios=mask_ratios, opset=opset, fp16=fp16, trt=trt,
                             max_batch=max_batch, verify=not no_verify, data=data, legacy=legacy,
                             workspace_gb=workspace_gb, lint=not no_lint, log=log, exported=exported)
-    except (TensorRTUnavailable, BundleError, CheckpointError, ExportError, ValueError) as e:
+    except (TensorRTUnavailable, TrtEngineError, BundleError, CheckpointError, ExportError, ValueError) as e:
         click.echo(f"lmae-export: error: {e}", err=True)
         sys.exit(2)
     rows = [("engine", "K", "files", "size", "parity", "time")]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -34,6 +35,27 @@ SINGLE_FILE_LIMIT = 1_900_000_000
 
 class ExportError(RuntimeError):
     pass
+
+
+# torch.onnx's dynamo exporter logs "torchvision is not installed. Skipping torchvision::nms"
+# (and roi_align, roi_pool, deform_conv2d) on every export when torchvision is absent; the
+# graphs use no torchvision op
+_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
+def _not_torchvision_notice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("torchvision is not installed")
+
+
+@contextlib.contextmanager
+def _without_torchvision_notice():
+    """Drop that notice while the block runs (a filter on torch's logger, removed after)."""
+    logger = logging.getLogger(_REGISTRATION_LOGGER)
+    logger.addFilter(_not_torchvision_notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_not_torchvision_notice)
 
 
 def _param_bytes(model: torch.nn.Module) -> int:
@@ -118,7 +140,7 @@ def _trace(graph: torch.nn.Module, inputs: dict[str, torch.Tensor], outs: list[s
     sink = io.StringIO()
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(sink)
     try:
-        with quiet, warnings.catch_warnings(), torch.no_grad():
+        with quiet, warnings.catch_warnings(), torch.no_grad(), _without_torchvision_notice():
             warnings.simplefilter("ignore")
             if dynamo:
                 batch = torch.export.Dim(BATCH_AXIS, min=1, max=MAX_BATCH_TRACE)

@@ -3,7 +3,7 @@
 A graph is "ready" when
 
 1. every node is a default-domain ONNX op that the TensorRT 10 ONNX parser supports
-   (:data:`TRT10_SUPPORTED_OPS`),
+   (:data:`TRT10_SUPPORTED_OPS`) and that is not data-dependent (:data:`READY_OPS`),
 2. every graph input and output has a static shape except axis 0 (the batch),
 3. int64 index inputs are declared within int32 range (the export writes the largest
    index, L - 1, as ``lmae.index_max`` in ``metadata_props``) and every int64
@@ -19,6 +19,12 @@ plus the rows the release/10.x branch of the same file marks ``Y`` that were ``N
 absent there (LayerNormalization, GroupNormalization, Gelu, Hardmax, IsInf,
 Blackman/Hann/HammingWindow).  Ops marked ``N`` (Unique, StringNormalizer, Sequence*,
 Optional*, QLinear*, ...) are not in the set; neither is any non-default domain.
+
+Ready is stricter than "the parser imports it": the graphs promise static gathers with
+host-computed indices (DESIGN: no data-dependent shape), so data-dependent ops
+(:data:`DATA_DEPENDENT_OPS`: output shapes set by values, control flow, index-driven
+scatter, top-k selection) make a graph not ready even where the parser supports them.
+:data:`READY_OPS` is the parser's list without them.
 """
 from __future__ import annotations
 
@@ -53,6 +59,11 @@ SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Trans
 Upsample Where Xor
 LayerNormalization GroupNormalization Gelu Hardmax IsInf BlackmanWindow HannWindow HammingWindow
 """.split())
+# data-dependent ops: NonZero / NonMaxSuppression (output shape from values), TopK
+# (selection the host does for these graphs), Loop / If / Scan (control flow), ScatterND
+# (writes at data-given indices)
+DATA_DEPENDENT_OPS: frozenset[str] = frozenset("NonZero NonMaxSuppression TopK Loop If Scan ScatterND".split())
+READY_OPS: frozenset[str] = TRT10_SUPPORTED_OPS - DATA_DEPENDENT_OPS
 TRT_OPS_SOURCE = ("onnx/onnx-tensorrt docs/operators.md (operator support matrix; TensorRT 8.5 revision "
                   "6d0ab7be + release/10.x additions)")
 INDEX_DTYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
@@ -63,6 +74,7 @@ class ReadinessReport:
     path: str | None
     ops: list[str] = field(default_factory=list)
     unsupported_ops: list[str] = field(default_factory=list)
+    data_dependent_ops: list[str] = field(default_factory=list)
     dynamic_dims: list[str] = field(default_factory=list)
     int64_problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -71,6 +83,8 @@ class ReadinessReport:
     @property
     def problems(self) -> list[str]:
         out = [f"op {o} is not supported by the TensorRT 10 ONNX parser" for o in self.unsupported_ops]
+        out += [f"op {o} is data-dependent (the graphs promise static shapes and host-computed indices)"
+                for o in self.data_dependent_ops]
         out += [f"dynamic non-batch dimension: {d}" for d in self.dynamic_dims]
         out += self.int64_problems
         if self.lint.startswith("failed"):
@@ -117,14 +131,17 @@ def _slice_bound_inputs(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def check_ops(proto: onnx.ModelProto) -> tuple[list[str], list[str]]:
-    ops, bad = set(), set()
+def check_ops(proto: onnx.ModelProto) -> tuple[list[str], list[str], list[str]]:
+    """(ops, ops the TensorRT 10 parser does not support, data-dependent ops)."""
+    ops, bad, dynamic = set(), set(), set()
     for n in _all_nodes(proto.graph):
         name = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
         ops.add(name)
         if n.domain not in ("", "ai.onnx") or n.op_type not in TRT10_SUPPORTED_OPS:
             bad.add(name)
-    return sorted(ops), sorted(bad)
+        elif n.op_type in DATA_DEPENDENT_OPS:
+            dynamic.add(name)
+    return sorted(ops), sorted(bad), sorted(dynamic)
 
 
 def check_shapes(proto: onnx.ModelProto) -> list[str]:
@@ -227,7 +244,7 @@ def check_trt_readiness(model: str | os.PathLike | onnx.ModelProto, lint: bool =
         path = str(model)
         proto = onnx.load(path, load_external_data=False)
     rep = ReadinessReport(path)
-    rep.ops, rep.unsupported_ops = check_ops(proto)
+    rep.ops, rep.unsupported_ops, rep.data_dependent_ops = check_ops(proto)
     rep.dynamic_dims = check_shapes(proto)
     rep.int64_problems, rep.notes = check_int64(proto)
     if lint:

@@ -158,10 +158,14 @@ def ort_runners(encoder: str | os.PathLike, decoder: str | os.PathLike, threads:
 
 
 def trt_runners(encoder: str | os.PathLike, decoder: str | os.PathLike) -> tuple[Runner, Runner]:
-    from .tensorrt_build import TrtEngine  # noqa: PLC0415
+    """The engines on :class:`lmae_sdk.trt_engine.TrtEngine` (the runtime's runner)."""
+    from lmae_sdk.trt_engine import TrtEngine  # noqa: PLC0415
 
-    e, d = TrtEngine(encoder), TrtEngine(decoder)
-    return (lambda f: e.infer(f)["latent"]), (lambda f: d.infer(f)["logits"])
+    from .tensorrt_build import engine_device_memory, require_tensorrt  # noqa: PLC0415
+
+    trt, memory = require_tensorrt(), engine_device_memory()
+    e, d = TrtEngine(encoder, memory, trt), TrtEngine(decoder, memory, trt)
+    return (lambda f: e.run(f)["latent"]), (lambda f: d.run(f)["logits"])
 
 
 def compare(model: LMAE, cases: list[Case], enc: Runner, dec: Runner) -> dict[str, Any]:

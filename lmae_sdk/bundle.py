@@ -15,14 +15,17 @@ The runtime never guesses what the manifest does not say.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .labels import atomic_write_bytes
+from .config import LMAEConfig
+from .labels import IMAGENET_MEAN, IMAGENET_STD, LABEL_RESIZE_MODES, atomic_write_bytes
 
 BUNDLE_FORMAT = "lmae-bundle"
 BUNDLE_VERSION = 1
@@ -39,6 +42,11 @@ OPTIONAL_SHARED_KEYS = ("prior_mode", "near_copy_min_prob", "fusion", "boundary"
 BOUNDARY_GRAPH = "boundary_graph"
 ENGINE_KEYS = ("name", "mask_ratio", "num_visible", "num_patches", "precision", "backend", "encoder", "decoder",
                "inputs", "model_config", "producer")
+
+
+# the image normalization every L-MAE graph is trained with: what checkpoints record and
+# what the runtime computes (labels.normalize_image)
+NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "scale": 1 / 255}
 
 
 class BundleError(ValueError):
@@ -158,3 +166,112 @@ def check_compatible(existing: dict[str, Any], shared: dict[str, Any], where: st
     diff = [k for k in SHARED_KEYS if existing.get(k) != shared.get(k)]
     if diff:
         raise BundleError(f"{where}: cannot join this bundle: it differs in {diff}")
+
+
+# --------------------------------------------------------------------------------------
+# the contract: the manifest's top level against what each engine records
+# --------------------------------------------------------------------------------------
+def engine_config(config: dict[str, Any], where: str) -> LMAEConfig:
+    """An engine's (or checkpoint's) model config; fields this version does not know are
+    dropped (written by a newer exporter), an invalid config is a BundleError."""
+    known = {f.name for f in dataclasses.fields(LMAEConfig)}
+    try:
+        return LMAEConfig.from_dict({k: v for k, v in config.items() if k in known})
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{where}: invalid model config ({e})") from None
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def check_model(man: Manifest, config: dict[str, Any], where: str,
+                normalization: dict[str, Any] | None = None, config_name: str = "model_config") -> LMAEConfig:
+    """Refuse a model (an engine's ``model_config``, a checkpoint's ``config``) that
+    contradicts the manifest's shared settings; returns its config.  ``where`` names the
+    engine and its file; ``normalization``: what the model was trained with (default: every
+    L-MAE model's, :data:`NORMALIZATION`)."""
+    path, d = man.root / MANIFEST, man.data
+    cfg = engine_config(config, where)
+    grid_patches = cfg.num_patches
+
+    def refuse(key: str, shown: Any, what: str, value: Any) -> None:
+        raise BundleError(f"{path}: manifest {key} {shown} contradicts {where}: its {what} is {value!r}")
+
+    if len(d["class_names"]) != cfg.num_classes:
+        refuse("class_names", f"({len(d['class_names'])} names)", f"{config_name} num_classes", cfg.num_classes)
+    if not _close(list(d["image_size"]), list(cfg.img_size)):
+        refuse("image_size", repr(d["image_size"]), f"{config_name} img_size", list(cfg.img_size))
+    if d["patch_size"] != cfg.patch_size:
+        refuse("patch_size", repr(d["patch_size"]), f"{config_name} patch_size", cfg.patch_size)
+    if d["num_patches"] != grid_patches:
+        refuse("num_patches", repr(d["num_patches"]), f"{config_name} num_patches (img_size / patch_size)",
+               grid_patches)
+    trained = NORMALIZATION if normalization is None else normalization
+    if not _close(d["normalization"], trained):
+        refuse("normalization", repr(d["normalization"]), "input normalization (the one it was trained with)",
+               trained)
+    if "prior_mode" in d:  # absent from bundles written before the key existed
+        mode = cfg.prior_mode if cfg.prior else None
+        if d["prior_mode"] != mode:
+            refuse("prior_mode", repr(d["prior_mode"]), f"{config_name} prior_mode", mode)
+    return cfg
+
+
+def check_contract(man: Manifest) -> None:
+    """The runtime's check of a bundle before it loads anything: every engine entry agrees
+    with the shared settings (:func:`check_model`) and with itself (L, K), and the shared
+    settings the runtime applies on the host make sense for the engines' classes."""
+    path, d = man.root / MANIFEST, man.data
+    for e in man.engines:
+        where = f"engine {e['name']!r} ({e['encoder']['file']})"
+        cfg = check_model(man, e["model_config"], where)
+        k = cfg.num_visible(float(e["mask_ratio"]))
+        if e["num_patches"] != cfg.num_patches or e["num_visible"] != k:
+            raise BundleError(f"{path}: {where}: num_visible {e['num_visible']!r} and num_patches "
+                              f"{e['num_patches']!r} contradict its mask ratio {e['mask_ratio']:g} and model_config "
+                              f"(num_patches {cfg.num_patches}, K = {k})")
+    n = len(d["class_names"])
+    u = d["unknown_index"]
+    if isinstance(u, bool) or not isinstance(u, int) or not n <= u <= 255:
+        problem = ("collides with the class ids 0..%d" % (n - 1) if isinstance(u, int) and 0 <= u < n
+                   else "is not a label value in %d..255 (labels are 8-bit; class ids are 0..%d)" % (n, n - 1))
+        raise BundleError(f"{path}: manifest unknown_index {u!r} {problem}")
+    b = d.get("background_index")
+    if b is not None and (isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < n):
+        raise BundleError(f"{path}: manifest background_index {b!r} is not one of the classes 0..{n - 1}")
+    if d["label_resize"] not in LABEL_RESIZE_MODES:
+        raise BundleError(f"{path}: manifest label_resize {d['label_resize']!r} is not one of {LABEL_RESIZE_MODES}")
+    t = d["unknown_threshold"]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
+        raise BundleError(f"{path}: manifest unknown_threshold {t!r} is not a number in [0, 1]")
+
+
+def check_graph(man: Manifest, engine: dict[str, Any], part: str, metadata: dict[str, str],
+                input_names: list[str]) -> None:
+    """Refuse an engine entry that contradicts its ONNX graph: the inputs the graph takes
+    and what export wrote into its ``metadata_props`` (``lmae.*``; graphs without it are
+    checked on their inputs only)."""
+    path, name, file = man.root / MANIFEST, engine["name"], engine[part]["file"]
+    where = f"{path}: engine {name!r}: its graph {file}"
+    if list(input_names) != list(engine["inputs"][part]):
+        raise BundleError(f"{where} takes inputs {list(input_names)}; the manifest entry says "
+                          f"{engine['inputs'][part]}")
+    if "lmae.model_config" in metadata:
+        graph = json.loads(metadata["lmae.model_config"])
+        entry = engine["model_config"]
+        for key in sorted(set(graph) | set(entry)):
+            if not _close(graph.get(key), entry.get(key)):
+                raise BundleError(f"{where} was exported with model_config {key} {graph.get(key)!r}; the manifest "
+                                  f"entry says {entry.get(key)!r}")
+    for key, entry_value in (("num_visible", engine["num_visible"]), ("num_patches", engine["num_patches"]),
+                             ("mask_ratio", engine["mask_ratio"])):
+        if f"lmae.{key}" in metadata and not _close(float(metadata[f"lmae.{key}"]), float(entry_value)):
+            raise BundleError(f"{where} was exported with {key} {metadata[f'lmae.{key}']}; the manifest entry "
+                              f"says {entry_value!r}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -71,27 +73,80 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load and validate; never unpickles arbitrary objects."""
+def load_state(path: str | os.PathLike) -> Any:
+    """The tensors and plain values a torch file holds, read with ``weights_only=True``.
+
+    Anything else is refused with a :class:`CheckpointError` that names the file and says
+    why in a few words: missing, empty, not a torch archive, unreadable, or holding Python
+    objects (those are never unpickled)."""
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: checkpoint not found")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        if not p.exists():
+            raise CheckpointError(f"{p}: checkpoint not found")
+        if p.is_dir():
+            raise CheckpointError(f"{p}: not an lmae checkpoint (a folder, not a file)")
+        if p.stat().st_size == 0:
+            raise CheckpointError(f"{p}: not an lmae checkpoint (empty file)")
+        # torch.save writes a zip archive; anything else (a bare pickle, text, a truncated
+        # file) is refused before torch reads it
+        if not zipfile.is_zipfile(p):
+            raise CheckpointError(f"{p}: not an lmae checkpoint (not a torch checkpoint archive)")
+    except OSError as e:
+        raise CheckpointError(f"{p}: cannot read the checkpoint ({type(e).__name__}: {e.strerror or e})") from None
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{p}: refused: the file needs unpickling of arbitrary objects, which is unsafe "
-                              f"({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{p}: not an lmae checkpoint (refused without loading: {_refusal(e)})") from None
     except Exception as e:
-        raise CheckpointError(f"{p}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{p}: not an lmae checkpoint (unreadable: {_short_reason(e)})") from None
+
+
+def _refusal(e: Exception) -> str:
+    """What torch's weights-only reader refused, without its advice on loading it anyway."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+    what = f"a Python object ({found.group(1)})" if found else "Python objects"
+    return f"it stores {what}; lmae checkpoints hold only tensors and plain values"
+
+
+def _short_reason(e: Exception) -> str:
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if ln.strip()]
+    text = " ".join(lines[:2])
+    if not text or "weights_only" in text or "pickl" in text.lower():
+        return type(e).__name__
+    return f"{type(e).__name__}: {text[:160]}"
+
+
+# what every lmae checkpoint holds, and the type of each
+REQUIRED_KEYS = {"config": dict, "class_names": list, "state_dict": dict}
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and validate an lmae checkpoint (:func:`load_state`, then its format, version
+    and required keys); never unpickles arbitrary objects."""
+    p = Path(path)
+    ckpt = load_state(p)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{p}: not an lmae checkpoint (no format={FORMAT!r} key)")
     if ckpt.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{p}: checkpoint format version {ckpt.get('format_version')!r} is not supported "
                               f"(this lmae-sdk reads version {FORMAT_VERSION})")
+    bad = [k for k, kind in REQUIRED_KEYS.items() if not isinstance(ckpt.get(k), kind)]
+    if bad:
+        raise CheckpointError(f"{p}: not an lmae checkpoint (missing or malformed {bad})")
+    n = ckpt["config"].get("num_classes")
+    if n != len(ckpt["class_names"]):
+        raise CheckpointError(f"{p}: not an lmae checkpoint ({len(ckpt['class_names'])} class names for "
+                              f"num_classes {n!r})")
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]) -> LMAE:
-    model = LMAE(LMAEConfig.from_dict(ckpt["config"]))
-    model.load_state_dict(ckpt["state_dict"])
+def model_from_checkpoint(ckpt: dict[str, Any], source: str | os.PathLike = "checkpoint") -> LMAE:
+    """The model of a loaded checkpoint; a config or weights that do not make an L-MAE
+    model raise :class:`CheckpointError` naming ``source``."""
+    try:
+        model = LMAE(LMAEConfig.from_dict(ckpt["config"]))
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{source}: not an lmae checkpoint (its model does not load: "
+                              f"{_short_reason(e)})") from None
     return model.eval()

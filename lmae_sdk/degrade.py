@@ -2,12 +2,22 @@
 training signal.  Pure functions of (label, ratio, rng); inputs are never modified."""
 from __future__ import annotations
 
+import hashlib
+
 import cv2
 import numpy as np
 
 from .labels import UNKNOWN
 
 DEGRADE_STRATEGIES = ("random", "background", "label", "blocks", "objects")
+
+
+def rng_for_name(seed: int, name: str) -> np.random.Generator:
+    """The generator for one file's partial label: from ``seed`` and the sha256 of the whole
+    file name (stem), so every file gets its own holes (dataset names share long prefixes,
+    e.g. CamVid's ``0016E5_0...``) and a file's holes do not depend on the folder's others."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
 
 
 def _grid_scores_mask(label: np.ndarray, ratio: float, patch: int, scores: np.ndarray) -> np.ndarray:

@@ -157,6 +157,11 @@ def write_label(path: str | os.PathLike, label: np.ndarray, palette: list[list[i
     atomic_write_bytes(path, encode_png(label, palette))
 
 
+def confidence_png(confidence: np.ndarray) -> bytes:
+    """A (H, W) confidence in [0, 1] as an 8-bit grey PNG (255 = 1.0)."""
+    return encode_png(np.clip(np.round(confidence * 255.0), 0, 255).astype(np.uint8))
+
+
 def check_label_ids(label: np.ndarray, num_classes: int, unknown: int = UNKNOWN,
                     path: str | os.PathLike | None = None) -> None:
     bad = (label >= num_classes) & (label != unknown)

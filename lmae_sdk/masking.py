@@ -113,7 +113,3 @@ def plan_masks(unknown: np.ndarray, scores: np.ndarray, n_mask: int,
     ids_restore = np.argsort(np.concatenate([ids_keep, ids_mask]), kind="stable")
     return MaskPlan(ids_keep[None].astype(np.int64), ids_mask[None].astype(np.int64),
                     ids_restore[None].astype(np.int64))
-
-
-def must_mask_count(unknown: np.ndarray, threshold: float = DEFAULT_UNKNOWN_THRESHOLD) -> int:
-    return int((unknown > threshold).sum())

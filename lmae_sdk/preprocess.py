@@ -11,7 +11,7 @@ from .labels import (UNKNOWN, Propagation, fill_argmax, label_planes, nearest_kn
                      propagate, upsampled_prediction)
 from .masking import (DEFAULT_UNKNOWN_THRESHOLD, MaskPlan, num_masked, patch_class_share, plan_masks,
                       strategy_scores, unknown_share)
-from .model import LMAEConfig
+from .config import LMAEConfig
 
 
 @dataclass

@@ -23,15 +23,29 @@ def camvid_or_skip() -> Path:
     return CAMVID
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """A random-weight tiny checkpoint with engines at 0.5 and 0.75 (runtime tests)."""
+def tiny_checkpoint(path: Path, seed: int = 0, mask_ratios=(0.5, 0.75)) -> Path:
+    """A random-weight tiny checkpoint (5 classes, model size 64x96) at ``path``."""
     from lmae_sdk import LMAE, make_config
     from lmae_sdk.checkpoint import make_checkpoint, save_checkpoint
 
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ck") / "tiny.pt"
+    torch.manual_seed(seed)
     m = LMAE(make_config("tiny", 5, img_size=(64, 96)))
-    save_checkpoint(make_checkpoint(m, class_names=list("abcde"), palette=None, mask_ratios=[0.5, 0.75],
+    save_checkpoint(make_checkpoint(m, class_names=list("abcde"), palette=None, mask_ratios=list(mask_ratios),
                                     label_resize="soft", unknown_threshold=0.5), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A random-weight tiny checkpoint with engines at 0.5 and 0.75 (runtime tests)."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("ck") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def onnx_bundle(ckpt, tmp_path_factory):
+    """``ckpt`` exported to ONNX at mask ratio 0.5 (no parity check, no lint: seconds)."""
+    from lmae_sdk.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    export_bundle([ckpt], out, mask_ratios=[0.5], verify=False, lint=False)
+    return out

@@ -24,7 +24,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from lmae_sdk.export import api  # noqa: E402
 from lmae_sdk.export.cli import main as export_cli  # noqa: E402
-from lmae_sdk.export.readiness import TRT10_SUPPORTED_OPS, check_trt_readiness  # noqa: E402
+from lmae_sdk.export.readiness import READY_OPS, TRT10_SUPPORTED_OPS, check_trt_readiness  # noqa: E402
 from lmae_sdk.export.verify import ort_runners, verify_engine  # noqa: E402
 
 CLASSES = ["background", "disc", "box", "bar", "blob"]
@@ -155,7 +155,7 @@ def test_readiness_passes_on_exported(bundle):
         for part in ("encoder", "decoder"):
             rep = check_trt_readiness(bundle / e[part]["file"], lint=False)
             assert rep.ok, str(rep)
-            assert set(rep.ops) <= TRT10_SUPPORTED_OPS
+            assert set(rep.ops) <= READY_OPS  # parser-supported and not data-dependent
             assert e["readiness"][part]["ok"]
             assert e["readiness"][part]["lint"] == "clean" or e["readiness"][part]["lint"].startswith("skipped")
 
@@ -178,6 +178,15 @@ def test_readiness_fails_on_forbidden_op():
     assert any("Unique" in p for p in rep.problems)
     ok = check_trt_readiness(_tiny_graph("Relu", out_shape=["batch", 4]), lint=False)
     assert ok.ok, str(ok)
+
+
+@pytest.mark.parametrize("op", ["NonZero", "TopK", "Loop", "If", "ScatterND", "NonMaxSuppression", "Scan"])
+def test_readiness_fails_on_data_dependent_op(op):
+    """The parser imports these, but the static-gather design excludes them."""
+    assert op in TRT10_SUPPORTED_OPS and op not in READY_OPS
+    rep = check_trt_readiness(_tiny_graph(op, out_shape=["batch", 4]), lint=False)
+    assert not rep.ok and not rep.unsupported_ops
+    assert [p for p in rep.problems if op in p and "data-dependent" in p], rep.problems
 
 
 def test_readiness_fails_on_dynamic_non_batch_dim():
@@ -279,8 +288,9 @@ def test_trt_build_and_parity(ckpt, bundle, tmp_path):
     pytest.importorskip("tensorrt", reason="TensorRT 10 is not installed (needs NVIDIA's wheels and a CUDA GPU)")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    from lmae_sdk.export.tensorrt_build import TrtEngine, build_engine
+    from lmae_sdk.export.tensorrt_build import build_engine, engine_device_memory
     from lmae_sdk.export.verify import trt_runners
+    from lmae_sdk.trt_engine import TrtEngine
     e = B.read_manifest(bundle).find(mask_ratio=0.5)[0]
     paths = {}
     for part in ("encoder", "decoder"):
@@ -288,7 +298,7 @@ def test_trt_build_and_parity(ckpt, bundle, tmp_path):
         build_engine(bundle / e[part]["file"], paths[part], fp16=False, max_batch=4, workspace_gb=1,
                      cache_dir=tmp_path)
         assert (tmp_path / f"{part}.engine.json").is_file()
-    eng = TrtEngine(paths["encoder"])
+    eng = TrtEngine(paths["encoder"], engine_device_memory())
     assert eng.input_names == e["inputs"]["encoder"] and eng.max_batch == 4
     par = verify_engine(_model(ckpt), 0.5, *trt_runners(paths["encoder"], paths["decoder"]), "fp32")
     assert par["passed"], par

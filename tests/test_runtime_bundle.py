@@ -8,6 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from lmae_sdk import LMAE, make_config
+from lmae_sdk.bundle import BundleError
 from lmae_sdk.checkpoint import make_checkpoint, save_checkpoint
 from lmae_sdk.labels import read_label, write_label
 from lmae_sdk.runtime.backends import BackendError
@@ -180,5 +181,5 @@ def test_manifest_states_the_prior_mode_and_older_bundles_still_load(bundle, tmp
     assert LMAECompleter.load(copy, backend="onnxruntime", threads=1).cfg.prior_mode == "geodesic"
     data["prior_mode"] = "euclidean"  # contradicts the engines
     (copy / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(BackendError, match="prior_mode"):
+    with pytest.raises(BundleError, match="manifest prior_mode 'euclidean' contradicts engine .*'geodesic'"):
         LMAECompleter.load(copy, backend="onnxruntime", threads=1)

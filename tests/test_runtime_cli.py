@@ -41,7 +41,7 @@ def test_complete_writes_one_png_per_label(ckpt, tmp_path):
     res = _run("--model", ckpt, "--images", imgs, "--labels", labs, "--out", out, "--confidence-dir", conf,
                "--batch-size", "4")
     assert res.exit_code == 0, res.output
-    assert "completed 6 images" in res.output and "img/s" in res.output
+    assert "complete: 6 done, 0 skipped (already done), 0 failed" in res.output and "img/s" in res.output
     assert (_digest(imgs), _digest(labs)) == before  # inputs untouched
     rep = json.loads((out / "report.json").read_text())
     assert rep["images_completed"] == 6 and rep["images_failed"] == 0 and rep["pixels_filled"] > 0
@@ -62,17 +62,17 @@ def test_auto_lanes_one_per_core_on_cpu_one_with_gpu(monkeypatch):
 
     import lmae_sdk.runtime.backends as backends
     import lmae_sdk.runtime.completer as completer
-    from lmae_sdk.cli import _auto_lanes
+    from lmae_sdk.cli.complete import auto_lanes
 
     cores = len(os.sched_getaffinity(0))
     for mod, name in ((backends, "ort_cuda_available"), (backends, "trt_available"), (completer, "_cuda_available")):
         monkeypatch.setattr(mod, name, lambda: False)
-    assert _auto_lanes("auto", None, 0) == (cores, 1)
-    assert _auto_lanes("onnxruntime", "cpu", 1) == (cores, 1)
-    assert _auto_lanes("auto", None, 2 * cores) == (1, 2 * cores)
-    assert _auto_lanes("auto", "cuda:0", 0) == (1, 0)
+    assert auto_lanes("auto", None, 0) == (cores, 1)
+    assert auto_lanes("onnxruntime", "cpu", 1) == (cores, 1)
+    assert auto_lanes("auto", None, 2 * cores) == (1, 2 * cores)
+    assert auto_lanes("auto", "cuda:0", 0) == (1, 0)
     monkeypatch.setattr(backends, "ort_cuda_available", lambda: True)
-    assert _auto_lanes("auto", None, 0) == (1, 0) and _auto_lanes("torch", None, 0) == (cores, 1)
+    assert auto_lanes("auto", None, 0) == (1, 0) and auto_lanes("torch", None, 0) == (cores, 1)
 
 
 def test_lanes_in_report_and_same_labels_as_one_lane(ckpt, tmp_path):
@@ -103,7 +103,7 @@ def test_resume_after_interruption(ckpt, tmp_path):
     assert res.exit_code == 0, res.output
     rep = json.loads((out / "report.json").read_text())
     assert rep["images_completed"] == 2 and rep["images_skipped"] == 4 and rep["stray_temp_files_removed"] == 1
-    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+    assert not list(out.glob("*.tmp")) and [p.name for p in out.glob(".*")] == [".lmae-run.json"]
     after = _digest(out)
     assert {k: v for k, v in after.items() if k != "report.json"} == \
         {k: v for k, v in first.items() if k != "report.json"}  # deterministic redo
@@ -145,7 +145,10 @@ def test_bad_inputs_reported_per_file(ckpt, tmp_path):
     assert "truncated" in f["badimg.png"] and "badimg.png" in f["badimg.png"]
     assert rep["images_completed"] == 2 and (out / "s0.png").is_file() and (out / "s1.png").is_file()
     assert not (out / "size.png").exists()
-    assert "FAILED size.png" in res.output
+    failed_lines = [line for line in res.output.splitlines() if line.lstrip().startswith("FAILED")]
+    assert len(failed_lines) == 5 and any("size.png" in line for line in failed_lines)  # the first five
+    assert "... and 1 more; see" in res.output and "1 label without an image" in res.output
+    assert "orphan.png" in res.output
 
 
 def test_min_confidence_and_unknown_index_options(ckpt, tmp_path):
@@ -199,12 +202,12 @@ def test_demo_smoke(tmp_path):
 def test_train_mask_ratio_syntax():
     import click
 
-    from lmae_sdk.cli import _parse_ratios
+    from lmae_sdk.cli.options import parse_ratios
 
-    assert _parse_ratios("0.5,0.7") == [(0.5,), (0.7,)]  # one model each
-    assert _parse_ratios("0.4:0.6") == [(0.4, 0.5, 0.6)]  # one range model, step 0.1
-    assert _parse_ratios("0.25:0.75:0.25") == [(0.25, 0.5, 0.75)]
-    assert all(type(v) is float for v in _parse_ratios("0.25:0.75:0.25")[0])  # not numpy: checkpoints hold them
+    assert parse_ratios("0.5,0.7") == [(0.5,), (0.7,)]  # one model each
+    assert parse_ratios("0.4:0.6") == [(0.4, 0.5, 0.6)]  # one range model, step 0.1
+    assert parse_ratios("0.25:0.75:0.25") == [(0.25, 0.5, 0.75)]
+    assert all(type(v) is float for v in parse_ratios("0.25:0.75:0.25")[0])  # not numpy: checkpoints hold them
     for bad in ("0.8:0.4", "0.2:0.6:0", "a", "0.5:1.2"):
         with pytest.raises(click.BadParameter):
-            _parse_ratios(bad)
+            parse_ratios(bad)

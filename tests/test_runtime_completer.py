@@ -238,3 +238,32 @@ def test_allocator_settings_respect_the_users_choice(monkeypatch):
     monkeypatch.delenv("MALLOC_TOP_PAD_")
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert allocator._apply(32 << 20, 256 << 20, 64 << 20) is glibc
+
+
+def test_library_calls_leave_malloc_alone_and_the_cli_opts_in(completer, monkeypatch, tmp_path):
+    """complete / complete_batch never change process-wide malloc settings; `lmae complete`
+    opts in for its own process (keep_freed_memory)."""
+    from click.testing import CliRunner
+
+    from lmae_sdk.cli import main as lmae
+    from lmae_sdk.runtime import allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "_apply", lambda *a: calls.append(a) or True)
+    monkeypatch.setattr(allocator, "_state", {})
+    rng = np.random.default_rng(3)
+    pairs = [_pair(rng, 40, 60) for _ in range(3)]
+    completer.complete(*pairs[0])
+    list(completer.complete_batch(pairs, batch_size=2))
+    list(completer.complete_batch(pairs, batch_size=2, lanes=2))
+    assert calls == []
+    imgs, labs = tmp_path / "i", tmp_path / "l"
+    imgs.mkdir()
+    labs.mkdir()
+    for i, (img, lab) in enumerate(pairs):
+        Image.fromarray(img).save(imgs / f"p{i}.png")
+        write_label(labs / f"p{i}.png", lab)
+    r = CliRunner().invoke(lmae, ["complete", "--model", str(completer.source), "--images", str(imgs),
+                                  "--labels", str(labs), "--out", str(tmp_path / "o"), "--quiet", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert len(calls) == 1

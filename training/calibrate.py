@@ -74,7 +74,7 @@ def calibrate(ckpt_path: str | Path, data: str | Path, out: str | Path | None = 
     if threads:
         torch.set_num_threads(threads)
     ck = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(ck)
+    model = model_from_checkpoint(ck, ckpt_path)
     cfg = model.cfg
     info = load_dataset(data, ("val",))
     pairs = info.pairs["val"][: limit or None]

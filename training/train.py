@@ -136,6 +136,9 @@ def train(tc: TrainConfig) -> Path:
     if device.startswith("cuda") and world > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
 
+    # the checkpoints this run reads are checked before any data is read
+    init_state = load_checkpoint(tc.init_from)["state_dict"] if tc.init_from else None
+    src_ck = load_checkpoint(tc.boundaries_from) if tc.boundaries_from else None
     info = load_dataset(tc.data, ("train", "val"), tc.layout)
     train_pairs, val_pairs = info.pairs["train"], info.pairs["val"]
     if tc.max_train_items:
@@ -146,8 +149,7 @@ def train(tc: TrainConfig) -> Path:
     train_data = load_pairs(train_pairs, n)
     val_data = load_pairs(val_pairs, n)
     overrides, boundary_entry, train_maps, val_maps = dict(tc.model_overrides), None, None, None
-    if tc.boundaries_from:
-        src_ck = load_checkpoint(tc.boundaries_from)
+    if src_ck is not None:
         boundaries = boundaries_from_checkpoint(src_ck, source=tc.boundaries_from)
         if boundaries is None:
             raise ValueError(f"{tc.boundaries_from}: no boundary net in this checkpoint (lmae fit-boundaries)")
@@ -158,10 +160,9 @@ def train(tc: TrainConfig) -> Path:
         val_maps = boundary_maps(boundaries, [img for img, _ in val_data])
     cfg = make_config(tc.preset, n, img_size=tuple(tc.image_size), **overrides)
     model = LMAE(cfg).to(device)
-    if tc.init_from:
-        src = load_checkpoint(tc.init_from)["state_dict"]
+    if init_state is not None:
         own = model.state_dict()
-        take = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+        take = {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(take, strict=False)
         if rank == 0:
             print(f"warm start from {tc.init_from}: {len(take)}/{len(own)} tensors", flush=True)

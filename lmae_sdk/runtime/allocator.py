@@ -5,10 +5,12 @@ model-size inputs, logits).  With glibc's defaults such a block goes back to the
 when it is freed, and the next one is faulted in again, page by page and zeroed: on the
 machines here a 2 MB Gaussian blur took 1.6 ms into a fresh array and 0.55 ms into a
 reused one, and the host work per image in the completer fell ~5% with freed memory kept
-(benchmarks/RESULTS.md, section 1, session 11).  PyTorch's CPU performance guide gives the
-same advice (``MALLOC_*`` variables, or jemalloc / tcmalloc).
+(benchmarks/RESULTS.md, section 1).  PyTorch's CPU performance guide gives the same
+advice (``MALLOC_*`` variables, or jemalloc / tcmalloc).
 
-``complete_batch`` calls :func:`keep_freed_memory` once.  It changes nothing when the
+This changes the whole process, so the library never calls it by itself: ``lmae complete``
+opts in for its own process, and a pipeline that wants the same calls
+``lmae_sdk.runtime.keep_freed_memory()`` once.  It changes nothing when the
 process is not on glibc, when any ``MALLOC_*_`` variable is set (the user's choice stands),
 or when ``LMAE_MALLOC_DEFAULTS=1``.  The cost: the process keeps up to a few hundred MB of
 freed memory for reuse instead of returning it.

@@ -23,14 +23,15 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..boundaries import BoundarySpec, boundaries_from_checkpoint
-from ..bundle import BOUNDARY_GRAPH, Manifest, read_manifest
+from ..boundary_map import BoundarySpec
+from ..bundle import BOUNDARY_GRAPH, BundleError, Manifest, check_contract, check_graph, check_model, read_manifest
 from ..fusion import PixelFusion
-from ..labels import UNKNOWN, InputError, Propagation, check_label_ids, read_image, read_label, resize_logits
+from ..inputs import check_channels, check_count, check_fraction, check_positive, read_pair
+from ..labels import UNKNOWN, InputError, Propagation, resize_logits
 from ..masking import MaskPlan, num_masked
-from ..model import LMAEConfig
+from ..config import LMAEConfig
+from ..extras import require_torch
 from ..preprocess import ModelInputs, finish, prepare, propagate_for
-from .allocator import keep_freed_memory
 from .backends import (Backend, BackendError, OrtBackend, OrtBoundaries, TorchBackend, TrtBackend,
                        ort_available, ort_cuda_available, trt_available)
 from .router import RouteDecision, apply_pass, route_image
@@ -83,6 +84,19 @@ class _Job:
     runs: Counter = field(default_factory=Counter)
 
 
+@dataclass(frozen=True)
+class _Reading:
+    """How the pairs of one call are read: the image arrays' channel order and tiling."""
+
+    channels: str = "rgb"
+    tile: bool = False
+    tile_scale: float = 1.0
+
+    @classmethod
+    def checked(cls, channels: str, tile: bool, tile_scale: float) -> "_Reading":
+        return cls(check_channels(channels), bool(tile), check_positive("tile_scale", tile_scale))
+
+
 @dataclass
 class _Item:
     index: int
@@ -101,6 +115,20 @@ def _filter_config(d: dict[str, Any]) -> LMAEConfig:
 
     known = {f.name for f in dataclasses.fields(LMAEConfig)}
     return LMAEConfig.from_dict({k: v for k, v in d.items() if k in known})
+
+
+def _check_boundary_net(man: Manifest, ckpt: dict[str, Any], path: Path) -> None:
+    """The bundle's checkpoint must hold the boundary net the manifest states (spec and
+    weights fingerprint), or none when it states none."""
+    from ..boundaries import weights_sha256
+
+    entry = ckpt.get("boundary_net")
+    has = None if not entry else {**BoundarySpec.from_dict(entry, str(path)).to_dict(),
+                                  "weights_sha256": weights_sha256(entry["state_dict"])}
+    stated = man.data.get("boundary") or None
+    if has != stated:
+        raise BundleError(f"{man.root / 'manifest.json'}: manifest boundary {stated!r} contradicts checkpoint {path}: "
+                          f"its boundary net is {has!r}")
 
 
 def _cuda_available() -> bool:
@@ -172,6 +200,13 @@ class LMAECompleter:
         ``mask_ratios`` restricts (bundle) or sets (checkpoint: a range model serves any) the
         engines.  ``pixel_fusion=False`` ignores the model's pixel fusion (its near-copy rule
         decides): faster host work, lower quality (benchmarks/RESULTS.md, sections 1-2).
+
+        A bundle's ``manifest.json`` is the contract: the shared settings (classes, unknown
+        index, label down-sampling, routing, near-copy, pixel fusion, boundary net) are read
+        from its top level, and an engine (its entry's ``model_config``, its ONNX graph's
+        metadata, the bundle's checkpoint for the torch backend) that contradicts them is
+        refused with a :class:`~lmae_sdk.bundle.BundleError` naming the key, both values
+        and the file.
         """
         p = Path(path)
         if backend not in ("auto", "torch", "onnxruntime", "tensorrt"):
@@ -182,19 +217,29 @@ class LMAECompleter:
                                    f"(lmae-export) for {backend}")
             completer = cls._from_checkpoint(p, device, threads, mask_ratios, unknown_index)
         else:
-            completer = cls._from_bundle(read_manifest(p), backend, device, threads, precision, mask_ratios,
-                                         unknown_index)
+            man = read_manifest(p)
+            check_contract(man)
+            completer = cls._from_bundle(man, backend, device, threads, precision, mask_ratios, unknown_index)
         if not pixel_fusion:
             completer.fusion = None
         return completer
 
     @classmethod
     def _from_checkpoint(cls, path: Path, device: str | None, threads: int, mask_ratios, unknown_index,
-                         source: str | None = None) -> "LMAECompleter":
+                         manifest: Manifest | None = None) -> "LMAECompleter":
+        """A ``.pt`` on the torch backend; ``manifest``: the bundle that holds it, whose
+        shared settings the checkpoint must agree with and which then decide the host work."""
+        require_torch(f"{path.name}: the torch backend (a .pt checkpoint)")
+        from ..boundaries import boundaries_from_checkpoint
         from ..checkpoint import load_checkpoint, model_from_checkpoint
 
         ckpt = load_checkpoint(path)
-        model = model_from_checkpoint(ckpt)
+        settings = ckpt
+        if manifest is not None:
+            check_model(manifest, ckpt["config"], f"checkpoint {path}", ckpt.get("normalization"), "config")
+            _check_boundary_net(manifest, ckpt, path)
+            settings = manifest.data
+        model = model_from_checkpoint(ckpt, path)
         cfg = model.cfg
         device = device or ("cuda" if _cuda_available() else "cpu")
         ratios = sorted({float(m) for m in (mask_ratios or ckpt["mask_ratios"])})
@@ -203,15 +248,17 @@ class LMAECompleter:
                           TorchBackend(model, m, cfg.num_visible(m), names, device, threads)) for m in ratios]
         log.info("backend torch on %s (%s), engines m=%s", device, path.name, ratios)
         boundaries = boundaries_from_checkpoint(ckpt, device, str(path))
-        return cls(cfg, engines, class_names=ckpt["class_names"], palette=ckpt.get("palette"),
-                   label_resize=ckpt.get("label_resize", "soft"),
-                   unknown_threshold=ckpt.get("unknown_threshold", 0.5),
-                   background_index=ckpt.get("background_index"), near_copy_px=ckpt.get("near_copy_px", 0.0),
-                   near_copy_min_prob=ckpt.get("near_copy_min_prob", 0.0),
-                   fusion=PixelFusion.from_dict(ckpt["fusion"], str(path)) if ckpt.get("fusion") else None,
+        source = str(manifest.root) if manifest is not None else str(path)
+        return cls(cfg, engines, class_names=settings["class_names"], palette=settings.get("palette"),
+                   label_resize=settings.get("label_resize", "soft"),
+                   unknown_threshold=settings.get("unknown_threshold", 0.5),
+                   background_index=settings.get("background_index"),
+                   near_copy_px=settings.get("near_copy_px", 0.0),
+                   near_copy_min_prob=settings.get("near_copy_min_prob", 0.0),
+                   fusion=PixelFusion.from_dict(settings["fusion"], source) if settings.get("fusion") else None,
                    boundaries=boundaries,
-                   unknown_index=ckpt.get("unknown_index", UNKNOWN) if unknown_index is None else unknown_index,
-                   source=source or str(path), backend_name="torch")
+                   unknown_index=settings.get("unknown_index", UNKNOWN) if unknown_index is None else unknown_index,
+                   source=source, backend_name="torch")
 
     @classmethod
     def _from_bundle(cls, man: Manifest, backend: str, device: str | None, threads: int, precision: str | None,
@@ -247,7 +294,7 @@ class LMAECompleter:
                 raise BackendError(f"{man.root}: the torch backend needs the .pt checkpoint; this bundle holds "
                                    f"{sorted(kinds)} engines only (pass the .pt path instead)")
             ratios = mask_ratios or sorted({e["mask_ratio"] for e in man.engines}) or None
-            return cls._from_checkpoint(ckpt, device, threads, ratios, unknown_index, source=str(man.root))
+            return cls._from_checkpoint(ckpt, device, threads, ratios, unknown_index, manifest=man)
         if backend not in kinds:
             raise BackendError(f"{man.root}: the bundle holds no {backend} engines (it has {sorted(kinds)})")
         gpu = backend == "tensorrt" or (device or "cpu").startswith("cuda")
@@ -265,15 +312,15 @@ class LMAECompleter:
         if not by_ratio:
             raise BackendError(f"{man.root}: no {backend} engine with precision {list(pref)}"
                                + (f" and mask ratios {list(mask_ratios)}" if mask_ratios else ""))
-        cfg = _filter_config(next(iter(by_ratio.values()))["model_config"])
-        if cfg.prior and man.data.get("prior_mode") not in (None, cfg.prior_mode):
-            raise BackendError(f"{man.root}: manifest prior_mode {man.data['prior_mode']!r} contradicts the "
-                               f"engines' model_config ({cfg.prior_mode!r})")
+        cfg = _filter_config(next(iter(by_ratio.values()))["model_config"])  # agrees with the manifest
         engines = []
         for m, e in sorted(by_ratio.items()):
             enc, dec = man.file(e, "encoder"), man.file(e, "decoder")
             if backend == "onnxruntime":
                 be = OrtBackend(enc, dec, m, e["num_visible"], e["inputs"], device or "cpu", threads, e["precision"])
+                for part, sess in be.sessions.items():  # what export wrote into the graph itself
+                    check_graph(man, e, part, sess.get_modelmeta().custom_metadata_map,
+                                [i.name for i in sess.get_inputs()])
             else:
                 be = TrtBackend(enc, dec, m, e["num_visible"], e["inputs"], e["precision"])
             engines.append(Engine(m, int(e["num_visible"]), int(e["num_patches"]) - int(e["num_visible"]), be))
@@ -329,10 +376,19 @@ class LMAECompleter:
 
     # ------------------------------------------------------------------ public API
     def complete(self, image, partial, *, min_confidence: float = 0.0, tile: bool = False,
-                 tile_scale: float = 1.0, confidence: bool = True) -> CompletionResult:
-        """One image; raises :class:`InputError` on a bad input.  ``confidence=False``: no
-        confidence map (``result.confidence`` None) unless ``min_confidence`` needs one."""
-        item = self._load(0, (image, partial), tile, tile_scale, on_error="raise")
+                 tile_scale: float = 1.0, confidence: bool = True, channels: str = "rgb") -> CompletionResult:
+        """One image; raises :class:`InputError` on a bad input, before any work.
+
+        ``image``: a uint8 array (H, W, 3) (or (H, W, 4) with alpha, or (H, W) grey) or an
+        image file; ``partial``: a uint8 (H, W) array of class ids (``unknown_index`` = unknown)
+        or a label PNG.  ``channels``: the colour order of an image *array*, ``"rgb"`` (the
+        default) or ``"bgr"`` (what ``cv2.imread`` returns); files are always decoded to RGB.
+        ``min_confidence`` in [0, 1]: hole pixels below it stay unknown.  ``confidence=False``:
+        no confidence map (``result.confidence`` None) unless ``min_confidence`` needs one.
+        """
+        reading = _Reading.checked(channels, tile, tile_scale)
+        min_confidence = check_fraction("min_confidence", min_confidence)
+        item = self._load(0, (image, partial), reading, on_error="raise")
         self._infer([j for j in item.jobs], batch_size=max(len(item.jobs), 1), pool=None)
         return self._finish(item, min_confidence, confidence)
 
@@ -340,8 +396,11 @@ class LMAECompleter:
                        tile: bool = False, tile_scale: float = 1.0, workers: int = 2,
                        on_error: str = "raise", chunk_size: int | None = None,
                        on_result: Callable[[CompletionResult], None] | None = None,
-                       lanes: int = 1, confidence: bool = True) -> Iterator[CompletionResult]:
+                       lanes: int = 1, confidence: bool = True, channels: str = "rgb") -> Iterator[CompletionResult]:
         """Complete any iterable of pairs, any sizes; results in input order.
+
+        The options are checked when this is called (a ``ValueError`` naming the option);
+        each pair when it is read.  ``channels`` and ``min_confidence``: as in :meth:`complete`.
 
         A pair is ``(image, partial)`` or ``(image, partial, name)`` where image / partial are
         arrays or file paths (read on the worker threads).  ``on_error="return"`` yields a
@@ -360,19 +419,25 @@ class LMAECompleter:
         context per engine); the lanes' host work still overlaps them.
         """
         if on_error not in ("raise", "return"):
-            raise ValueError("on_error must be 'raise' or 'return'")
-        if lanes < 1:
-            raise ValueError(f"lanes must be >= 1, got {lanes}")
-        keep_freed_memory()  # fresh multi-MB arrays were faulted in page by page (allocator.py)
+            raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
+        reading = _Reading.checked(channels, tile, tile_scale)
+        finish_args = (check_fraction("min_confidence", min_confidence), confidence)
+        batch_size, lanes = check_count("batch_size", batch_size), check_count("lanes", lanes)
+        if chunk_size is not None:
+            check_count("chunk_size", chunk_size)
         if lanes > 1:
-            yield from self._complete_in_lanes(pairs, batch_size, (min_confidence, confidence), tile, tile_scale,
-                                               on_error, chunk_size or batch_size, on_result, lanes)
-            return
-        chunk = chunk_size or max(2 * batch_size, 8)
+            return self._complete_in_lanes(pairs, batch_size, finish_args, reading, on_error,
+                                           chunk_size or batch_size, on_result, lanes)
+        return self._complete_chunks(pairs, batch_size, finish_args, reading, workers, on_error,
+                                     chunk_size or max(2 * batch_size, 8), on_result)
+
+    def _complete_chunks(self, pairs: Iterable, batch_size: int, finish_args: tuple[float, bool], reading: _Reading,
+                         workers: int, on_error: str, chunk: int,
+                         on_result: Callable[[CompletionResult], None] | None) -> Iterator[CompletionResult]:
         it = enumerate(pairs)
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix="lmae-prep") as pool:
             def submit_chunk():
-                return [pool.submit(self._load, i, p, tile, tile_scale, on_error) for i, p in islice(it, chunk)]
+                return [pool.submit(self._load, i, p, reading, on_error) for i, p in islice(it, chunk)]
 
             cur = submit_chunk()
             prev: list = []
@@ -380,7 +445,7 @@ class LMAECompleter:
                 nxt = submit_chunk()  # the next chunk prepares while this one runs the model
                 items = [f.result() for f in cur]
                 self._infer([j for item in items if item.error is None for j in item.jobs], batch_size, pool)
-                fin = [pool.submit(self._finish_and_hand_on, item, (min_confidence, confidence), on_result, on_error)
+                fin = [pool.submit(self._finish_and_hand_on, item, finish_args, on_result, on_error)
                        for item in items]
                 for f in prev:  # finished on the pool while this chunk was inferred
                     yield f.result()
@@ -388,8 +453,8 @@ class LMAECompleter:
             for f in prev:
                 yield f.result()
 
-    def _complete_in_lanes(self, pairs: Iterable, batch_size: int, finish_args: tuple[float, bool], tile: bool,
-                           tile_scale: float, on_error: str, chunk: int,
+    def _complete_in_lanes(self, pairs: Iterable, batch_size: int, finish_args: tuple[float, bool],
+                           reading: _Reading, on_error: str, chunk: int,
                            on_result: Callable[[CompletionResult], None] | None,
                            lanes: int) -> Iterator[CompletionResult]:
         # engines that run a batch a few images per call anyway (ONNX Runtime on CPU): the lane
@@ -400,7 +465,7 @@ class LMAECompleter:
         def run_chunk(chunk_pairs: list) -> list[CompletionResult]:
             results = []
             for s in range(0, len(chunk_pairs), step):
-                items = [self._load(i, p, tile, tile_scale, on_error) for i, p in chunk_pairs[s: s + step]]
+                items = [self._load(i, p, reading, on_error) for i, p in chunk_pairs[s: s + step]]
                 self._infer([j for item in items if item.error is None for j in item.jobs], batch_size, None)
                 results += [self._finish_and_hand_on(item, finish_args, on_result, on_error) for item in items]
             return results
@@ -418,7 +483,7 @@ class LMAECompleter:
                     return
 
     # ------------------------------------------------------------------ stages
-    def _load(self, index: int, pair, tile: bool, tile_scale: float, on_error: str) -> _Item:
+    def _load(self, index: int, pair, reading: _Reading, on_error: str) -> _Item:
         if isinstance(pair, dict):
             image, partial, name = pair["image"], pair["label"], pair.get("name")
         else:
@@ -428,9 +493,9 @@ class LMAECompleter:
             name = str(partial) if isinstance(partial, (str, os.PathLike)) else None
         item = _Item(index, name)
         try:
-            img, lab, palette = self._validate(image, partial)
+            img, lab, palette = read_pair(image, partial, self.num_classes, self.unknown_index, reading.channels)
             item.image, item.partial, item.palette = img, lab, palette
-            windows = self._windows(lab.shape, tile, tile_scale)
+            windows = self._windows(lab.shape, reading.tile, reading.tile_scale)
             item.boundary = bmap = self.boundary_map(img)
             if len(windows) == 1 and (self.cfg.prior or self._needs_propagation):  # serves prior and finish
                 item.propagated = propagate_for(self.cfg, lab, img, self.unknown_index, self.fusion is not None, bmap)
@@ -443,37 +508,6 @@ class LMAECompleter:
                 raise
             item.error = e if isinstance(e, InputError) else InputError(name, f"{type(e).__name__}: {e}")
         return item
-
-    def _validate(self, image, partial) -> tuple[np.ndarray, np.ndarray, list | None]:
-        ipath = image if isinstance(image, (str, os.PathLike)) else None
-        lpath = partial if isinstance(partial, (str, os.PathLike)) else None
-        palette = None
-        if lpath is not None:
-            partial, palette = read_label(lpath)
-        if ipath is not None:
-            image = read_image(ipath)
-        image, partial = np.asarray(image), np.asarray(partial)
-        if image.dtype != np.uint8:
-            raise InputError(ipath, f"image dtype {image.dtype}; expected uint8 RGB")
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        elif image.ndim == 3 and image.shape[2] == 4:
-            image = image[:, :, :3]
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise InputError(ipath, f"image shape {image.shape}; expected (H, W, 3) RGB")
-        if partial.ndim != 2:
-            raise InputError(lpath, f"label shape {partial.shape}; expected (H, W) class ids")
-        if partial.dtype != np.uint8:
-            if not np.issubdtype(partial.dtype, np.integer) or partial.size and (partial.min() < 0
-                                                                               or partial.max() > 255):
-                raise InputError(lpath, f"label dtype {partial.dtype} with values outside 0..255; expected uint8")
-            partial = partial.astype(np.uint8)
-        if image.shape[:2] != partial.shape:
-            where = f" (image {ipath})" if ipath is not None else ""
-            raise InputError(lpath, f"label size {partial.shape[1]}x{partial.shape[0]} differs from the image's "
-                                    f"{image.shape[1]}x{image.shape[0]}{where}")
-        check_label_ids(partial, self.num_classes, self.unknown_index, lpath)
-        return np.ascontiguousarray(image), np.ascontiguousarray(partial), palette
 
     def _windows(self, shape: tuple[int, int], tile: bool, scale: float) -> list[tuple[int, int, int, int]]:
         H, W = shape

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..labels import UNKNOWN
 from ..masking import MaskPlan, num_masked, patch_class_share, unknown_share
-from ..model import LMAEConfig
+from ..config import LMAEConfig
 from ..preprocess import ModelInputs, finish, route
 
 

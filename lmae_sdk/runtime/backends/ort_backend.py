@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ...boundaries import BoundarySpec, boundary_input, boundary_to_image
+from ...boundary_map import BoundarySpec, boundary_input, boundary_to_image
 from .base import Backend, BackendError
 
 log = logging.getLogger("lmae_sdk.runtime")

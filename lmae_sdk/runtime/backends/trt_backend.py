@@ -1,38 +1,47 @@
-"""TensorRT backend: serialized ``*.engine`` files from ``lmae-export --backend tensorrt``.
+"""TensorRT backend: serialized ``*.engine`` files from ``lmae-export --trt``.
 
-``tensorrt`` is imported lazily; without it (or without a GPU) construction fails with a
-clear message and ``auto`` never picks this backend.
+Each graph runs on :class:`lmae_sdk.trt_engine.TrtEngine` (``run(feed) -> outputs by
+name``).  ``tensorrt`` is imported when a backend is built; without it, or without a CUDA
+device, construction fails with a clear :class:`BackendError` and ``auto`` never picks
+this backend.  Device buffers come from cuda-python, else from torch's CUDA allocator
+when torch is installed (imported only then).
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from ... import trt_engine
 from .base import Backend, BackendError
+
+# the graph contract's output of each part (export/graphs.py: output_names)
+OUTPUTS = {"encoder": "latent", "decoder": "logits"}
+
+
+def _torch_device_memory() -> trt_engine.DeviceMemory:
+    try:
+        from ...torch_device_memory import TorchDeviceMemory
+    except ImportError as e:
+        raise trt_engine.TensorRTUnavailable(f"neither cuda-python nor torch is installed ({e})") from None
+    return TorchDeviceMemory()
+
+
+def device_memory() -> trt_engine.DeviceMemory:
+    """Device buffers for the engines: cuda-python, else torch CUDA."""
+    return trt_engine.device_memory(fallback=_torch_device_memory)
 
 
 def trt_available() -> bool:
-    if importlib.util.find_spec("tensorrt") is None:
-        return False
+    """TensorRT 10 imports and a CUDA device is visible (cuda-python, else torch)."""
     try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:
+        trt_engine.import_tensorrt()
+        device_memory()
+    except Exception:  # noqa: BLE001 - TensorRTUnavailable, or a broken CUDA install
         return False
-
-
-def _engine_class():
-    try:
-        from lmae_sdk.export.tensorrt_build import TrtEngine
-    except ImportError as e:
-        raise BackendError(f"TensorRT engines need lmae_sdk.export.tensorrt_build and the tensorrt package "
-                           f"(pip install 'lmae-sdk[trt]' on a machine with an NVIDIA GPU): {e}") from e
-    return TrtEngine
+    return True
 
 
 class TrtBackend(Backend):
@@ -40,13 +49,24 @@ class TrtBackend(Backend):
 
     def __init__(self, encoder: str | os.PathLike, decoder: str | os.PathLike, mask_ratio: float, num_visible: int,
                  input_names: dict[str, list[str]], precision: str = "fp16") -> None:
-        if importlib.util.find_spec("tensorrt") is None:
-            raise BackendError("the tensorrt package is not installed (pip install 'lmae-sdk[trt]'; "
-                               "needs an NVIDIA GPU)")
         super().__init__(mask_ratio, num_visible, input_names)
-        cls = _engine_class()
         self.precision = precision
-        self.engines = {"encoder": cls(str(Path(encoder))), "decoder": cls(str(Path(decoder)))}
+        try:
+            trt = trt_engine.import_tensorrt()
+            memory = device_memory()
+            self.engines = {part: trt_engine.TrtEngine(Path(path), memory, trt)
+                            for part, path in (("encoder", encoder), ("decoder", decoder))}
+        except (trt_engine.TensorRTUnavailable, trt_engine.TrtEngineError) as e:
+            raise BackendError(str(e)) from None
+        for part, eng in self.engines.items():
+            if set(eng.input_names) != set(self.input_names[part]):
+                raise BackendError(f"{eng.path.name}: engine inputs {sorted(eng.input_names)} differ from the "
+                                   f"manifest's {sorted(self.input_names[part])}")
+            if OUTPUTS[part] not in eng.output_names:
+                raise BackendError(f"{eng.path.name}: the engine has no output {OUTPUTS[part]!r} "
+                                   f"(outputs {eng.output_names})")
+        self.max_batch = min(eng.max_batch for eng in self.engines.values())
+        self.device_memory = memory.name
         # one execution context and one set of device buffers per engine: calls from the
         # completer's lanes take turns
         self._lock = threading.Lock()
@@ -56,21 +76,19 @@ class TrtBackend(Backend):
         return ["TensorRT"]
 
     def _run(self, part: str, feed: dict[str, np.ndarray]) -> np.ndarray:
-        eng = self.engines[part]
-        f = {k: np.ascontiguousarray(v) for k, v in self.select(part, feed).items()}
-        fn = getattr(eng, "infer", None) or getattr(eng, "run", None) or eng
-        out = fn(f)
-        if isinstance(out, dict):
-            out = out.get("logits" if part == "decoder" else "latent", next(iter(out.values())))
-        elif isinstance(out, (list, tuple)):
-            out = out[0]
-        if hasattr(out, "detach"):  # a torch tensor
-            out = out.detach().float().cpu().numpy()
-        return np.asarray(out, dtype=np.float32)
+        out = self.engines[part].run(self.select(part, feed))[OUTPUTS[part]]
+        return out.astype(np.float32, copy=False)
 
     def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """Encoder then decoder, in calls of at most the engines' max batch (their profile)."""
+        n = len(feed["ids_keep"])
         with self._lock:
-            return super().run(feed)
+            if n <= self.max_batch:
+                return super().run(feed)
+            step = self.max_batch
+            return np.concatenate([super(TrtBackend, self).run(
+                {k: (v[s: s + step] if v is not None else None) for k, v in feed.items()})
+                for s in range(0, n, step)])
 
     def encode(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         return self._run("encoder", feed)

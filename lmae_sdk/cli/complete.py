@@ -1,0 +1,203 @@
+"""``lmae complete``: fill the unknown pixels of a folder of partial labels."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from lmae_sdk.cli.batch import BatchSummary, pair_folders, start_run, writable_folder
+from lmae_sdk.run_record import RunRecord, Start, remove_stray_temps
+
+REPORT = "report.json"
+
+
+def auto_lanes(backend: str, device: str | None, threads: int) -> tuple[int, int]:
+    """(lanes, engine threads) for ``--lanes 0``: on a CPU every core completes its own batches
+    (1.13-1.18x the throughput of one engine over both cores for ``small`` on 2 cores,
+    benchmarks/RESULTS.md section 1); with a GPU, one lane whose workers prepare while the GPU
+    runs."""
+    from lmae_sdk.runtime.backends import ort_cuda_available, trt_available
+    from lmae_sdk.runtime.completer import _cuda_available
+
+    on_gpu = (device or "").startswith("cuda") or (device is None and (
+        (backend in ("auto", "tensorrt") and trt_available())
+        or (backend in ("auto", "onnxruntime") and ort_cuda_available())
+        or (backend in ("auto", "torch") and _cuda_available())))
+    if on_gpu:
+        return 1, threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = threads or 1
+    return max(1, cores // threads), threads
+
+
+def run_record(completer, model_path: Path, inputs: dict[str, str], min_confidence: float, tile: bool,
+               confidence_dir: Path | None) -> RunRecord:
+    """What decides the completed labels: the model's sha256, the engines and backend the
+    completer resolved to, and the options that change pixels (not threads, lanes, batch size
+    or workers)."""
+    from lmae_sdk.run_record import model_sha256
+
+    engines = completer.engines.values()
+    providers = completer.providers
+    on_gpu = any("cuda" in p.lower() or "tensorrt" in p.lower() for p in providers)
+    options = {"backend": completer.backend_name, "device": "gpu" if on_gpu else "cpu",
+               "precision": sorted({getattr(e.backend, "precision", None) or "fp32" for e in engines}),
+               "mask_ratios": completer.mask_ratios, "unknown_index": completer.unknown_index,
+               "pixel_fusion": completer.fusion is not None, "min_confidence": min_confidence, "tile": tile,
+               "confidence_dir": str(confidence_dir) if confidence_dir else None}
+    return RunRecord("complete", inputs, options, model_path=str(model_path), model_sha256=model_sha256(model_path),
+                     info={"providers": providers, "model": completer.describe()})
+
+
+@click.command()
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True),
+              help="a bundle folder (manifest.json) or a .pt checkpoint")
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--labels", "labels_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="partial labels (PNG, unknown = --unknown-index)")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]))
+@click.option("--device", default=None, help="cpu | cuda | cuda:N (default: what the backend picks)")
+@click.option("--precision", default=None, type=click.Choice(["fp32", "fp16", "int8"]))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--threads", default=0, type=int, help="inference threads (0 = all cores)")
+@click.option("--workers", default=2, show_default=True, type=int, help="pre/post-processing threads (one lane)")
+@click.option("--lanes", default=0, show_default=True, type=int,
+              help="batches completed side by side, each on its own thread from reading to writing (0 = auto: "
+                   "one per core with one engine thread each on a CPU, 1 with a GPU)")
+@click.option("--unknown-index", default=255, show_default=True, type=int)
+@click.option("--confidence-dir", default=None, type=click.Path(file_okay=False),
+              help="also write per-pixel confidence (8-bit PNG, 255 = 1.0)")
+@click.option("--min-confidence", default=0.0, show_default=True, type=float,
+              help="leave filled pixels below this confidence unknown")
+@click.option("--mask-ratios", default=None, help="use only these engines, e.g. 0.5,0.7 (a .pt: run it at these ratios)")
+@click.option("--tile", is_flag=True, help="overlapping model-size windows for large images")
+@click.option("--no-fusion", is_flag=True, help="ignore the model's pixel fusion (faster host work, lower quality)")
+@click.option("--overwrite", is_flag=True,
+              help="redo every file in --out (another model's or options' outputs too) and rewrite its run record")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def complete(model_path: str, images: str, labels_dir: str, out: str, backend: str, device: str | None,
+             precision: str | None, batch_size: int, threads: int, workers: int, lanes: int, unknown_index: int,
+             confidence_dir: str | None, min_confidence: float, mask_ratios: str | None, tile: bool, no_fusion: bool,
+             overwrite: bool, quiet: bool) -> None:
+    """Fill the unknown pixels of every partial label in --labels; one PNG each in --out.
+
+    --out keeps a run record (.lmae-run.json: inputs, model sha256, the options that change
+    the labels): a rerun resumes only the same run (only missing labels are made) and refuses
+    another model's or options' outputs unless --overwrite."""
+    import logging
+    import time
+    from collections import Counter
+
+    from tqdm import tqdm
+
+    from lmae_sdk.bundle import BundleError
+    from lmae_sdk.extras import MissingExtra
+    from lmae_sdk.labels import atomic_write_bytes, confidence_png, write_label
+    from lmae_sdk.runtime.backends import BackendError
+    from lmae_sdk.runtime import LMAECompleter, keep_freed_memory
+
+    keep_freed_memory()  # this process only: freed multi-MB arrays are reused, not faulted in again
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    src_img, src_lab, dst = Path(images).resolve(), Path(labels_dir).resolve(), Path(out).resolve()
+    conf_dst = Path(confidence_dir).resolve() if confidence_dir else None
+    if dst in (src_img, src_lab) or (conf_dst is not None and conf_dst in (src_img, src_lab, dst)):
+        raise click.UsageError("--out / --confidence-dir must differ from the inputs (inputs are never modified)")
+    if lanes < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--lanes")
+    try:
+        ratios = [float(v) for v in mask_ratios.split(",")] if mask_ratios else None
+    except ValueError:
+        raise click.BadParameter(f"{mask_ratios!r}: expected ratios like 0.5,0.7", param_hint="--mask-ratios") \
+            from None
+    inputs = pair_folders(src_img, src_lab)
+    if not inputs.pairs and not inputs.labels_without_image:
+        raise click.ClickException(f"no partial labels (*.png) in {src_lab}")
+    writable_folder(dst, "--out")
+    if conf_dst is not None:
+        writable_folder(conf_dst, "--confidence-dir")
+
+    summary = BatchSummary("complete")
+    for lab in inputs.labels_without_image:
+        summary.fail(lab.name, f"{lab}: no image named {lab.stem}.* in {src_img}")
+    summary.quiet_failures |= {lab.name for lab in inputs.labels_without_image}  # the note names them
+    summary.note_unmatched(inputs.labels_without_image, f"labels without an image in {src_img}",
+                           f"label without an image in {src_img}")
+    summary.note_unmatched(inputs.images_without_label, f"images without a partial label in {src_lab}",
+                           f"image without a partial label in {src_lab}")
+    if not inputs.pairs:  # nothing to complete: no model to load
+        summary.echo()
+        sys.exit(1)
+
+    if lanes == 0:
+        lanes, threads = auto_lanes(backend, device, threads)
+    try:
+        completer = LMAECompleter.load(model_path, backend=backend, device=device, threads=threads,
+                                       precision=precision, unknown_index=unknown_index, mask_ratios=ratios,
+                                       pixel_fusion=not no_fusion)
+    except (BundleError, BackendError, MissingExtra, ValueError) as e:  # CheckpointError is a ValueError
+        raise click.ClickException(str(e)) from None
+    click.echo(f"model: {completer.describe()}" + (f", {lanes} lanes" if lanes > 1 else ""), err=True)
+    record = run_record(completer, Path(model_path).resolve(), {"images": str(src_img), "labels": str(src_lab)},
+                        min_confidence, tile, conf_dst)
+    folders = [dst] + ([conf_dst] if conf_dst is not None else [])
+    start = start_run(folders, record, overwrite, bookkeeping=(REPORT,))
+    stray = sum(remove_stray_temps(f) for f in folders)
+
+    todo = []
+    for img, lab, stem in inputs.pairs:
+        done = (dst / f"{stem}.png").is_file() and (conf_dst is None or (conf_dst / f"{stem}.png").is_file())
+        if done and start is Start.RESUME:
+            summary.skipped += 1
+        else:
+            todo.append((img, lab, stem))
+
+    engine_use: Counter = Counter()
+    filled = unreliable = multipass = 0
+    t0 = time.time()
+    bar = tqdm(total=len(todo), desc="complete", unit="img", disable=quiet, file=sys.stderr)
+
+    def save(r) -> None:  # on the worker threads, while the model runs the next images
+        if conf_dst is not None:  # the label is written last: its presence marks the file finished
+            atomic_write_bytes(conf_dst / f"{r.name}.png", confidence_png(r.confidence))
+        write_label(dst / f"{r.name}.png", r.label, r.palette)
+
+    for r in completer.complete_batch(todo, batch_size=batch_size, min_confidence=min_confidence, tile=tile,
+                                      workers=workers, on_error="return", on_result=save, lanes=lanes,
+                                      confidence=conf_dst is not None):
+        bar.update(1)
+        if not r.ok:
+            summary.fail(f"{r.name}.png", str(r.error))
+            continue
+        summary.done += 1
+        engine_use[f"m{r.mask_ratio:g}"] += 1
+        multipass += r.passes > 1
+        filled += r.filled
+        unreliable += r.unreliable
+    bar.close()
+    secs = time.time() - t0
+    rate = round(summary.done / secs, 3) if secs > 0 and summary.done else 0.0
+    report = {
+        "model": record.model_path, "backend": completer.backend_name,
+        "providers": completer.providers, "mask_ratios": completer.mask_ratios,
+        "images_completed": summary.done, "images_skipped": summary.skipped, "images_failed": len(summary.failures),
+        "pixels_filled": filled, "pixels_left_unknown": unreliable, "min_confidence": min_confidence,
+        "engine_use": dict(sorted(engine_use.items())), "multi_pass_images": multipass, "tile": tile,
+        "lanes": lanes, "engine_threads": threads, "seconds": round(secs, 3), "images_per_s": rate,
+        "stray_temp_files_removed": stray, "failures": summary.failures,
+        "labels_without_image": [p.name for p in inputs.labels_without_image],
+        "images_without_label": [p.name for p in inputs.images_without_label], "run": record.to_dict(),
+    }
+    try:
+        atomic_write_bytes(dst / REPORT, (json.dumps(report, indent=1) + "\n").encode())
+    except OSError as e:
+        summary.fail(REPORT, f"{dst / REPORT}: cannot write ({e.strerror or e})")
+    summary.echo(f"{secs:.1f}s [{rate:.2f} img/s]; {filled} pixels filled"
+                 + (f", {unreliable} left unknown (< {min_confidence})" if min_confidence > 0 else "")
+                 + f"; engines {report['engine_use']}" + (f", {multipass} in several passes" if multipass else ""),
+                 report=str(dst / REPORT))
+    summary.exit()
