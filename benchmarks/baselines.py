@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lmae_sdk.labels import TUNED_BLUR, TUNED_EDGE_WEIGHT, UNKNOWN, geodesic_nearest, nearest_known
+from lmae_sdk.labels import UNKNOWN
+from lmae_sdk.propagation import TUNED_BLUR, TUNED_EDGE_WEIGHT, geodesic_nearest, nearest_known
 
 
 def nearest_fill(image: np.ndarray, partial: np.ndarray, **_) -> np.ndarray:

@@ -258,7 +258,7 @@ def main(argv=None) -> dict[str, Any]:
     from lmae_sdk.metrics import CompletionMeter
     from lmae_sdk.degrade import degrade
     from lmae_sdk.training.data import load_pairs
-    from lmae_sdk.training.datasets import load_dataset
+    from lmae_sdk.datasets import load_dataset
 
     json_path, png_path = out_paths(a.out, "label_augmentation", a.smoke)
     tmp = tempfile.TemporaryDirectory(prefix="lmae-labelaug-")

@@ -24,6 +24,7 @@ objects 0.5; L-MAE >= 20x faster than RW.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -60,7 +61,7 @@ def setting_name(strategy: str, ratio: float) -> str:
 
 def load_split(root: str, split: str, limit: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], Any]:
     from lmae_sdk.training.data import load_pairs
-    from lmae_sdk.training.datasets import load_dataset
+    from lmae_sdk.datasets import load_dataset
 
     info = load_dataset(root, (split,))
     pairs = info.pairs[split][: limit or None]
@@ -87,6 +88,47 @@ def score(method_fn, data, partials, num_classes: int, with_truth: bool = False)
         secs += time.perf_counter() - t0
         meter.update(out, gt, partial)
     return meter.summary(), secs / max(len(data), 1)
+
+
+def _run_baseline(job: tuple[str, dict[str, Any], np.ndarray, np.ndarray]) -> np.ndarray:
+    from benchmarks.baselines import BASELINES
+
+    name, kw, img, partial = job
+    return BASELINES[name](img, partial, **kw)
+
+
+def score_baseline(name: str, kw: dict[str, Any], data, partials, num_classes: int,
+                   processes: int) -> tuple[dict[str, Any], float]:
+    """A baseline over the images in ``processes`` worker processes (one thread each), the
+    way the completer's lanes share the cores; (summary, wall seconds per image)."""
+    if processes <= 1:
+        from benchmarks.baselines import BASELINES
+
+        return score(lambda im, p: BASELINES[name](im, p, **kw), data, partials, num_classes)
+    import multiprocessing as mp
+
+    from lmae_sdk.metrics import CompletionMeter
+
+    jobs = [(name, kw, img, partial) for (img, _), partial in zip(data, partials)]
+    one_thread = {var: "1" for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    saved = {var: os.environ.get(var) for var in one_thread}
+    os.environ.update(one_thread)  # the spawned workers start with it
+    try:
+        with mp.get_context("spawn").Pool(processes) as pool:
+            pool.map(_run_baseline, jobs[:processes])  # start-up and imports outside the clock
+            t0 = time.perf_counter()
+            outs = pool.map(_run_baseline, jobs, chunksize=1)
+            secs = (time.perf_counter() - t0) / max(len(jobs), 1)
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+    meter = CompletionMeter(num_classes)
+    for (_, gt), partial, out in zip(data, partials, outs):
+        meter.update(out, gt, partial)
+    return meter.summary(), secs
 
 
 def score_lmae(completer, data, partials, num_classes: int, batch_size: int, workers: int, lanes: int = 1):
@@ -129,7 +171,7 @@ def tune_geodesic(root: str, blurs: list[float], edge_weights: list[float], n_im
                   patch: int) -> dict[str, Any]:
     """Geodesic fill's (blur, edge weight) grid by PA-mIoU on ``n_images`` TRAIN images at
     random 0.5 (how ``labels.TUNED_BLUR`` / ``TUNED_EDGE_WEIGHT`` were chosen)."""
-    from lmae_sdk.labels import geodesic_nearest
+    from lmae_sdk.propagation import geodesic_nearest
 
     data, info = load_split(root, "train", n_images)
     partials = make_partials(data, "random", 0.5, seed + 1000, patch, info.background_index)
@@ -152,7 +194,7 @@ def boundary_fill(ckpt_path: str):
     """(image, partial) -> the geodesic fill with the checkpoint's boundary net and step-cost weights."""
     from lmae_sdk.boundaries import boundaries_from_checkpoint
     from lmae_sdk.checkpoint import load_checkpoint
-    from lmae_sdk.labels import geodesic_nearest
+    from lmae_sdk.propagation import geodesic_nearest
 
     ck = load_checkpoint(ckpt_path)
     net = boundaries_from_checkpoint(ck, source=ckpt_path)
@@ -193,6 +235,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lanes", type=int, default=1,
                     help="L-MAE batches side by side (complete_batch lanes), each engine on threads / lanes threads")
+    ap.add_argument("--baseline-processes", type=int, default=0,
+                    help="baselines run in this many processes of one thread each, timed by wall clock "
+                         "(0 = as many as --lanes: the peers share the cores as the completer's lanes do)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-plot", action="store_true")
@@ -203,7 +248,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict[str, Any]:
     a = parse_args(argv)
     set_threads(a.threads)
-    from benchmarks.baselines import BASELINES, border_oracle_fill
+    from benchmarks.baselines import border_oracle_fill
     from lmae_sdk.runtime.completer import LMAECompleter
 
     json_path, png_path = out_paths(a.out, "quality", a.smoke)
@@ -272,9 +317,8 @@ def main(argv=None) -> dict[str, Any]:
                 print(f"  {sname:>12} {b:>24}: PA-mIoU {s['pa_miou']:6.2f}  acc {s['pa_pixel_acc']:6.2f}  "
                       f"global {s['global_miou']:6.2f}  {secs:.3f} s/img", flush=True)
             for b in baselines:
-                fn = BASELINES[b]
                 kw = {"beta": beta_info["chosen"]} if b == "random_walker" else {}
-                s, secs = score(lambda im, p, fn=fn, kw=kw: fn(im, p, **kw), data, partials, n)
+                s, secs = score_baseline(b, kw, data, partials, n, a.baseline_processes or max(1, a.lanes))
                 rows.append(_row(b, "baseline", sname, s, secs, hole))
                 print(f"  {sname:>12} {b:>24}: PA-mIoU {s['pa_miou']:6.2f}  acc {s['pa_pixel_acc']:6.2f}  "
                       f"global {s['global_miou']:6.2f}  {secs:.3f} s/img", flush=True)

@@ -29,6 +29,7 @@ from lmae_sdk.boundaries import BoundarySpec, net_from_state, weights_sha256
 from lmae_sdk.checkpoint import load_checkpoint, model_from_checkpoint
 from lmae_sdk.masking import num_masked
 from lmae_sdk.model import LMAEConfig
+from lmae_sdk.pipeline import CompletionSettings, SettingsError
 
 from .graphs import decoder_input_names, encoder_input_names
 from .onnx_export import DEFAULT_OPSET, ExportError, export_boundary_onnx, export_onnx, external_files, op_list
@@ -48,25 +49,23 @@ def file_name(part: str, mask_ratio: float, precision: str, backend: str) -> str
     return f"{part}_m{mask_ratio:g}_{precision}.{ext}"
 
 
-def shared_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
+def shared_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> dict[str, Any]:
+    """The manifest's top level from a checkpoint: the model's geometry and normalization,
+    and its completion settings (:class:`lmae_sdk.pipeline.CompletionSettings`, which
+    refuses a retired finishing rule with what to run)."""
     cfg = LMAEConfig.from_dict(ckpt["config"])
+    try:
+        settings = CompletionSettings.from_dict(ckpt, source)
+    except SettingsError as e:
+        raise ExportError(str(e)) from None
     return {
-        "class_names": list(ckpt["class_names"]),
-        "palette": ckpt.get("palette"),
+        **settings.to_dict(),
         "image_size": [int(x) for x in ckpt["image_size"]],
         "patch_size": int(ckpt["patch_size"]),
         "num_patches": cfg.num_patches,
         "normalization": ckpt["normalization"],
-        "unknown_index": int(ckpt["unknown_index"]),
-        "label_resize": ckpt["label_resize"],
-        "unknown_threshold": float(ckpt["unknown_threshold"]),
-        "background_index": ckpt.get("background_index"),
-        "near_copy_px": float(ckpt.get("near_copy_px", 0.0)),
-        "near_copy_min_prob": float(ckpt.get("near_copy_min_prob", 0.0)),
-        # host-side propagation for the prior planes and near-copy (None: the model has no prior)
+        # host-side propagation for the prior planes (None: the model has no prior)
         "prior_mode": cfg.prior_mode if cfg.prior else None,
-        # pixel fusion's weights (lmae fit-fusion), or None: the near-copy rule decides
-        "fusion": ckpt.get("fusion"),
         # the boundary net's spec and weight fingerprint (lmae fit-boundaries), or None
         "boundary": _boundary_shared(ckpt),
     }
@@ -145,9 +144,9 @@ def export_bundle(ckpts: list[str | os.PathLike] | str | os.PathLike, out_dir: s
 
     # ---- plan everything and refuse conflicts before writing -------------------------
     loaded = [(p, load_checkpoint(p)) for p in ckpts]
-    shared = shared_from_checkpoint(loaded[0][1])
+    shared = shared_from_checkpoint(loaded[0][1], str(loaded[0][0]))
     for p, ck in loaded[1:]:
-        B.check_compatible(shared, shared_from_checkpoint(ck), str(p))
+        B.check_compatible(shared, shared_from_checkpoint(ck, str(p)), str(p))
     if (out / B.MANIFEST).is_file():
         data_m = B.read_manifest(out, verify_files=False).data
         B.check_compatible(data_m, shared, str(ckpts[0]))

@@ -91,12 +91,6 @@ def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:
         p.key, p.value = k, v
 
 
-def read_metadata(path_or_proto: str | os.PathLike | onnx.ModelProto) -> dict[str, str]:
-    proto = path_or_proto if isinstance(path_or_proto, onnx.ModelProto) else onnx.load(
-        str(path_or_proto), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}
-
-
 def export_onnx(model: LMAE, path: str | os.PathLike, part: str, mask_ratio: float, opset: int = DEFAULT_OPSET,
                 dynamo: bool = True, fp16: bool = False, class_names: list[str] | None = None,
                 verbose: bool = False) -> Path:

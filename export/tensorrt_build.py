@@ -59,9 +59,6 @@ def timing_cache_path(cache_dir: str | os.PathLike | None = None) -> Path:
     return root / f"timing_{key}.cache"
 
 
-_NORM_LAYER_TYPES = ("NORMALIZATION",)  # trt.LayerType.NORMALIZATION: LayerNorm / GroupNorm / InstanceNorm
-
-
 def _pin_norms_fp32(trt, network) -> int:
     """Keep normalization layers (and their reductions, if decomposed) in FP32."""
     n = 0

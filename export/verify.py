@@ -1,8 +1,9 @@
 """Parity of exported graphs against the torch model (fp32 reference).
 
-Inputs go through the same host path as the runtime (``preprocess.prepare`` +
-``preprocess.route`` -> ``masking.plan_masks``): random partial labels over random
-images, and, with ``data``, real (image, label) pairs degraded by ``degrade.degrade``.
+Inputs go through the runtime's pipeline (:func:`lmae_sdk.pipeline.prepare`,
+:func:`lmae_sdk.routing.mask_plan`, :func:`lmae_sdk.pipeline.graph_inputs`): random partial
+labels over random images, and, with ``data``, real (image, label) pairs degraded by
+``degrade.degrade``.
 Reported per engine: max |logit difference| and argmax agreement over all pixels.
 """
 from __future__ import annotations
@@ -16,9 +17,10 @@ import numpy as np
 import torch
 
 from lmae_sdk.labels import UNKNOWN
-from lmae_sdk.model import LMAE
-from lmae_sdk.preprocess import ModelInputs, prepare, route
 from lmae_sdk.masking import MaskPlan
+from lmae_sdk.model import LMAE
+from lmae_sdk.pipeline import ModelInputs, graph_inputs, prepare
+from lmae_sdk.routing import mask_plan
 
 from .graphs import decoder_input_names, encoder_input_names
 
@@ -31,8 +33,10 @@ Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 @dataclass
 class Case:
-    inputs: ModelInputs  # batched (B, ...)
-    plan: MaskPlan  # batched
+    """A batch: per image its model inputs and mask plan."""
+
+    inputs: list[ModelInputs]
+    plans: list[MaskPlan]
 
 
 def _random_partial(rng: np.random.Generator, n: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +64,8 @@ def random_cases(model: LMAE, mask_ratio: float, n: int = 4, seed: int = 0, labe
         img, lab = _random_partial(rng, cfg.num_classes, size)
         mi = prepare(img, lab, cfg, label_resize, boundary=_flat_boundary(cfg, lab.shape))
         items.append(mi)
-        plans.append(route(mi, cfg, mask_ratio, threshold=threshold, background_index=background_index, rng=rng))
+        plans.append(mask_plan(mi, cfg, mask_ratio, threshold=threshold, background_index=background_index,
+                               rng=rng))
     return _batch(items, plans, batch)
 
 
@@ -69,7 +74,7 @@ def data_cases(model: LMAE, mask_ratio: float, data: str | os.PathLike, n: int =
                batch: int = 2) -> list[Case]:
     from lmae_sdk.degrade import degrade  # noqa: PLC0415
     from lmae_sdk.labels import read_image, read_label  # noqa: PLC0415
-    from lmae_sdk.training.datasets import load_dataset  # noqa: PLC0415
+    from lmae_sdk.datasets import load_dataset  # noqa: PLC0415
 
     cfg = model.cfg
     root = Path(data)
@@ -86,7 +91,8 @@ def data_cases(model: LMAE, mask_ratio: float, data: str | os.PathLike, n: int =
         partial = degrade(lab, float(rng.uniform(0.3, 0.7)), "random", rng, background_index=background_index)
         mi = prepare(img, partial, cfg, label_resize, boundary=_flat_boundary(cfg, partial.shape))
         items.append(mi)
-        plans.append(route(mi, cfg, mask_ratio, threshold=threshold, background_index=background_index, rng=rng))
+        plans.append(mask_plan(mi, cfg, mask_ratio, threshold=threshold, background_index=background_index,
+                               rng=rng))
     return _batch(items, plans, batch)
 
 
@@ -113,18 +119,12 @@ def verify_boundary(net: torch.nn.Module, spec, path: str | os.PathLike, toleran
 
 
 def _batch(items: list[ModelInputs], plans: list[MaskPlan], batch: int) -> list[Case]:
-    return [Case(ModelInputs.stack(items[i: i + batch]), MaskPlan.stack(plans[i: i + batch]))
-            for i in range(0, len(items), batch)]
+    return [Case(items[i: i + batch], plans[i: i + batch]) for i in range(0, len(items), batch)]
 
 
 def feeds(case: Case, cfg) -> tuple[dict[str, np.ndarray], Callable[[np.ndarray], dict[str, np.ndarray]]]:
     """(encoder feed, latent -> decoder feed) in the contract's names."""
-    mi, p = case.inputs, case.plan
-    pool = {"image": mi.image.astype(np.float32), "label_planes": mi.label_planes.astype(np.float32),
-            "ids_keep": p.ids_keep.astype(np.int64), "ids_mask": p.ids_mask.astype(np.int64),
-            "ids_restore": p.ids_restore.astype(np.int64)}
-    if mi.prior is not None:
-        pool["prior"] = mi.prior.astype(np.float32)
+    pool = graph_inputs(case.inputs, case.plans)
     enc = {k: pool[k] for k in encoder_input_names(cfg)}
 
     def dec(latent: np.ndarray) -> dict[str, np.ndarray]:
@@ -136,10 +136,10 @@ def feeds(case: Case, cfg) -> tuple[dict[str, np.ndarray], Callable[[np.ndarray]
 
 @torch.no_grad()
 def torch_logits(model: LMAE, case: Case) -> np.ndarray:
-    mi, p = case.inputs, case.plan
-    t = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-    lat = model.encode(t(mi.image), t(mi.label_planes), t(p.ids_keep), t(mi.prior))
-    return model.decode(lat, t(mi.image), t(p.ids_mask), t(p.ids_restore), t(mi.label_planes), t(mi.prior)).numpy()
+    f = {k: None if v is None else torch.from_numpy(np.ascontiguousarray(v))
+         for k, v in graph_inputs(case.inputs, case.plans).items()}
+    lat = model.encode(f["image"], f["label_planes"], f["ids_keep"], f["prior"])
+    return model.decode(lat, f["image"], f["ids_mask"], f["ids_restore"], f["label_planes"], f["prior"]).numpy()
 
 
 def _ort_session(path: str | os.PathLike, threads: int):

@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "LMAECompleter": "lmae_sdk.runtime.completer",
     "CompletionResult": "lmae_sdk.runtime.completer",
+    "CompletionSettings": "lmae_sdk.pipeline",
     "LMAEConfig": "lmae_sdk.config",
     "PRESETS": "lmae_sdk.config",
     "make_config": "lmae_sdk.config",

@@ -12,7 +12,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .labels import UNKNOWN, normalize_image
+from .labels import UNKNOWN
+from .planes import normalize_image
 
 BOUNDARY_FORMAT_VERSIONS = (1, 2)  # 2: flip_average
 

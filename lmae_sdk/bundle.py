@@ -30,14 +30,14 @@ from .labels import IMAGENET_MEAN, IMAGENET_STD, LABEL_RESIZE_MODES, atomic_writ
 BUNDLE_FORMAT = "lmae-bundle"
 BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
-# keys every engine of a bundle must agree on (they define pre/post-processing)
+# keys every engine of a bundle must agree on (they define pre/post-processing): the model's
+# geometry and normalization, and its completion settings (lmae_sdk.pipeline.CompletionSettings)
 SHARED_KEYS = ("class_names", "palette", "image_size", "patch_size", "num_patches", "normalization",
-               "unknown_index", "label_resize", "unknown_threshold", "background_index", "near_copy_px",
-               "near_copy_min_prob", "prior_mode", "fusion", "boundary")
+               "unknown_index", "label_resize", "unknown_threshold", "background_index", "prior_mode", "fusion",
+               "boundary")
 # absent from bundles written before they existed; the runtime then reads the engines' model_config
-# (prior_mode), copies unconditionally (near_copy_min_prob = 0), has no pixel fusion (fusion) or
-# no boundary net (boundary)
-OPTIONAL_SHARED_KEYS = ("prior_mode", "near_copy_min_prob", "fusion", "boundary")
+# (prior_mode), has no pixel fusion (fusion) or no boundary net (boundary)
+OPTIONAL_SHARED_KEYS = ("prior_mode", "fusion", "boundary")
 # with "boundary" (the net's spec and weight fingerprint): the graph file, written by export
 BOUNDARY_GRAPH = "boundary_graph"
 ENGINE_KEYS = ("name", "mask_ratio", "num_visible", "num_patches", "precision", "backend", "encoder", "decoder",

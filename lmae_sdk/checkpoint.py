@@ -26,8 +26,7 @@ class CheckpointError(ValueError):
 def make_checkpoint(model: LMAE, *, class_names: list[str], palette: list[list[int]] | None,
                     mask_ratios: list[float], label_resize: str, unknown_threshold: float,
                     metrics: dict[str, Any] | None = None, train_args: dict[str, Any] | None = None,
-                    background_index: int | None = None, near_copy_px: float = 0.0,
-                    near_copy_min_prob: float = 0.0) -> dict[str, Any]:
+                    background_index: int | None = None) -> dict[str, Any]:
     cfg = model.cfg
     if len(class_names) != cfg.num_classes:
         raise ValueError(f"{len(class_names)} class names for {cfg.num_classes} classes")
@@ -46,8 +45,6 @@ def make_checkpoint(model: LMAE, *, class_names: list[str], palette: list[list[i
         "unknown_index": 255,
         "unknown_threshold": float(unknown_threshold),
         "background_index": background_index,
-        "near_copy_px": float(near_copy_px),
-        "near_copy_min_prob": float(near_copy_min_prob),
         "metrics": metrics or {},
         "train_args": train_args or {},
         "torch_version": str(torch.__version__),

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .labels import PRIOR_MODES, TUNED_BLUR, TUNED_EDGE_WEIGHT
+from .propagation import PRIOR_MODES, TUNED_BLUR, TUNED_EDGE_WEIGHT
 
 FUSE_MODES = ("layer", "concat", "insert")
 

@@ -4,6 +4,8 @@ The runtime install (ONNX Runtime or TensorRT) has no torch; training, export an
 backend need the ``train`` extra."""
 from __future__ import annotations
 
+import importlib
+
 TRAIN_EXTRA_HINT = "pip install 'lmae-sdk[train]' (with pip install torch first to choose its build)"
 
 
@@ -12,8 +14,9 @@ class MissingExtra(ImportError):
 
 
 def require_torch(what: str) -> None:
-    """:class:`MissingExtra` naming ``what`` and the ``train`` extra when torch does not import."""
+    """:class:`MissingExtra` naming ``what`` and the ``train`` extra when torch does not import
+    (a probe: the caller goes on to import what it needs from torch)."""
     try:
-        import torch  # noqa: F401, PLC0415
+        importlib.import_module("torch")
     except ImportError as e:
         raise MissingExtra(f"{what} needs torch, which is not installed here ({e}): {TRAIN_EXTRA_HINT}") from None

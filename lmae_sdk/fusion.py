@@ -12,7 +12,7 @@ MLP shared by all classes (plus a bias per class) and takes the best class:
   class_distance  log Euclidean distance to the nearest known pixel of the class
   known_distance  log Euclidean distance to the nearest known pixel (any class)
 
-and, for a model with a boundary net (format 2), four features of the pixel's hole, the
+and, for a model with a boundary net (format 3), four features of the pixel's hole, the
 4-connected region of unknown pixels it lies in, so that one fusion can tell the kinds of
 hole apart (a cut through regions, where the copy is right, from a removed object, where
 the copy is wrong):
@@ -23,16 +23,17 @@ the copy is wrong):
   hole_size       log area of the hole, over log area of the image
   pixel_boundary  the learned boundary probability at the pixel (its strongest side)
 
-and (format 3) two features of straight lines through the pixel, for thin structures (a
+and two features of straight lines through the pixel, for thin structures (a
 pole or a sign post cut by a hole continues straight across it, a few pixels wide: the
 geodesic copy and the model at 1/16 resolution both lose it):
 
   line_vertical   the class's share of the two nearest known pixels straight up and down
   line_horizontal the same to the left and right
 
-It replaces the hand-set near-copy rule (``near_copy_px`` / ``near_copy_min_prob``): near
-known pixels it learns to trust the copy, deep inside a hole or across strong edges the
-model.  ``lmae fit-fusion`` fits it on training images (benchmarks/RESULTS.md, section 2).
+Near known pixels it learns to trust the copy, deep inside a hole or across strong edges
+the model.  ``lmae fit-fusion`` fits it on training images (benchmarks/RESULTS.md).  Format
+2 (the hole features without the line votes) was retired: such a fusion is refused with
+what to run to refit it.
 The weights travel in the checkpoint and the bundle manifest as plain lists.
 """
 from __future__ import annotations
@@ -44,14 +45,16 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .labels import UNKNOWN, numba_compiled, resize_logits
+from .jit import numba_compiled
+from .labels import UNKNOWN
+from .upsampling import resize_logits
 
 FUSION_FEATURES = ("log_prob", "path_cost", "path_cost_gap", "is_nearest", "class_distance", "known_distance")
 HOLE_FEATURES = ("border_share", "border_boundary", "hole_size", "pixel_boundary")
 LINE_FEATURES = ("line_vertical", "line_horizontal")
 # format version -> features; after the first six: the per-class ones, then the per-pixel ones
-FEATURES_BY_VERSION = {1: FUSION_FEATURES, 2: FUSION_FEATURES + HOLE_FEATURES,
-                       3: FUSION_FEATURES + HOLE_FEATURES[:1] + LINE_FEATURES + HOLE_FEATURES[1:]}
+# (format 2, FUSION_FEATURES + HOLE_FEATURES, was retired)
+FEATURES_BY_VERSION = {1: FUSION_FEATURES, 3: FUSION_FEATURES + HOLE_FEATURES[:1] + LINE_FEATURES + HOLE_FEATURES[1:]}
 _COST_CAP = 1e6  # costs above this (labels.NO_PATH included) read as "no path"
 _COST_SCALE = np.float32(1 / np.log1p(_COST_CAP))
 _DIST_SCALE = np.float32(1 / 6)  # log1p(400 px) ~ 6
@@ -167,9 +170,7 @@ def extra_features(features: tuple[str, ...], partial: np.ndarray, boundary: np.
     if len(features) == len(FUSION_FEATURES):
         return np.zeros((idx.size, num_classes, 0), np.float32), np.zeros((idx.size, 0), np.float32)
     share, others = hole_features(partial, boundary, num_classes, idx, unknown)
-    per_class = [share[..., None]]
-    if LINE_FEATURES[0] in features:
-        per_class.append(line_features(partial, num_classes, idx, unknown))
+    per_class = [share[..., None], line_features(partial, num_classes, idx, unknown)]
     return np.concatenate(per_class, 2), others
 
 
@@ -392,6 +393,8 @@ class PixelFusion:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "fusion") -> "PixelFusion":
         version = d.get("version")
+        if version == 2:
+            raise FusionError(f"{source}: pixel fusion format 2 was retired (format 3 adds the line votes)")
         if version not in FEATURES_BY_VERSION:
             raise FusionError(f"{source}: pixel fusion version {version!r} is not supported "
                               f"(this lmae-sdk reads {sorted(FEATURES_BY_VERSION)})")

@@ -9,9 +9,9 @@ import torch
 from lmae_sdk.boundaries import (BoundaryError, BoundaryNet, BoundarySpec, boundary_targets, flip_boundaries,
                                  weights_sha256)
 from lmae_sdk.fusion import FEATURES_BY_VERSION
-from lmae_sdk.labels import geodesic_class_costs, geodesic_propagate
+from lmae_sdk.propagation import geodesic_class_costs, geodesic_propagate
 from lmae_sdk.model import make_config
-from lmae_sdk.preprocess import propagate_for
+from lmae_sdk.pipeline import propagate_for
 
 
 def test_targets_mark_class_changes_and_ignore_unknown():
@@ -188,14 +188,10 @@ def test_fit_train_export_and_runtime(tmp_path, synth_root):
         assert tk["config"][key] == ck["config"][key]
     assert weights_sha256(tk["boundary_net"]["state_dict"]) == weights_sha256(ck["boundary_net"]["state_dict"])
 
-    # pixel fusion fitted on it reads the map too: the features of each pixel's hole (format 2), and by
-    # default the straight-line votes (format 3)
+    # pixel fusion fitted on it reads the map too: the features of each pixel's hole and the
+    # straight-line votes (format 3)
     fit_args = ["fit-fusion", "--ckpt", str(tuned), "--data", str(synth_root), "--images", "6", "--per-image", "300",
                 "--steps", "20", "--threads", "1"]
-    res = CliRunner().invoke(cli_main, fit_args + ["--no-line-features"])
-    assert res.exit_code == 0, res.output
-    assert f"{len(FEATURES_BY_VERSION[2])} features" in res.output
-    assert load_checkpoint(tuned)["fusion"]["version"] == 2
     res = CliRunner().invoke(cli_main, fit_args)
     assert res.exit_code == 0, res.output
     assert f"{len(FEATURES_BY_VERSION[3])} features" in res.output
@@ -205,9 +201,7 @@ def test_fit_train_export_and_runtime(tmp_path, synth_root):
     assert tc.boundaries is not None and tc.fusion.needs_boundary
     assert "hole-aware pixel fusion, learned boundaries" in tc.describe()
     with pytest.raises(ValueError, match="hole features"):  # even where the step cost does not use the map
-        LMAECompleter(replace(tc.cfg, geodesic_boundary_weight=0.0), list(tc.engines.values()),
-                      class_names=tc.class_names, palette=None, label_resize=tc.label_resize, unknown_threshold=0.5,
-                      fusion=tc.fusion)
+        LMAECompleter(replace(tc.cfg, geodesic_boundary_weight=0.0), list(tc.engines.values()), tc.settings)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (70, 100, 3), dtype=np.uint8)  # not the net's size: resized both ways
     partial = np.kron(rng.integers(0, 5, (7, 10)), np.ones((10, 10), np.int64)).astype(np.uint8)

@@ -8,8 +8,9 @@ import torch
 from lmae_sdk.degrade import degrade
 from lmae_sdk.fusion import (FEATURES_BY_VERSION, FUSION_FEATURES, FusionError, PixelFusion, hole_features,
                               line_features, pixel_features)
-from lmae_sdk.labels import NO_PATH, geodesic_class_costs, geodesic_propagate, propagate, upsampled_prediction
-from lmae_sdk.preprocess import finish
+from lmae_sdk.propagation import NO_PATH, geodesic_class_costs, geodesic_propagate, propagate
+from lmae_sdk.upsampling import upsampled_prediction
+from lmae_sdk.pipeline import CompletionSettings, SettingsError, finish
 
 
 def _scene(seed=0, n=4):
@@ -50,22 +51,26 @@ def _pass_through(feature: int, sign: float, hidden: int = 4) -> PixelFusion:
     return PixelFusion([(w1, np.zeros(hidden)), (w2, np.zeros(hidden)), (w3, np.zeros(1))], np.zeros(5))
 
 
+def _settings(fusion: PixelFusion | None) -> CompletionSettings:
+    return CompletionSettings(list("abcde"), fusion=fusion)
+
+
 def test_fusion_reduces_to_the_copy_or_to_the_model_by_its_weights():
     image, _, partial = _scene(2)
     rng = np.random.default_rng(0)
     logits = (3 * rng.standard_normal((5, 16, 24))).astype(np.float32)
     prop = propagate(partial, image, "geodesic", num_classes=5)
     hole = partial == 255
-    as_copy, conf = finish(logits, partial, propagated=prop, fusion=_pass_through(3, 1.0))  # is_nearest
+    as_copy, conf = finish(logits, partial, _settings(_pass_through(3, 1.0)), prop)  # is_nearest
     np.testing.assert_array_equal(as_copy[hole], prop.ids[hole])
-    as_model, _ = finish(logits, partial, propagated=prop, fusion=_pass_through(0, -1.0))  # log_prob
+    as_model, _ = finish(logits, partial, _settings(_pass_through(0, -1.0)), prop)  # log_prob
     model, _ = upsampled_prediction(logits, partial.shape)
     np.testing.assert_array_equal(as_model[hole], model[hole])
     for out in (as_copy, as_model):  # known pixels are never changed
         np.testing.assert_array_equal(out[~hole], partial[~hole])
     assert (conf[~hole] == 1).all() and (conf[hole] > 0).all() and (conf[hole] <= 1).all()
     with pytest.raises(ValueError, match="class costs"):
-        finish(logits, partial, propagated=propagate(partial, image, "geodesic"), fusion=_pass_through(3, 1.0))
+        finish(logits, partial, _settings(_pass_through(3, 1.0)), propagate(partial, image, "geodesic"))
 
 
 def test_features_and_serialisation():
@@ -82,6 +87,12 @@ def test_features_and_serialisation():
     np.testing.assert_array_equal(again.scores(f), fusion.scores(f))
     with pytest.raises(FusionError, match="version"):
         PixelFusion.from_dict({**fusion.to_dict(), "version": 99})
+    with pytest.raises(FusionError, match="format 2 was retired"):
+        PixelFusion.from_dict({**fusion.to_dict(), "version": 2})
+    # a checkpoint or manifest relying on a retired finishing rule says how to refit it
+    for retired in ({"fusion": {**fusion.to_dict(), "version": 2}}, {"near_copy_px": 8.0}):
+        with pytest.raises(SettingsError, match="lmae fit-fusion --ckpt"):
+            CompletionSettings.from_dict({"class_names": list("abcde"), **retired}, "old.pt")
     with pytest.raises(FusionError, match="features"):
         PixelFusion.from_dict({**fusion.to_dict(), "features": ["log_prob"]})
     with pytest.raises(FusionError, match="chain"):
@@ -105,17 +116,10 @@ def test_fit_fusion_calibrate_export_and_runtime(tmp_path, synth_root):
     assert fusion.num_classes == ck["config"]["num_classes"]
     assert "fusion" not in load_checkpoint(best)  # the input checkpoint is untouched
 
-    r = calibrate(fused, synth_root, thresholds=(0.5,), near_copy=(0, 8), near_copy_min_prob=(0.0, 0.2),
-                  log=lambda s: None)
-    assert [row["pixel_fusion"] for row in r["rows"]] == [False, False, False, True]
+    r = calibrate(fused, synth_root, thresholds=(0.5, 0.75), log=lambda s: None)
+    assert [row["finishing_rule"] for row in r["rows"]] == ["pixel fusion"] * 2
     cal = load_checkpoint(fused)
-    assert cal["metrics"]["calibration"]["pixel_fusion"] and r["chosen"]["pixel_fusion"]
-    # the near-copy rule is still chosen, for completers that turn fusion off
-    copy_rows = [row for row in r["rows"] if not row["pixel_fusion"]]
-    best_copy = max(row["pa_miou"] for row in copy_rows)
-    kept = [row for row in copy_rows if row["near_copy_px"] == cal["near_copy_px"]
-            and row["near_copy_min_prob"] == cal["near_copy_min_prob"]]
-    assert kept and kept[0]["pa_miou"] >= best_copy - 0.1
+    assert cal["unknown_threshold"] == r["chosen"]["unknown_threshold"] and PixelFusion.from_dict(cal["fusion"])
 
     tc = LMAECompleter.load(fused, backend="torch", threads=1)
     assert tc.fusion is not None and "pixel fusion" in tc.describe()

@@ -4,11 +4,14 @@ import pytest
 from PIL import Image
 
 from lmae_sdk.degrade import degrade
-from lmae_sdk.labels import (InputError, area_one_hot, geodesic_nearest, geodesic_propagate, label_planes, nearest_known,
-                             one_hot, prior_planes, propagate, read_label, resize_logits, resize_planes,
-                             upsampled_prediction, write_label)
+from lmae_sdk.labels import InputError, read_label, write_label
+from lmae_sdk.planes import area_one_hot, label_planes, one_hot, prior_planes, resize_planes
+from lmae_sdk.propagation import geodesic_nearest, geodesic_propagate, nearest_known, propagate
+from lmae_sdk.upsampling import resize_logits, upsampled_prediction
 from lmae_sdk.metrics import CompletionMeter, confusion, iou_per_class, mean_iou
-from lmae_sdk.preprocess import finish
+from lmae_sdk.pipeline import CompletionSettings, finish
+
+SETTINGS = CompletionSettings(list("abcde"))  # the argmax finishing rule, 255 = unknown
 
 
 def test_pa_miou_on_hand_made_arrays():
@@ -156,7 +159,7 @@ def test_compiled_and_numpy_geodesic_sweeps_agree():
 
 def test_compiled_colour_step_costs_equal_numpy_bit_for_bit(monkeypatch):
     pytest.importorskip("numba", reason="numba not installed: only the numpy step costs exist here")
-    import lmae_sdk.labels as L
+    import lmae_sdk.propagation as L
 
     rng = np.random.default_rng(6)
     img = rng.integers(0, 256, (37, 53, 3)).astype(np.uint8)
@@ -171,7 +174,7 @@ def test_compiled_colour_step_costs_equal_numpy_bit_for_bit(monkeypatch):
 
 
 def test_known_distance_is_nearest_knowns_distance():
-    from lmae_sdk.labels import known_distance
+    from lmae_sdk.propagation import known_distance
 
     rng = np.random.default_rng(7)
     lab = rng.integers(0, 3, (40, 60)).astype(np.uint8)
@@ -236,11 +239,11 @@ def test_finish_never_changes_known_pixels():
     partial = rng.integers(0, 4, (30, 40)).astype(np.uint8)
     partial[5:20, 5:25] = 255
     logits = rng.normal(size=(4, 16, 16)).astype(np.float32)
-    out, conf = finish(logits, partial)
+    out, conf = finish(logits, partial, SETTINGS)
     known = partial != 255
     np.testing.assert_array_equal(out[known], partial[known])
     assert (out[~known] < 4).all() and (conf[known] == 1).all() and (conf[~known] <= 1).all()
-    out2, _ = finish(logits, partial, min_confidence=0.99)
+    out2, _ = finish(logits, partial, SETTINGS, min_confidence=0.99)
     assert (out2[~known] == 255).any()
 
 
@@ -265,33 +268,6 @@ def test_write_label_palette_round_trip(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))
 
 
-def test_near_copy_takes_the_nearest_known_label_close_to_known_pixels():
-    partial = np.zeros((20, 20), np.uint8)
-    partial[:, 10:] = 1
-    partial[:, 8:12] = 255  # a 4-px-wide hole on the 0|1 boundary
-    logits = np.zeros((2, 20, 20), np.float32)
-    logits[1] = 5.0  # the model says class 1 everywhere
-    out, conf = finish(logits, partial)
-    assert (out[:, 8:12] == 1).all()
-    out, conf = finish(logits, partial, near_copy_px=1.5)
-    assert (out[:, 8] == 0).all() and (out[:, 11] == 1).all()  # 1 px from known: copied
-    assert conf[0, 8] < 0.01  # the model's probability of the copied class
-    np.testing.assert_array_equal(out[partial != 255], partial[partial != 255])
-
-
-def test_near_copy_with_geodesic_propagation_respects_image_edges():
-    img = np.zeros((20, 40, 3), np.uint8)
-    img[:, 25:] = 255
-    partial = np.full((20, 40), 255, np.uint8)
-    partial[:, :23] = 0
-    partial[:, 36:] = 1
-    logits = np.zeros((2, 20, 40), np.float32)  # an undecided model: argmax says class 0
-    euc, _ = finish(logits, partial, near_copy_px=20)
-    geo, _ = finish(logits, partial, near_copy_px=20, propagated=propagate(partial, img, "geodesic"))
-    assert (euc[:, 25:30] == 0).all()  # Euclidean copy leaks class 0 over the edge
-    assert (geo[:, 25:36] == 1).all() and (geo[:, 23:25] == 0).all()
-
-
 @pytest.mark.parametrize("size", [(8, 12), (21, 30)])
 def test_upsampled_prediction_matches_resize_then_softmax(size):
     rng = np.random.default_rng(1)
@@ -303,32 +279,10 @@ def test_upsampled_prediction_matches_resize_then_softmax(size):
     ref_pred, ref_conf = full.argmax(0), p.max(0)
     np.testing.assert_array_equal(pred, ref_pred)
     np.testing.assert_allclose(conf, ref_conf, rtol=1e-5)
-    forced = np.full(size, 255, np.uint8)
-    forced[::3, ::2] = rng.integers(0, 5, forced[::3, ::2].shape)
-    fpred, fconf = upsampled_prediction(logits, size, forced)
-    sel = forced != 255
-    np.testing.assert_array_equal(fpred[sel], forced[sel])
-    np.testing.assert_array_equal(fpred[~sel], ref_pred[~sel])
-    ys, xs = np.nonzero(sel)
-    np.testing.assert_allclose(fconf[sel], p[forced[sel], ys, xs], rtol=1e-5)
-
-
-def test_near_copy_min_prob_keeps_the_model_where_it_rules_the_copied_class_out():
-    partial = np.full((16, 16), 255, np.uint8)
-    partial[:, :2] = 0  # known column of class 0 on the left; the rest is a hole
-    logits = np.zeros((3, 16, 16), np.float32)
-    logits[2, :, 8:] = 8.0  # right half: the model is sure it is class 2 (a removed object)
-    logits[1, :, :8] = 0.5  # left half: undecided between 0 and 1 (a boundary to place)
-    prop = propagate(partial)  # copies class 0 everywhere
-    always, _ = finish(logits, partial, near_copy_px=100, propagated=prop)
-    gated, conf = finish(logits, partial, near_copy_px=100, propagated=prop, near_copy_min_prob=0.2)
-    assert (always[:, 2:] == 0).all()  # the plain copy overwrites the object
-    assert (gated[:, 8:] == 2).all() and (gated[:, 2:8] == 0).all()  # the gate keeps it, copies the rest
-    assert (gated[:, :2] == 0).all() and np.allclose(conf[:, :2], 1.0)  # known pixels untouched
 
 
 def test_class_max_equals_numpy_max_and_first_argmax(monkeypatch):
-    import lmae_sdk.labels as L
+    import lmae_sdk.upsampling as L
 
     rng = np.random.default_rng(3)
     planes = rng.standard_normal((7, 13, 17)).astype(np.float32)
@@ -343,7 +297,7 @@ def test_class_max_equals_numpy_max_and_first_argmax(monkeypatch):
 
 
 def test_normalize_image_compiled_equals_numpy_bit_for_bit(monkeypatch):
-    import lmae_sdk.labels as L
+    import lmae_sdk.planes as L
 
     img = np.random.default_rng(4).integers(0, 256, (37, 53, 3)).astype(np.uint8)
     got = L.normalize_image(img, (24, 32))
@@ -384,20 +338,17 @@ def test_finish_without_confidence_gives_the_same_labels():
     logits = (3 * rng.standard_normal((5, 8, 12))).astype(np.float32)
     partial = rng.integers(0, 5, (21, 30)).astype(np.uint8)
     partial[5:15, 4:20] = 255
-    with_conf, conf = finish(logits, partial)
-    without, none = finish(logits, partial, confidence=False)
+    with_conf, conf = finish(logits, partial, SETTINGS)
+    without, none = finish(logits, partial, SETTINGS, confidence=False)
     assert none is None and conf is not None
     np.testing.assert_array_equal(without, with_conf)
-    copied, _ = finish(logits, partial, near_copy_px=3, confidence=False)
-    want, _ = finish(logits, partial, near_copy_px=3)
-    np.testing.assert_array_equal(copied, want)
-    gated, conf2 = finish(logits, partial, min_confidence=0.6, confidence=False)  # needs it: computed
+    gated, conf2 = finish(logits, partial, SETTINGS, min_confidence=0.6, confidence=False)  # needs it: computed
     assert conf2 is not None and (gated[conf2 < 0.6] == 255).all()
 
 
 @pytest.mark.parametrize("size", [(21, 30), (40, 61)])
 def test_fill_argmax_is_the_upsampled_argmax_where_asked(size, monkeypatch):
-    import lmae_sdk.labels as L
+    import lmae_sdk.upsampling as L
 
     rng = np.random.default_rng(9)
     logits = cv2.GaussianBlur(rng.standard_normal((16, 24, 6)).astype(np.float32) * 8, (0, 0), 1.5)

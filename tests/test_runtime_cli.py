@@ -61,11 +61,11 @@ def test_auto_lanes_one_per_core_on_cpu_one_with_gpu(monkeypatch):
     import os
 
     import lmae_sdk.runtime.backends as backends
-    import lmae_sdk.runtime.completer as completer
+    import lmae_sdk.runtime.loading as loading
     from lmae_sdk.cli.complete import auto_lanes
 
     cores = len(os.sched_getaffinity(0))
-    for mod, name in ((backends, "ort_cuda_available"), (backends, "trt_available"), (completer, "_cuda_available")):
+    for mod, name in ((backends, "ort_cuda_available"), (backends, "trt_available"), (loading, "cuda_available")):
         monkeypatch.setattr(mod, name, lambda: False)
     assert auto_lanes("auto", None, 0) == (cores, 1)
     assert auto_lanes("onnxruntime", "cpu", 1) == (cores, 1)

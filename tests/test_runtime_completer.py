@@ -194,16 +194,20 @@ def test_bad_inputs_raise_or_are_reported(completer, tmp_path):
 
 
 @pytest.mark.parametrize("tile", [False, True])
-def test_geodesic_model_propagates_once_and_near_copy_follows_image_edges(tmp_path, tile, monkeypatch):
+def test_geodesic_model_propagates_once_and_fusion_copies_along_image_edges(tmp_path, tile, monkeypatch):
     from lmae_sdk import LMAECompleter
-    from lmae_sdk.labels import geodesic_nearest
+    from lmae_sdk.fusion import FUSION_FEATURES, PixelFusion
+    from lmae_sdk.propagation import geodesic_nearest
     from lmae_sdk.runtime import completer as completer_module
 
     torch.manual_seed(0)
     m = LMAE(make_config("tiny", 5, img_size=MODEL, prior_mode="geodesic"))
     ck = make_checkpoint(m, class_names=list("abcde"), palette=None, mask_ratios=[0.5], label_resize="soft",
                          unknown_threshold=0.5)
-    ck["near_copy_px"] = 1000.0  # every hole pixel copies the propagated label
+    # a pixel fusion that scores only "is_nearest": every hole pixel copies the propagated label
+    pick = np.zeros((len(FUSION_FEATURES), 1), np.float32)
+    pick[FUSION_FEATURES.index("is_nearest")] = 1.0
+    ck["fusion"] = PixelFusion([(pick, np.zeros(1))], np.zeros(5), min_log_prob=-1e9).to_dict()
     save_checkpoint(ck, tmp_path / "geo.pt")
     c = LMAECompleter.load(tmp_path / "geo.pt", backend="torch", threads=1)
     rng = np.random.default_rng(0)

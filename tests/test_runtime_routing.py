@@ -6,8 +6,8 @@ import torch
 from lmae_sdk import LMAE, make_config
 from lmae_sdk.checkpoint import make_checkpoint, save_checkpoint
 from lmae_sdk.masking import num_masked
-from lmae_sdk.preprocess import prepare
-from lmae_sdk.runtime.router import apply_pass, choose_ratio, patch_region, route_image
+from lmae_sdk.pipeline import prepare
+from lmae_sdk.routing import apply_pass, choose_ratio, patch_region, route_image
 
 H, W, P = 64, 96, 16  # grid 4 x 6, L = 24
 RATIOS = [0.25, 0.5, 0.75]  # masks 6, 12, 18 patches

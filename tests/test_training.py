@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lmae_sdk.checkpoint import load_checkpoint
-from lmae_sdk.training.datasets import DatasetError, load_dataset
+from lmae_sdk.datasets import DatasetError, load_dataset
 from lmae_sdk.training.loss import class_frequencies, class_weights, completion_loss
 from lmae_sdk.training.train import TrainConfig, train
 
@@ -188,21 +188,20 @@ def test_the_bf16_check_names_a_layer_that_autocast_breaks():
     assert all(p.grad is None for p in flip.parameters())  # the probe leaves no gradients behind
 
 
-def test_calibrate_stores_the_best_rule(tmp_path, synth_root):
+def test_calibrate_stores_the_best_threshold(tmp_path, synth_root):
     from lmae_sdk.training.calibrate import calibrate
 
     best = train(_tc(synth_root, tmp_path / "c.pt", epochs=1))
-    r = calibrate(best, synth_root, tmp_path / "cal.pt", thresholds=(0.3, 0.9), near_copy=(0, 3),
-                  near_copy_min_prob=(0.0, 0.2), log=lambda s: None)
+    r = calibrate(best, synth_root, tmp_path / "cal.pt", thresholds=(0.3, 0.6, 0.9), log=lambda s: None)
     ck = torch.load(tmp_path / "cal.pt", weights_only=True)
-    assert len(r["rows"]) == 6  # 2 thresholds x (no copy, copy within 3 px, copy where p >= 0.2)
+    assert [x["unknown_threshold"] for x in r["rows"]] == [0.3, 0.6, 0.9]
+    assert {x["finishing_rule"] for x in r["rows"]} == {"argmax"}
     best = max(x["pa_miou"] for x in r["rows"])
     chosen = ck["metrics"]["calibration"]["chosen"]
     assert chosen["pa_miou"] >= best - 0.1
     ties = [x for x in r["rows"] if x["pa_miou"] >= best - 0.1]
     assert chosen["unknown_threshold"] == max(x["unknown_threshold"] for x in ties)
-    assert ck["unknown_threshold"] == chosen["unknown_threshold"] and ck["near_copy_px"] == chosen["near_copy_px"]
-    assert ck["near_copy_min_prob"] == chosen["near_copy_min_prob"]
+    assert ck["unknown_threshold"] == chosen["unknown_threshold"] and "near_copy_px" not in ck
     for row in r["rows"]:  # the objective is the mean over the default settings (random holes, whole objects)
         assert set(row["pa_miou_by_setting"]) == {"random:0.5", "objects:0.5"}
         assert row["pa_miou"] == pytest.approx(np.mean(list(row["pa_miou_by_setting"].values())))
@@ -220,8 +219,8 @@ def test_calibrate_routes_a_range_model_like_the_runtime(tmp_path, synth_root, m
         return real(model, inp, mask_ratio, *a, **kw)
 
     monkeypatch.setattr(cal, "routed_logits", spy)
-    cal.calibrate(best, synth_root, tmp_path / "cal.pt", thresholds=(0.3,), near_copy=(0,),
-                  settings=(("random", 0.5),), log=lambda s: None)
+    cal.calibrate(best, synth_root, tmp_path / "cal.pt", thresholds=(0.3,), settings=(("random", 0.5),),
+                  log=lambda s: None)
     # val holes are 50% random patches: 0.25 masks too few patches, so the runtime (and
     # calibrate) must use the 0.75 engine; the old rule used the first ratio for every image
     assert used and set(used) == {0.75}

@@ -22,8 +22,6 @@ As a script it runs a console command with the double installed::
 """
 from __future__ import annotations
 
-import ctypes
-import enum
 import json
 import struct
 import sys
@@ -31,91 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from trt_double_types import (_FROM_ONNX, _LAYER_OF_OP, BuilderFlag, DataType, IHostMemory,  # noqa: F401 - API
+                              LayerType, Logger, MemoryPoolType, TensorIOMode, bool, float16, float32, int8, int32,
+                              int64, nptype, uint8)
+from trt_host_memory import HostMemory, live_allocations, read_device, write_device  # noqa: F401 - the double's API
+
 __version__ = "10.0.1"  # the double of TensorRT 10
 MAGIC = b"TRT-DOUBLE-ENGINE\0"
-DEVICE_NAME = "trt-double (host memory)"
-
-
-# ------------------------------------------------------------------ enums and types
-class DataType(enum.Enum):
-    FLOAT = 0
-    HALF = 1
-    INT8 = 2
-    INT32 = 3
-    BOOL = 4
-    UINT8 = 5
-    INT64 = 8
-
-
-float32, float16, int8, int32, bool, uint8, int64 = (  # noqa: A001 - as tensorrt names them
-    DataType.FLOAT, DataType.HALF, DataType.INT8, DataType.INT32, DataType.BOOL, DataType.UINT8, DataType.INT64)
-_NP = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8, DataType.INT32: np.int32,
-       DataType.BOOL: np.bool_, DataType.UINT8: np.uint8, DataType.INT64: np.int64}
-_FROM_ONNX = {1: DataType.FLOAT, 10: DataType.HALF, 3: DataType.INT8, 6: DataType.INT32, 9: DataType.BOOL,
-              2: DataType.UINT8, 7: DataType.INT64}
-
-
-def nptype(trt_type: DataType):
-    return _NP[trt_type]
-
-
-class TensorIOMode(enum.Enum):
-    NONE = 0
-    INPUT = 1
-    OUTPUT = 2
-
-
-class MemoryPoolType(enum.Enum):
-    WORKSPACE = 0
-
-
-class BuilderFlag(enum.Enum):
-    FP16 = 0
-    INT8 = 1
-    OBEY_PRECISION_CONSTRAINTS = 2
-    PREFER_PRECISION_CONSTRAINTS = 3
-
-
-class LayerType(enum.Enum):
-    CONVOLUTION = 0
-    MATRIX_MULTIPLY = 1
-    ELEMENTWISE = 2
-    NORMALIZATION = 3
-    CONSTANT = 4
-    SHAPE = 5
-    GATHER = 6
-    UNARY = 7
-
-
-_LAYER_OF_OP = {"Conv": LayerType.CONVOLUTION, "MatMul": LayerType.MATRIX_MULTIPLY, "Gemm": LayerType.MATRIX_MULTIPLY,
-                "LayerNormalization": LayerType.NORMALIZATION, "Constant": LayerType.CONSTANT,
-                "Shape": LayerType.SHAPE, "Gather": LayerType.GATHER, "GatherElements": LayerType.GATHER}
-
-
-class Logger:
-    class Severity(enum.IntEnum):
-        INTERNAL_ERROR = 0
-        ERROR = 1
-        WARNING = 2
-        INFO = 3
-        VERBOSE = 4
-
-    INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = Severity
-
-    def __init__(self, min_severity: "Logger.Severity" = Severity.WARNING) -> None:
-        self.min_severity = min_severity
-
-    def log(self, severity: "Logger.Severity", msg: str) -> None:
-        if severity <= self.min_severity:
-            print(f"[TRT-double] [{severity.name[0]}] {msg}", file=sys.stderr)
-
-
-class IHostMemory(bytes):
-    """Serialized data (the buffer protocol, like TensorRT's)."""
-
-    @property
-    def nbytes(self) -> int:
-        return len(self)
+DEVICE_NAME = HostMemory.device_name_text
 
 
 # ------------------------------------------------------------------ network and parser
@@ -444,75 +365,15 @@ class IExecutionContext:
         for name in e._names:
             if e.get_tensor_mode(name) == TensorIOMode.INPUT:
                 shape, dt = self._shapes[name], np.dtype(nptype(e.get_tensor_dtype(name)))
-                feed[name] = _read(self._addresses[name], shape, dt)
+                feed[name] = read_device(self._addresses[name], shape, dt)
         outs = e.session.run(None, feed)
         for o, value in zip(e.session.get_outputs(), outs):
             want = self.get_tensor_shape(o.name)
             value = np.ascontiguousarray(value, dtype=nptype(e.get_tensor_dtype(o.name)))
             if tuple(value.shape) != want:
                 raise RuntimeError(f"{o.name}: ran to shape {value.shape}, the context promised {want}")
-            _write(self._addresses[o.name], value)
+            write_device(self._addresses[o.name], value)
         return True
-
-
-# ------------------------------------------------------------------ host "device" memory
-_LIVE: dict[int, np.ndarray] = {}  # address -> the buffer that owns it
-
-
-def _check_range(address: int, nbytes: int) -> None:
-    for start, buf in _LIVE.items():
-        if start <= address and address + nbytes <= start + buf.nbytes:
-            return
-    raise RuntimeError(f"address {address:#x} (+{nbytes} bytes) is not inside a live device allocation")
-
-
-def _read(address: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    _check_range(address, nbytes)
-    raw = (ctypes.c_char * nbytes).from_address(address)
-    return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
-
-
-def _write(address: int, value: np.ndarray) -> None:
-    _check_range(address, value.nbytes)
-    ctypes.memmove(address, value.ctypes.data, value.nbytes)
-
-
-class HostMemory:
-    """:class:`lmae_sdk.trt_engine.DeviceMemory` on host buffers (one fake stream)."""
-
-    name = "host (trt-double)"
-
-    def device_name(self) -> str:
-        return DEVICE_NAME
-
-    def alloc(self, nbytes: int) -> int:
-        buf = np.zeros(max(1, int(nbytes)), np.uint8)
-        _LIVE[buf.ctypes.data] = buf
-        return buf.ctypes.data
-
-    def free(self, ptr: int) -> None:
-        if _LIVE.pop(int(ptr), None) is None:
-            raise RuntimeError(f"free of {ptr:#x}: not allocated")
-
-    def new_stream(self) -> int:
-        return 1
-
-    def to_device(self, ptr: int, host: np.ndarray, stream: int) -> None:
-        _write(ptr, np.ascontiguousarray(host))
-
-    def to_host(self, host: np.ndarray, ptr: int, stream: int) -> None:
-        if not host.flags.c_contiguous:
-            raise RuntimeError("to_host: the host array is not contiguous")
-        _check_range(ptr, host.nbytes)
-        ctypes.memmove(host.ctypes.data, ptr, host.nbytes)
-
-    def synchronize(self, stream: int) -> None:
-        pass
-
-
-def live_allocations() -> int:
-    return len(_LIVE)
 
 
 def install(monkeypatch) -> None:

@@ -23,15 +23,16 @@ import torch.nn.functional as F
 from lmae_sdk.boundaries import BoundaryNet, BoundarySpec, TorchBoundaries, boundary_targets
 from lmae_sdk.checkpoint import load_checkpoint, save_checkpoint
 from lmae_sdk.degrade import degrade
-from lmae_sdk.labels import geodesic_nearest, normalize_image
+from lmae_sdk.planes import normalize_image
+from lmae_sdk.propagation import geodesic_nearest
 from lmae_sdk.metrics import CompletionMeter
 
 from .amp import check_bf16_autocast
 from .data import load_pairs
-from .datasets import load_dataset
+from lmae_sdk.datasets import load_dataset
 
 # (colour weight, boundary weight, boundary power); squaring the map (power 2) lets paths through
-# where the net is unsure: +0.8 PA-mIoU of the fill on CamVid train (RESULTS section 0, session 9)
+# where the net is unsure: +0.8 PA-mIoU of the fill on CamVid train (benchmarks/RESULTS.md)
 DEFAULT_WEIGHT_GRID = tuple((cw, bw, power) for power in (1.0, 2.0) for cw in (300.0, 1000.0)
                             for bw in (1000.0, 3000.0, 10000.0))
 
@@ -41,7 +42,7 @@ def _crop(img: np.ndarray, lab: np.ndarray, crop: int, rng: np.random.Generator,
     """A random crop (at most the image), flipped left-right half the time.  ``augment``:
     first rescale by a random factor in [0.7, 1.4] (labels nearest) and jitter brightness,
     contrast and saturation by up to 25% (tried against the overfitting of a longer fit; on
-    CamVid it scored 0.1-0.6 below the plain net: RESULTS section 0, session 8)."""
+    CamVid it scored 0.1-0.6 below the plain net: benchmarks/RESULTS.md)."""
     ch, cw = min(crop, lab.shape[0]) // 2 * 2, min(crop, lab.shape[1]) // 2 * 2  # one size for every crop
     if augment:
         smallest = max(ch / lab.shape[0], cw / lab.shape[1])  # the rescaled image still holds the crop

@@ -15,12 +15,13 @@ from lmae_sdk.degrade import degrade
 from lmae_sdk.labels import UNKNOWN, InputError, check_label_ids, read_image, read_label
 from lmae_sdk.masking import DEFAULT_MIX, DEFAULT_UNKNOWN_THRESHOLD, sample_strategy
 from lmae_sdk.model import LMAEConfig
-from lmae_sdk.preprocess import ModelInputs, prepare, propagate_for, route
+from lmae_sdk.pipeline import ModelInputs, prepare, propagate_for
+from lmae_sdk.routing import mask_plan
 
 # how training holes are made (ours): share of each degrade strategy; "none" = the
 # paper's setting, where the only unknown region is the masked patches themselves.
 # Whole objects at 0.25 (was 0.15): +4.6 val PA-mIoU on whole-object removal at equal
-# random-hole quality (benchmarks/RESULTS.md, section 0, session 4)
+# random-hole quality (benchmarks/RESULTS.md)
 DEFAULT_HOLE_MIX = {"random": 0.4, "blocks": 0.15, "objects": 0.25, "background": 0.1, "label": 0.1}
 
 
@@ -78,7 +79,7 @@ def make_sample(img: np.ndarray, lab: np.ndarray, cfg: LMAEConfig, spec: SampleS
     else:
         partial = lab
     inputs = prepare(img, partial, cfg, spec.label_resize, boundary=boundary)
-    plan = route(inputs, cfg, mask_ratio, sample_strategy(rng, spec.mask_mix or DEFAULT_MIX), spec.threshold,
+    plan = mask_plan(inputs, cfg, mask_ratio, sample_strategy(rng, spec.mask_mix or DEFAULT_MIX), spec.threshold,
                  spec.background_index, rng)
     target = cv2.resize(lab, (mw, mh), interpolation=cv2.INTER_NEAREST)
     hole = cv2.resize((partial == UNKNOWN).astype(np.uint8), (mw, mh), interpolation=cv2.INTER_NEAREST) > 0
@@ -140,7 +141,7 @@ class ValSet:
             bmap = None if boundary_maps is None else boundary_maps[i].astype(np.float32)
             partial = degrade(lab, ratio, strategy, np.random.default_rng([seed, i]), patch=patch,
                               background_index=background_index)
-            # for the prior, near-copy and (class_costs) pixel fusion
+            # for the prior and (class_costs) pixel fusion
             propagated = propagate_for(cfg, partial, img, class_costs=class_costs, boundary=bmap)
             self.items.append((lab, partial, prepare(img, partial, cfg, label_resize, propagated=propagated),
                                propagated))

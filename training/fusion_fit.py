@@ -22,11 +22,11 @@ from lmae_sdk.checkpoint import load_checkpoint, model_from_checkpoint, save_che
 from lmae_sdk.degrade import degrade
 from lmae_sdk.fusion import FEATURES_BY_VERSION, FUSION_FEATURES, PixelFusion, features_at, hole_log_probs
 from lmae_sdk.labels import UNKNOWN
-from lmae_sdk.preprocess import ModelInputs, prepare, propagate_for
+from lmae_sdk.pipeline import ModelInputs, prepare, propagate_for
 
 from .calibrate import runtime_logits
 from .data import load_pairs
-from .datasets import load_dataset
+from lmae_sdk.datasets import load_dataset
 
 DEFAULT_FIT_SETTINGS = (("random", 0.5), ("objects", 0.5), ("blocks", 0.5), ("random", 0.3), ("random", 0.7))
 
@@ -95,15 +95,13 @@ def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: i
 def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None = None, split: str = "train",
                settings=DEFAULT_FIT_SETTINGS, images: int = 0, per_image: int = 6000, hidden: int = 32,
                steps: int = 4000, class_weight_power: float = 0.25, seed: int = 0, threads: int = 0,
-               hole_features: bool | None = None, line_features: bool | None = None, log=print) -> dict:
+               hole_features: bool | None = None, log=print) -> dict:
     """Fit pixel fusion on ``split`` and store it in the checkpoint (``out``, default in place).
 
     ``hole_features`` (default: when the checkpoint has a boundary net) adds the features of
-    the pixel's hole (format 2, :data:`lmae_sdk.fusion.HOLE_FEATURES`); ``line_features``
-    (default: with the hole features) also the straight-line votes for thin structures
-    (format 3, :data:`lmae_sdk.fusion.LINE_FEATURES`; with trained CamVid models +0.45 to +0.6
-    PA-mIoU at random 0.5 over format 2, -0.1 to -0.35 on whole objects: RESULTS section 0,
-    session 9).
+    the pixel's hole and the straight-line votes for thin structures (format 3,
+    :data:`lmae_sdk.fusion.HOLE_FEATURES`, :data:`lmae_sdk.fusion.LINE_FEATURES`); without
+    them the fusion reads the six per-class features (format 1).
 
     Class weights are (total / count) ** ``class_weight_power``: at 0.25 rare classes count
     more, but not so much that the fusion paints them over common ones (full inverse
@@ -118,12 +116,7 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
         hole_features = bool(ck.get("boundary_net"))
     elif hole_features and not ck.get("boundary_net"):
         raise ValueError(f"{ckpt_path}: hole features need a boundary net (lmae fit-boundaries)")
-    if line_features is None:
-        line_features = hole_features
-    if line_features and not hole_features:
-        raise ValueError(f"{ckpt_path}: line features come with the hole features (format 3); "
-                         "this checkpoint has no boundary net or they were turned off")
-    features = FEATURES_BY_VERSION[3 if line_features else 2 if hole_features else 1]
+    features = FEATURES_BY_VERSION[3 if hole_features else 1]
     log(f"collecting hole pixels from {split} ({', '.join(f'{s}:{r:g}' for s, r in settings)}; "
         f"{len(features)} features)")
     x, y = collect_pixels(ck, data, split, settings, images, per_image, seed, features, log)
@@ -151,6 +144,8 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
             "features": list(features), "hidden": hidden, "steps": steps, "class_weight_power": class_weight_power,
             "seed": seed, "fit_loss": full_loss, "fit_pixel_acc": acc}
     ck["fusion"] = net.to_fusion(info).to_dict()
+    for retired in ("near_copy_px", "near_copy_min_prob"):  # the finishing rule fusion replaced
+        ck.pop(retired, None)
     target = Path(out) if out else Path(ckpt_path)
     save_checkpoint(ck, target)
     log(f"pixel fusion fitted on {len(y)} {split} hole pixels: loss {full_loss:.4f}, pixel acc {100 * acc:.2f}% "

@@ -24,14 +24,15 @@ from torch.utils.data.distributed import DistributedSampler
 
 from lmae_sdk.boundaries import boundaries_from_checkpoint, boundary_maps
 from lmae_sdk.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from lmae_sdk.datasets import load_dataset
 from lmae_sdk.masking import DEFAULT_UNKNOWN_THRESHOLD
 from lmae_sdk.metrics import CompletionMeter
 from lmae_sdk.model import LMAE, count_parameters, make_config
-from lmae_sdk.preprocess import ModelInputs, finish, route
+from lmae_sdk.pipeline import CompletionSettings, ModelInputs, finish, graph_inputs
+from lmae_sdk.routing import mask_plan
 
 from .amp import check_bf16_autocast
 from .data import CompletionTrainSet, SampleSpec, ValSet, collate, load_pairs
-from .datasets import load_dataset
 from .loss import class_frequencies, class_weights, completion_loss
 
 
@@ -84,34 +85,33 @@ def _rank() -> int:
 def routed_logits(model: LMAE, inp: ModelInputs, mask_ratio: float, strategy: str, threshold: float,
                   background_index: int | None = None, device: str = "cpu",
                   rng: np.random.Generator | None = None) -> np.ndarray:
-    """Route every image of a stacked batch the way the runtime does (one engine, one
-    pass) and run the model: (B, N, h, w) logits as numpy."""
+    """Plan every image of a stacked batch the way the runtime does (one engine, one pass:
+    :func:`lmae_sdk.routing.mask_plan`) and run the model on the pipeline's graph inputs:
+    (B, N, h, w) logits as numpy."""
     cfg = model.cfg
     rng = rng or np.random.default_rng(0)
-    plans = [route(inp.item(j), cfg, mask_ratio, strategy, threshold, background_index, rng)
-             for j in range(inp.image.shape[0])]
-    ids = [torch.from_numpy(np.concatenate([getattr(p, n) for p in plans])).to(device)
-           for n in ("ids_keep", "ids_mask", "ids_restore")]
-    prior = None if inp.prior is None else torch.from_numpy(inp.prior).to(device)
+    items = [inp.item(j) for j in range(inp.image.shape[0])]
+    plans = [mask_plan(it, cfg, mask_ratio, strategy, threshold, background_index, rng) for it in items]
+    feed = {k: None if v is None else torch.from_numpy(v).to(device) for k, v in graph_inputs(items, plans).items()}
     with torch.no_grad():
-        logits = model(torch.from_numpy(inp.image).to(device), torch.from_numpy(inp.label_planes).to(device),
-                       *ids, prior)
+        logits = model(feed["image"], feed["label_planes"], feed["ids_keep"], feed["ids_mask"], feed["ids_restore"],
+                       feed["prior"])
     return logits.float().cpu().numpy()
 
 
-def evaluate(model: LMAE, valset: ValSet, mask_ratio: float, strategy: str, threshold: float,
-             class_names: list[str], device: str = "cpu", batch_size: int = 16,
-             background_index: int | None = None, near_copy_px: float = 0.0) -> dict:
-    """Complete the val partial labels the way the runtime does; pooled metrics."""
+def evaluate(model: LMAE, valset: ValSet, mask_ratio: float, settings: CompletionSettings, device: str = "cpu",
+             batch_size: int = 16) -> dict:
+    """Complete the val partial labels the way the runtime does (Background-First plans,
+    ``settings``' finishing rule); pooled metrics."""
     meter = CompletionMeter(model.cfg.num_classes)
     model.eval()
     rng = np.random.default_rng(0)
     for gts, partials, inp, propagated in valset.batches(batch_size):
-        logits = routed_logits(model, inp, mask_ratio, strategy, threshold, background_index, device, rng)
+        logits = routed_logits(model, inp, mask_ratio, "background_first", settings.unknown_threshold,
+                               settings.background_index, device, rng)
         for j, (gt, partial) in enumerate(zip(gts, partials)):
-            meter.update(finish(logits[j], partial, near_copy_px=near_copy_px, propagated=propagated[j])[0], gt,
-                         partial)
-    return meter.summary(class_names)
+            meter.update(finish(logits[j], partial, settings, propagated[j])[0], gt, partial)
+    return meter.summary(settings.class_names)
 
 
 def _paths(out: str) -> dict[str, Path]:
@@ -276,12 +276,9 @@ def train(tc: TrainConfig) -> Path:
         out_of_time = tc.time_budget_min and (time.time() - t0) / 60 >= tc.time_budget_min
         do_val = ((epoch + 1) % tc.val_every == 0) or epoch + 1 == tc.epochs or out_of_time
         if rank == 0 and do_val:
-            m_bg = evaluate(model, val_bg, eval_ratio, "background_first", tc.threshold, info.class_names, device,
-                            background_index=info.background_index)
-            m_rand = evaluate(model, val_rand, eval_ratio, "background_first", tc.threshold, info.class_names,
-                              device, background_index=info.background_index)
-            m_obj = evaluate(model, val_obj, eval_ratio, "background_first", tc.threshold, info.class_names,
-                             device, background_index=info.background_index)
+            settings = CompletionSettings(info.class_names, label_resize=tc.label_resize,
+                                          unknown_threshold=tc.threshold, background_index=info.background_index)
+            m_bg, m_rand, m_obj = (evaluate(model, v, eval_ratio, settings, device) for v in (val_bg, val_rand, val_obj))
             row.update({"val_pa_miou_background": m_bg["pa_miou"], "val_global_miou_background": m_bg["global_miou"],
                         "val_pa_miou_random": m_rand["pa_miou"], "val_global_miou_random": m_rand["global_miou"],
                         "val_pa_acc_random": m_rand["pa_pixel_acc"], "val_pa_miou_objects": m_obj["pa_miou"]})

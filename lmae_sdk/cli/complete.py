@@ -10,6 +10,7 @@ import click
 
 from lmae_sdk.cli.batch import BatchSummary, pair_folders, start_run, writable_folder
 from lmae_sdk.run_record import RunRecord, Start, remove_stray_temps
+from lmae_sdk.runtime.backends import BACKENDS
 
 REPORT = "report.json"
 
@@ -17,15 +18,15 @@ REPORT = "report.json"
 def auto_lanes(backend: str, device: str | None, threads: int) -> tuple[int, int]:
     """(lanes, engine threads) for ``--lanes 0``: on a CPU every core completes its own batches
     (1.13-1.18x the throughput of one engine over both cores for ``small`` on 2 cores,
-    benchmarks/RESULTS.md section 1); with a GPU, one lane whose workers prepare while the GPU
+    benchmarks/RESULTS.md); with a GPU, one lane whose workers prepare while the GPU
     runs."""
     from lmae_sdk.runtime.backends import ort_cuda_available, trt_available
-    from lmae_sdk.runtime.completer import _cuda_available
+    from lmae_sdk.runtime.loading import cuda_available
 
     on_gpu = (device or "").startswith("cuda") or (device is None and (
         (backend in ("auto", "tensorrt") and trt_available())
         or (backend in ("auto", "onnxruntime") and ort_cuda_available())
-        or (backend in ("auto", "torch") and _cuda_available())))
+        or (backend in ("auto", "torch") and cuda_available())))
     if on_gpu:
         return 1, threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -59,10 +60,9 @@ def run_record(completer, model_path: Path, inputs: dict[str, str], min_confiden
 @click.option("--labels", "labels_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="partial labels (PNG, unknown = --unknown-index)")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]))
+@click.option("--backend", default="auto", show_default=True, type=click.Choice(BACKENDS))
 @click.option("--device", default=None, help="cpu | cuda | cuda:N (default: what the backend picks)")
-@click.option("--precision", default=None, type=click.Choice(["fp32", "fp16", "int8"]))
+@click.option("--precision", default=None, type=click.Choice(["fp32", "fp16"]))
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", default=0, type=int, help="inference threads (0 = all cores)")
 @click.option("--workers", default=2, show_default=True, type=int, help="pre/post-processing threads (one lane)")

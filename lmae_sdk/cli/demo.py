@@ -26,7 +26,8 @@ def demo(workdir: str, epochs: int, train_images: int, val_images: int, time_bud
     from lmae_sdk.degrade import degrade as make_partial
     from lmae_sdk.degrade import rng_for_name
     from lmae_sdk.export import export_bundle
-    from lmae_sdk.labels import nearest_known, read_label, write_label
+    from lmae_sdk.labels import read_label, write_label
+    from lmae_sdk.propagation import nearest_known
     from lmae_sdk.metrics import CompletionMeter
     from lmae_sdk.runtime.completer import LMAECompleter
     from lmae_sdk.synthetic import SYNTH_CLASSES, make_synthetic_dataset

@@ -73,38 +73,26 @@ def reports_checkpoint_errors(command: Callable) -> Callable:
 @reports_checkpoint_errors
 def train(**kw) -> None:
     """Train one checkpoint per mask ratio (or one over a ratio range)."""
+    import dataclasses
+
     from lmae_sdk.training.train import TrainConfig
     from lmae_sdk.training.train import train as run
 
-    overrides = {}
-    if kw["fuse"]:
-        overrides["fuse"] = kw["fuse"]
-    if kw["no_ips"]:
-        overrides["ips"] = False
-    if kw["no_prior"]:
-        overrides["prior"] = False
-    if kw["prior_mode"]:
-        overrides["prior_mode"] = kw["prior_mode"]
-    if kw["refine_width"] is not None:
-        overrides["refine_width"] = kw["refine_width"]
-    if kw["refine_arch"]:
-        overrides["refine_arch"] = kw["refine_arch"]
+    # the model switches, as LMAEConfig overrides of the preset (unset: the preset's)
+    switches = {"fuse": kw["fuse"], "ips": False if kw["no_ips"] else None, "prior": False if kw["no_prior"] else None,
+                "prior_mode": kw["prior_mode"], "refine_width": kw["refine_width"], "refine_arch": kw["refine_arch"]}
+    # every other option is the TrainConfig field of the same name
+    settings = {k: v for k, v in kw.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    settings.update(image_size=parse_size(kw["image_size"]), mask_mix=parse_mix(kw["mask_mix"]),
+                    hole_mix=parse_mix(kw["hole_mix"], DEGRADE_STRATEGIES),
+                    model_overrides={k: v for k, v in switches.items() if v is not None})
     groups = parse_ratios(kw["mask_ratio"])
     for ratios in groups:
         out = kw["out"]
         if len(groups) > 1:
             tag = f"m{ratios[0]}"
             out = out.replace("{ratio}", tag) if "{ratio}" in out else str(Path(out).with_suffix("")) + f"_{tag}.pt"
-        tc = TrainConfig(data=kw["data"], out=out, mask_ratios=ratios, preset=kw["preset"], epochs=kw["epochs"],
-                         batch_size=kw["batch_size"], lr=kw["lr"], optimizer=kw["optimizer"],
-                         image_size=parse_size(kw["image_size"]), holes=kw["holes"],
-                         label_resize=kw["label_resize"], mask_mix=parse_mix(kw["mask_mix"]),
-                         hole_mix=parse_mix(kw["hole_mix"], DEGRADE_STRATEGIES),
-                         class_weighting=kw["class_weighting"], device=kw["device"], threads=kw["threads"],
-                         workers=kw["workers"], seed=kw["seed"], time_budget_min=kw["time_budget_min"],
-                         val_limit=kw["val_limit"], val_every=kw["val_every"], resume=kw["resume"],
-                         layout=kw["layout"], model_overrides=overrides, init_from=kw["init_from"],
-                         amp=kw["amp"], boundaries_from=kw["boundaries_from"])
+        tc = TrainConfig(**{**settings, "out": out, "mask_ratios": ratios})
         path = run(tc)
         click.echo(f"best checkpoint: {path}")
 
@@ -114,23 +102,19 @@ def train(**kw) -> None:
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="dataset with a val split")
 @click.option("--out", default=None, help="write the calibrated checkpoint here (default: in place, atomically)")
 @click.option("--thresholds", default="0.25,0.5,0.75,0.95", show_default=True)
-@click.option("--near-copy", default="0,2,4,8,12,16,24,32", show_default=True,
-              help="near_copy_px values (input pixels)")
-@click.option("--near-copy-min-prob", default="0,0.05,0.1,0.2,0.3", show_default=True,
-              help="near_copy_min_prob values: copy only where the model gives the copied class this probability")
 @click.option("--setting", default="random:0.5,objects:0.5", show_default=True,
               help="degrade STRATEGY:RATIO[,...] for the val labels; the rule maximises the mean PA-mIoU")
 @click.option("--limit", default=0, type=int, help="first N val pairs (0 = all)")
 @click.option("--threads", default=0, type=int)
 @reports_checkpoint_errors
-def calibrate(ckpt: str, data: str, out: str | None, thresholds: str, near_copy: str, near_copy_min_prob: str,
-              setting: str, limit: int, threads: int) -> None:
-    """Choose the routing threshold and near-copy rule on val; store them in the checkpoint."""
+def calibrate(ckpt: str, data: str, out: str | None, thresholds: str, setting: str, limit: int,
+              threads: int) -> None:
+    """Choose the routing threshold on val (with the checkpoint's finishing rule); store it in
+    the checkpoint."""
     from lmae_sdk.training.calibrate import calibrate as run
 
-    run(ckpt, data, out, tuple(float(v) for v in thresholds.split(",")),
-        tuple(float(v) for v in near_copy.split(",")), tuple(float(v) for v in near_copy_min_prob.split(",")),
-        parse_settings(setting), limit, threads, log=click.echo)
+    run(ckpt, data, out, tuple(float(v) for v in thresholds.split(",")), parse_settings(setting), limit, threads,
+        log=click.echo)
 
 
 @click.command("fit-boundaries")
@@ -193,19 +177,17 @@ def fit_boundaries(ckpt: str, data: str, split: str, out: str | None, minutes: f
 @click.option("--class-weight-power", default=0.25, show_default=True, type=float,
               help="class weights (total / count) ** power: rare classes count more as it grows")
 @click.option("--hole-features/--no-hole-features", default=None,
-              help="features of the pixel's hole (default: when the checkpoint has a boundary net)")
-@click.option("--line-features/--no-line-features", default=None,
-              help="also straight-line votes up/down and left/right, for thin structures (format 3; default: with "
-                   "the hole features)")
+              help="features of the pixel's hole and straight-line votes (default: when the checkpoint has a "
+                   "boundary net)")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", default=0, type=int)
 @reports_checkpoint_errors
 def fit_fusion(ckpt: str, data: str, split: str, out: str | None, setting: str, images: int, per_image: int,
-               hidden: int, steps: int, class_weight_power: float, hole_features: bool | None,
-               line_features: bool | None, seed: int, threads: int) -> None:
+               hidden: int, steps: int, class_weight_power: float, hole_features: bool | None, seed: int,
+               threads: int) -> None:
     """Fit pixel fusion (model probability x per-class geodesic cost, per hole pixel) and
     store it in the checkpoint; run before calibrate and export."""
     from lmae_sdk.training.fusion_fit import fit_fusion as run
 
     run(ckpt, data, out, split, parse_settings(setting), images, per_image, hidden, steps, class_weight_power,
-        seed=seed, threads=threads, hole_features=hole_features, line_features=line_features, log=click.echo)
+        seed=seed, threads=threads, hole_features=hole_features, log=click.echo)

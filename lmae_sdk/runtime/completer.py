@@ -5,40 +5,36 @@
     r.label, r.confidence, r.mask_ratio
     for r in completer.complete_batch(pairs, batch_size=16): ...
 
-Per image: validate -> (tile into windows) -> prepare at model size -> route to an engine
-(:mod:`.router`) -> batched inference grouped by engine -> (passes) -> finish (known
-pixels never change).  Preparing and finishing run on a thread pool, overlapping the
-inference of the neighbouring chunk; results come back in input order.
+Per image, the steps of :mod:`lmae_sdk.pipeline`: validate -> (tile into windows) ->
+prepare at model size -> route to an engine (:mod:`lmae_sdk.routing`) -> batched inference
+grouped by engine -> (passes) -> finish (known pixels never change).  This module schedules
+them: preparing and finishing run on a thread pool (or in lanes), overlapping the inference
+of the neighbouring chunk; results come back in input order.  Loading: :mod:`.loading`.
 """
 from __future__ import annotations
 
-import logging
 import os
 from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..boundary_map import BoundarySpec
-from ..bundle import BOUNDARY_GRAPH, BundleError, Manifest, check_contract, check_graph, check_model, read_manifest
+from ..config import LMAEConfig
 from ..fusion import PixelFusion
 from ..inputs import check_channels, check_count, check_fraction, check_positive, read_pair
-from ..labels import UNKNOWN, InputError, Propagation, resize_logits
-from ..masking import MaskPlan, num_masked
-from ..config import LMAEConfig
-from ..extras import require_torch
-from ..preprocess import ModelInputs, finish, prepare, propagate_for
-from .backends import (Backend, BackendError, OrtBackend, OrtBoundaries, TorchBackend, TrtBackend,
-                       ort_available, ort_cuda_available, trt_available)
-from .router import RouteDecision, apply_pass, route_image
-
-log = logging.getLogger("lmae_sdk.runtime")
-
-PRECISION_PREFERENCE = {"cpu": ("fp32", "fp16", "int8"), "gpu": ("fp16", "fp32", "int8")}
+from ..labels import InputError
+from ..propagation import Propagation
+from ..upsampling import resize_logits
+from ..masking import MaskPlan
+from ..pipeline import CompletionSettings, ModelInputs, finish, graph_inputs, prepare, propagate_for
+from ..routing import RouteDecision, apply_pass, route_image
+from . import loading
+from .backends import Engine
+from .loading import LoadOptions
 
 
 @dataclass
@@ -58,14 +54,6 @@ class CompletionResult:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-@dataclass
-class Engine:
-    mask_ratio: float
-    num_visible: int
-    num_masked: int
-    backend: Backend
 
 
 @dataclass
@@ -110,73 +98,47 @@ class _Item:
     error: Exception | None = None
 
 
-def _filter_config(d: dict[str, Any]) -> LMAEConfig:
-    import dataclasses
-
-    known = {f.name for f in dataclasses.fields(LMAEConfig)}
-    return LMAEConfig.from_dict({k: v for k, v in d.items() if k in known})
-
-
-def _check_boundary_net(man: Manifest, ckpt: dict[str, Any], path: Path) -> None:
-    """The bundle's checkpoint must hold the boundary net the manifest states (spec and
-    weights fingerprint), or none when it states none."""
-    from ..boundaries import weights_sha256
-
-    entry = ckpt.get("boundary_net")
-    has = None if not entry else {**BoundarySpec.from_dict(entry, str(path)).to_dict(),
-                                  "weights_sha256": weights_sha256(entry["state_dict"])}
-    stated = man.data.get("boundary") or None
-    if has != stated:
-        raise BundleError(f"{man.root / 'manifest.json'}: manifest boundary {stated!r} contradicts checkpoint {path}: "
-                          f"its boundary net is {has!r}")
-
-
-def _cuda_available() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:
-        return False
-
-
 class LMAECompleter:
-    def __init__(self, cfg: LMAEConfig, engines: Sequence[Engine], *, class_names: list[str],
-                 palette: list[list[int]] | None, label_resize: str, unknown_threshold: float,
-                 background_index: int | None = None, unknown_index: int = UNKNOWN, near_copy_px: float = 0.0,
-                 near_copy_min_prob: float = 0.0, fusion: PixelFusion | None = None,
+    """Completes partial labels with one model's engines (one per mask ratio) and its
+    :class:`~lmae_sdk.pipeline.CompletionSettings`; build it with :meth:`load`."""
+
+    def __init__(self, cfg: LMAEConfig, engines: Sequence[Engine], settings: CompletionSettings, *,
                  boundaries: Callable[[np.ndarray], np.ndarray] | None = None, source: str = "",
                  backend_name: str = "") -> None:
         if not engines:
             raise ValueError("a completer needs at least one engine")
-        if unknown_index < cfg.num_classes:
-            raise ValueError(f"unknown index {unknown_index} collides with class ids 0..{cfg.num_classes - 1}")
-        self.cfg = cfg
-        self.engines = {round(e.mask_ratio, 6): e for e in engines}
-        self.class_names = list(class_names)
-        self.palette = palette
-        self.label_resize = label_resize
-        self.unknown_threshold = float(unknown_threshold)
-        self.background_index = background_index
-        self.unknown_index = int(unknown_index)
-        self.near_copy_px = float(near_copy_px)
-        self.near_copy_min_prob = float(near_copy_min_prob)
-        if fusion is not None and fusion.num_classes != cfg.num_classes:
-            raise ValueError(f"pixel fusion for {fusion.num_classes} classes, the model has {cfg.num_classes}")
-        self.fusion = fusion  # decides hole pixels instead of the near-copy rule
+        if settings.num_classes != cfg.num_classes:
+            raise ValueError(f"{settings.num_classes} class names for a model of {cfg.num_classes} classes")
+        fusion = settings.fusion
         if cfg.geodesic_boundary_weight > 0 and boundaries is None:
             raise ValueError("the model's geodesic step cost has a boundary term but no boundary net was given")
         if fusion is not None and fusion.needs_boundary and boundaries is None:
             raise ValueError("the pixel fusion's hole features read the learned boundary map but no boundary net "
                              "was given")
+        self.cfg = cfg
+        self.engines = {round(e.mask_ratio, 6): e for e in engines}
+        self.settings = settings
         self.boundaries = boundaries  # image -> (2, H, W) class-boundary map, for the step cost
         self.source = source
         self.backend_name = backend_name or engines[0].backend.name
 
     @property
+    def unknown_index(self) -> int:
+        return self.settings.unknown_index
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.settings.class_names
+
+    @property
+    def fusion(self) -> PixelFusion | None:
+        """The finishing rule's pixel fusion (None: the argmax)."""
+        return self.settings.fusion
+
+    @property
     def _needs_propagation(self) -> bool:
-        """Whether ``finish`` reads the propagation (near-copy or pixel fusion)."""
-        return self.near_copy_px > 0 or self.fusion is not None
+        """Whether ``finish`` reads the propagation (pixel fusion)."""
+        return self.fusion is not None
 
     def boundary_map(self, image: np.ndarray) -> np.ndarray | None:
         """The image's class-boundary map (2, H, W) when something here reads it (a geodesic
@@ -188,7 +150,6 @@ class LMAECompleter:
             return None
         return self.boundaries(image)
 
-    # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "auto", *, device: str | None = None, threads: int = 0,
              precision: str | None = None, mask_ratios: Sequence[float] | None = None,
@@ -198,160 +159,18 @@ class LMAECompleter:
         backend: auto | torch | onnxruntime | tensorrt.  ``auto`` picks TensorRT > ONNX Runtime
         CUDA > ONNX Runtime CPU > torch from what is installed and what the bundle holds.
         ``mask_ratios`` restricts (bundle) or sets (checkpoint: a range model serves any) the
-        engines.  ``pixel_fusion=False`` ignores the model's pixel fusion (its near-copy rule
-        decides): faster host work, lower quality (benchmarks/RESULTS.md, sections 1-2).
+        engines.  ``pixel_fusion=False`` ignores the model's pixel fusion (the argmax decides):
+        faster host work, lower quality (benchmarks/RESULTS.md).
 
-        A bundle's ``manifest.json`` is the contract: the shared settings (classes, unknown
-        index, label down-sampling, routing, near-copy, pixel fusion, boundary net) are read
+        A bundle's ``manifest.json`` is the contract: the completion settings (classes,
+        unknown index, label down-sampling, routing, pixel fusion, boundary net) are read
         from its top level, and an engine (its entry's ``model_config``, its ONNX graph's
         metadata, the bundle's checkpoint for the torch backend) that contradicts them is
         refused with a :class:`~lmae_sdk.bundle.BundleError` naming the key, both values
         and the file.
         """
-        p = Path(path)
-        if backend not in ("auto", "torch", "onnxruntime", "tensorrt"):
-            raise ValueError(f"unknown backend {backend!r}; choose auto, torch, onnxruntime or tensorrt")
-        if p.is_file():
-            if backend not in ("auto", "torch"):
-                raise BackendError(f"{p} is a .pt checkpoint: it runs on the torch backend; export a bundle "
-                                   f"(lmae-export) for {backend}")
-            completer = cls._from_checkpoint(p, device, threads, mask_ratios, unknown_index)
-        else:
-            man = read_manifest(p)
-            check_contract(man)
-            completer = cls._from_bundle(man, backend, device, threads, precision, mask_ratios, unknown_index)
-        if not pixel_fusion:
-            completer.fusion = None
-        return completer
-
-    @classmethod
-    def _from_checkpoint(cls, path: Path, device: str | None, threads: int, mask_ratios, unknown_index,
-                         manifest: Manifest | None = None) -> "LMAECompleter":
-        """A ``.pt`` on the torch backend; ``manifest``: the bundle that holds it, whose
-        shared settings the checkpoint must agree with and which then decide the host work."""
-        require_torch(f"{path.name}: the torch backend (a .pt checkpoint)")
-        from ..boundaries import boundaries_from_checkpoint
-        from ..checkpoint import load_checkpoint, model_from_checkpoint
-
-        ckpt = load_checkpoint(path)
-        settings = ckpt
-        if manifest is not None:
-            check_model(manifest, ckpt["config"], f"checkpoint {path}", ckpt.get("normalization"), "config")
-            _check_boundary_net(manifest, ckpt, path)
-            settings = manifest.data
-        model = model_from_checkpoint(ckpt, path)
-        cfg = model.cfg
-        device = device or ("cuda" if _cuda_available() else "cpu")
-        ratios = sorted({float(m) for m in (mask_ratios or ckpt["mask_ratios"])})
-        names = cfg.graph_inputs()
-        engines = [Engine(m, cfg.num_visible(m), num_masked(cfg.num_patches, m),
-                          TorchBackend(model, m, cfg.num_visible(m), names, device, threads)) for m in ratios]
-        log.info("backend torch on %s (%s), engines m=%s", device, path.name, ratios)
-        boundaries = boundaries_from_checkpoint(ckpt, device, str(path))
-        source = str(manifest.root) if manifest is not None else str(path)
-        return cls(cfg, engines, class_names=settings["class_names"], palette=settings.get("palette"),
-                   label_resize=settings.get("label_resize", "soft"),
-                   unknown_threshold=settings.get("unknown_threshold", 0.5),
-                   background_index=settings.get("background_index"),
-                   near_copy_px=settings.get("near_copy_px", 0.0),
-                   near_copy_min_prob=settings.get("near_copy_min_prob", 0.0),
-                   fusion=PixelFusion.from_dict(settings["fusion"], source) if settings.get("fusion") else None,
-                   boundaries=boundaries,
-                   unknown_index=settings.get("unknown_index", UNKNOWN) if unknown_index is None else unknown_index,
-                   source=source, backend_name="torch")
-
-    @classmethod
-    def _from_bundle(cls, man: Manifest, backend: str, device: str | None, threads: int, precision: str | None,
-                     mask_ratios, unknown_index) -> "LMAECompleter":
-        kinds = {e["backend"] for e in man.engines}
-        ckpt = cls._bundle_checkpoint(man)
-        if backend == "auto":
-            choices = []
-            if "tensorrt" in kinds and trt_available():
-                choices.append(("tensorrt", "cuda"))
-            if "onnxruntime" in kinds and ort_cuda_available() and (device or "cuda").startswith("cuda"):
-                choices.append(("onnxruntime", "cuda"))
-            if "onnxruntime" in kinds and ort_available():
-                choices.append(("onnxruntime", "cpu"))
-            if ckpt is not None:
-                choices.append(("torch", device))
-            if not choices:
-                raise BackendError(f"{man.root}: no usable backend: the bundle holds {sorted(kinds)} engines; "
-                                   f"install onnxruntime (pip install 'lmae-sdk[cpu]') or tensorrt")
-            errors = []
-            for name, dev in choices:
-                try:
-                    out = cls._from_bundle(man, name, dev, threads, precision, mask_ratios, unknown_index)
-                except BackendError as e:  # e.g. the GPU wheel without a working CUDA: next choice
-                    log.warning("backend %s (%s) unavailable: %s", name, dev, e)
-                    errors.append(f"{name}: {e}")
-                    continue
-                log.info("auto backend: %s (candidates %s)", out.backend_name, [c[0] for c in choices])
-                return out
-            raise BackendError(f"{man.root}: no backend could load: " + "; ".join(errors))
-        if backend == "torch":
-            if ckpt is None:
-                raise BackendError(f"{man.root}: the torch backend needs the .pt checkpoint; this bundle holds "
-                                   f"{sorted(kinds)} engines only (pass the .pt path instead)")
-            ratios = mask_ratios or sorted({e["mask_ratio"] for e in man.engines}) or None
-            return cls._from_checkpoint(ckpt, device, threads, ratios, unknown_index, manifest=man)
-        if backend not in kinds:
-            raise BackendError(f"{man.root}: the bundle holds no {backend} engines (it has {sorted(kinds)})")
-        gpu = backend == "tensorrt" or (device or "cpu").startswith("cuda")
-        pref = (precision,) if precision else PRECISION_PREFERENCE["gpu" if gpu else "cpu"]
-        by_ratio: dict[float, dict] = {}
-        for e in man.find(backend=backend):
-            m = round(float(e["mask_ratio"]), 6)
-            if mask_ratios and not any(abs(m - r) < 1e-6 for r in mask_ratios):
-                continue
-            if e["precision"] not in pref:
-                continue
-            cur = by_ratio.get(m)
-            if cur is None or pref.index(e["precision"]) < pref.index(cur["precision"]):
-                by_ratio[m] = e
-        if not by_ratio:
-            raise BackendError(f"{man.root}: no {backend} engine with precision {list(pref)}"
-                               + (f" and mask ratios {list(mask_ratios)}" if mask_ratios else ""))
-        cfg = _filter_config(next(iter(by_ratio.values()))["model_config"])  # agrees with the manifest
-        engines = []
-        for m, e in sorted(by_ratio.items()):
-            enc, dec = man.file(e, "encoder"), man.file(e, "decoder")
-            if backend == "onnxruntime":
-                be = OrtBackend(enc, dec, m, e["num_visible"], e["inputs"], device or "cpu", threads, e["precision"])
-                for part, sess in be.sessions.items():  # what export wrote into the graph itself
-                    check_graph(man, e, part, sess.get_modelmeta().custom_metadata_map,
-                                [i.name for i in sess.get_inputs()])
-            else:
-                be = TrtBackend(enc, dec, m, e["num_visible"], e["inputs"], e["precision"])
-            engines.append(Engine(m, int(e["num_visible"]), int(e["num_patches"]) - int(e["num_visible"]), be))
-        d = man.data
-        boundaries = None
-        if d.get("boundary"):
-            # ONNX Runtime runs the boundary graph for both ONNX and TensorRT bundles (CUDA when
-            # the engines run on a GPU and onnxruntime-gpu is installed)
-            bdev = (device or "cpu") if backend == "onnxruntime" else ("cuda" if ort_cuda_available() else "cpu")
-            boundaries = OrtBoundaries(man.root / d[BOUNDARY_GRAPH]["file"],
-                                       BoundarySpec.from_dict(d["boundary"], str(man.root)), bdev)
-        log.info("backend %s (%s), providers %s, engines %s", backend, device or "cpu", engines[0].backend.providers,
-                 [(en.mask_ratio, by_ratio[en.mask_ratio]["precision"]) for en in engines])
-        return cls(cfg, engines, class_names=d["class_names"], palette=d.get("palette"),
-                   label_resize=d["label_resize"], unknown_threshold=d["unknown_threshold"],
-                   background_index=d.get("background_index"), near_copy_px=d.get("near_copy_px", 0.0),
-                   near_copy_min_prob=d.get("near_copy_min_prob", 0.0),
-                   fusion=PixelFusion.from_dict(d["fusion"], str(man.root)) if d.get("fusion") else None,
-                   boundaries=boundaries,
-                   unknown_index=d["unknown_index"] if unknown_index is None else unknown_index,
-                   source=str(man.root), backend_name=engines[0].backend.name)
-
-    @staticmethod
-    def _bundle_checkpoint(man: Manifest) -> Path | None:
-        ref = man.data.get("checkpoint")
-        if isinstance(ref, dict):
-            ref = ref.get("file")
-        if ref and (man.root / ref).is_file():
-            return man.root / ref
-        pts = sorted(man.root.glob("*.pt"))
-        return pts[0] if len(pts) == 1 else None
+        opts = LoadOptions(backend, device, threads, precision, mask_ratios, unknown_index, pixel_fusion)
+        return loading.load(cls, Path(path), opts)
 
     # ------------------------------------------------------------------ info
     @property
@@ -367,8 +186,7 @@ class LMAECompleter:
         return next(iter(self.engines.values())).backend.providers
 
     def describe(self) -> str:
-        finish = ("hole-aware pixel fusion" if self.fusion.needs_boundary else "pixel fusion") if self.fusion else (
-            f"near-copy {self.near_copy_px:g} px" if self.near_copy_px > 0 else "argmax")
+        finish = self.settings.finishing_rule
         if self.boundaries is not None and self.cfg.geodesic_boundary_weight > 0:
             finish += ", learned boundaries"
         return (f"{self.backend_name} {self.providers} engines m={self.mask_ratios} model "
@@ -415,7 +233,7 @@ class LMAECompleter:
         ``on_result`` (``workers`` is then unused).  On a CPU, load with ``threads=1`` and
         set ``lanes`` to the core count: every core runs engine and host work in turn, where
         one engine over all cores waits while the host works (1.13-1.18x for ``small`` on 2 cores,
-        benchmarks/RESULTS.md section 1).  TensorRT's engine calls take turns (one execution
+        benchmarks/RESULTS.md).  TensorRT's engine calls take turns (one execution
         context per engine); the lanes' host work still overlaps them.
         """
         if on_error not in ("raise", "return"):
@@ -520,10 +338,11 @@ class LMAECompleter:
 
     def _prepare(self, job: _Job, force_final: bool = False,
                  propagated: Propagation | None = None) -> _Job:
-        job.inputs = prepare(job.image, job.working, self.cfg, self.label_resize, self.unknown_index, propagated,
+        st = self.settings
+        job.inputs = prepare(job.image, job.working, self.cfg, st.label_resize, st.unknown_index, propagated,
                              job.boundary)
-        job.decision = route_image(job.inputs, self.cfg, self.mask_ratios, self.unknown_threshold,
-                                   self.background_index, force_final)
+        job.decision = route_image(job.inputs, self.cfg, self.mask_ratios, st.unknown_threshold,
+                                   st.background_index, force_final)
         return job
 
     def _advance(self, job: _Job) -> _Job:
@@ -560,12 +379,7 @@ class LMAECompleter:
                         f.result()
 
     def _run(self, eng: Engine, inputs: list[ModelInputs], plans: list[MaskPlan]) -> list[np.ndarray]:
-        plan = MaskPlan.stack(plans)
-        # image-sized inputs per image: stacking 16 images' copies cost ~1.7 ms per image, and
-        # the CPU runtime calls its graphs one image at a time anyway
-        feed = {"image": [i.image for i in inputs], "label_planes": [i.label_planes for i in inputs],
-                "prior": None if inputs[0].prior is None else [i.prior for i in inputs],
-                "ids_keep": plan.ids_keep, "ids_mask": plan.ids_mask, "ids_restore": plan.ids_restore}
+        feed = graph_inputs(inputs, plans, stacked=False)  # the CPU runtime calls its graphs image by image
         return eng.backend.run_images(feed)
 
     def _finish_and_hand_on(self, item: _Item, finish_args: tuple[float, bool],
@@ -592,8 +406,7 @@ class LMAECompleter:
         if propagated is None and self._needs_propagation:  # tiled: propagate over the whole image
             propagated = propagate_for(self.cfg, partial, item.image, self.unknown_index, self.fusion is not None,
                                        item.boundary)
-        label, conf = finish(logits, partial, self.unknown_index, min_confidence, self.near_copy_px, propagated,
-                             self.near_copy_min_prob, self.fusion, confidence)
+        label, conf = finish(logits, partial, self.settings, propagated, min_confidence, confidence)
         hole = partial == self.unknown_index
         # only min_confidence leaves hole pixels unknown
         unreliable = int(np.count_nonzero(label[hole] == self.unknown_index)) if min_confidence > 0 else 0

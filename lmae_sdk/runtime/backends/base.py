@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -61,3 +62,14 @@ class Backend(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(m={self.mask_ratio}, K={self.num_visible}, providers={self.providers})"
+
+
+@dataclass
+class Engine:
+    """One engine of a completer: its mask ratio, K visible and L - K masked patches, and the
+    backend that runs it."""
+
+    mask_ratio: float
+    num_visible: int
+    num_masked: int
+    backend: Backend

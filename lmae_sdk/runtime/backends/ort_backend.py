@@ -16,7 +16,7 @@ log = logging.getLogger("lmae_sdk.runtime")
 # Images per session call on CPU: a batch runs one image at a time, so that the decoder's
 # full-resolution maps (~4 MB per map and image at 224x288) stay in cache; 16 images per call
 # stream them through memory, and two lanes side by side then contend for it (engine 1.47x
-# faster in two lanes: benchmarks/RESULTS.md, section 1, session 11).  It also spares the
+# faster in two lanes: benchmarks/RESULTS.md).  It also spares the
 # completer stacking its per-image inputs (``run_images``).  On a GPU a batch is one call.
 CPU_IMAGES_PER_CALL = 1
 
