@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "export_bundle": "api", "engine_name": "api", "file_name": "api",
+    "export_bundle": "api", "ExportOptions": "api", "engine_name": "api", "file_name": "api",
     "EncoderGraph": "graphs", "DecoderGraph": "graphs", "encoder_input_names": "graphs",
     "decoder_input_names": "graphs",
     "export_onnx": "onnx_export", "ExportError": "onnx_export",

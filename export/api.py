@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -117,19 +118,41 @@ def _file_entry(path: Path) -> dict[str, Any]:
     return {"file": path.name, "sha256": B.sha256_file(path), "bytes": path.stat().st_size}
 
 
-def export_bundle(ckpts: list[str | os.PathLike] | str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                  mask_ratios: list[float] | None = None, opset: int = DEFAULT_OPSET, fp16: bool = False,
-                  trt: bool = False, max_batch: int = 32, verify: bool = True, data: str | os.PathLike | None = None,
-                  legacy: bool = False, workspace_gb: float = 4.0, lint: bool = True,
-                  log: Callable[[str], None] | None = None,
-                  exported: list[dict[str, Any]] | None = None) -> B.Manifest:
-    """Export checkpoints into the bundle ``out_dir`` (default ``<first ckpt stem>_bundle``).
+@dataclass(frozen=True)
+class ExportOptions:
+    """What an export builds (``lmae-export``'s options).
 
     ``mask_ratios`` overrides each checkpoint's trained ratios (one engine per ratio, each
-    with its own K).  ``trt`` also builds TensorRT engines (fails before writing anything
-    when TensorRT or a CUDA GPU is missing).  ``exported`` (a list) receives the entries
-    written by this call.  Returns the re-read, sha-checked manifest.
+    with its own K); ``fp16`` adds fp16 graphs; ``trt`` also builds TensorRT engines (fails
+    before writing anything when TensorRT or a CUDA GPU is missing) with profiles up to
+    ``max_batch`` and ``workspace_gb`` of builder workspace; ``verify`` checks parity
+    against torch (also on ``data``, a dataset root, when given); ``legacy``: the
+    TorchScript exporter instead of dynamo; ``lint``: polygraphy lint in the readiness check.
     """
+
+    mask_ratios: tuple[float, ...] | None = None
+    opset: int = DEFAULT_OPSET
+    fp16: bool = False
+    trt: bool = False
+    max_batch: int = 32
+    verify: bool = True
+    data: str | os.PathLike | None = None
+    legacy: bool = False
+    workspace_gb: float = 4.0
+    lint: bool = True
+
+
+def export_bundle(ckpts: list[str | os.PathLike] | str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                  options: ExportOptions | None = None, *, log: Callable[[str], None] | None = None,
+                  exported: list[dict[str, Any]] | None = None, **overrides: Any) -> B.Manifest:
+    """Export checkpoints into the bundle ``out_dir`` (default ``<first ckpt stem>_bundle``),
+    as ``options`` (:class:`ExportOptions`; keyword ``overrides`` replace its fields, e.g.
+    ``export_bundle([ckpt], out, mask_ratios=[0.5], verify=False)``).  ``exported`` (a list)
+    receives the entries written by this call.  Returns the re-read, sha-checked manifest.
+    """
+    opts = replace(options or ExportOptions(), **overrides)
+    mask_ratios, opset, fp16, trt, max_batch = opts.mask_ratios, opts.opset, opts.fp16, opts.trt, opts.max_batch
+    verify, data, legacy, workspace_gb, lint = opts.verify, opts.data, opts.legacy, opts.workspace_gb, opts.lint
     log = log or (lambda s: None)
     if isinstance(ckpts, (str, os.PathLike)):
         ckpts = [ckpts]

@@ -70,16 +70,17 @@ def main(ckpts, out, mask_ratios, opset, legacy, fp16, trt, max_batch, workspace
 
     from lmae_sdk.trt_engine import TensorRTUnavailable, TrtEngineError  # noqa: PLC0415
 
-    from .api import export_bundle, graph_ops  # noqa: PLC0415
+    from .api import ExportOptions, export_bundle, graph_ops  # noqa: PLC0415
     from .onnx_export import ExportError, op_list  # noqa: PLC0415
 
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     exported: list[dict] = []
     t0 = time.time()
     try:
-        man = export_bundle(list(ckpts), out, mask_ratios=mask_ratios, opset=opset, fp16=fp16, trt=trt,
-                            max_batch=max_batch, verify=not no_verify, data=data, legacy=legacy,
-                            workspace_gb=workspace_gb, lint=not no_lint, log=log, exported=exported)
+        opts = ExportOptions(mask_ratios=mask_ratios, opset=opset, fp16=fp16, trt=trt, max_batch=max_batch,
+                             verify=not no_verify, data=data, legacy=legacy, workspace_gb=workspace_gb,
+                             lint=not no_lint)
+        man = export_bundle(list(ckpts), out, opts, log=log, exported=exported)
     except (TensorRTUnavailable, TrtEngineError, BundleError, CheckpointError, ExportError, ValueError) as e:
         click.echo(f"lmae-export: error: {e}", err=True)
         sys.exit(2)

@@ -224,3 +224,19 @@ def test_calibrate_routes_a_range_model_like_the_runtime(tmp_path, synth_root, m
     # val holes are 50% random patches: 0.25 masks too few patches, so the runtime (and
     # calibrate) must use the 0.75 engine; the old rule used the first ratio for every image
     assert used and set(used) == {0.75}
+
+
+@pytest.mark.parametrize("flags, native", [("fpu avx2 avx512f", False), ("avx2 avx512_bf16", True),
+                                           ("avx2 amx_bf16 amx_tile", True)])
+def test_bf16_is_used_by_default_only_where_the_cpu_has_it(monkeypatch, flags, native):
+    import lmae_sdk.training.amp as amp
+
+    class FakeCpuinfo:
+        def __init__(self, path):
+            assert str(path) == "/proc/cpuinfo"
+
+        def read_text(self):
+            return f"processor : 0\nflags : {flags}\n"
+
+    monkeypatch.setattr(amp, "Path", FakeCpuinfo)
+    assert amp.native_bf16() is native

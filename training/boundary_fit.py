@@ -22,14 +22,14 @@ import torch.nn.functional as F
 
 from lmae_sdk.boundaries import BoundaryNet, BoundarySpec, TorchBoundaries, boundary_targets
 from lmae_sdk.checkpoint import load_checkpoint, save_checkpoint
+from lmae_sdk.datasets import load_dataset
 from lmae_sdk.degrade import degrade
+from lmae_sdk.metrics import CompletionMeter
 from lmae_sdk.planes import normalize_image
 from lmae_sdk.propagation import geodesic_nearest
-from lmae_sdk.metrics import CompletionMeter
 
-from .amp import check_bf16_autocast
+from .amp import check_bf16_autocast, native_bf16
 from .data import load_pairs
-from lmae_sdk.datasets import load_dataset
 
 # (colour weight, boundary weight, boundary power); squaring the map (power 2) lets paths through
 # where the net is unsure: +0.8 PA-mIoU of the fill on CamVid train (benchmarks/RESULTS.md)
@@ -83,7 +83,7 @@ def fill_score(pairs: list, partials: list, maps: list, colour_weight: float, bo
 def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | None = None, split: str = "train",
                    minutes: float = 40.0, max_steps: int = 0, width: int = 16, crop: int = 256, batch_size: int = 8,
                    lr: float = 3e-3, tune_images: int = 80, weight_grid=DEFAULT_WEIGHT_GRID, seed: int = 0,
-                   threads: int = 0, bf16: bool = True, continue_net: bool = False, flip_average: bool = False,
+                   threads: int = 0, bf16: bool | None = None, continue_net: bool = False, flip_average: bool = False,
                    augment: bool = False, log=print) -> dict:
     """Train for ``minutes`` (or ``max_steps``), tune the step cost over ``weight_grid``
     ((colour weight, boundary weight[, boundary power]) each), store both in the checkpoint
@@ -117,6 +117,8 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
     log(f"training a width-{width} boundary net on {len(pairs)} {split} images "
         f"({f'{max_steps} steps' if max_steps else f'{minutes:g} min'}, crops {crop}, batch {batch_size}"
         f"{', scale and colour augmentation' if augment else ''})")
+    if bf16 is None:  # bf16 where the CPU has it natively: elsewhere it is emulated, and slower
+        bf16 = native_bf16()
     if bf16:  # before the run relies on it: a wrong bf16 kernel would be learned around
         crops = [_crop(*pairs[i % len(pairs)], crop, np.random.default_rng([seed, i])) for i in range(2)]
         probe = torch.from_numpy(np.stack([normalize_image(img, lab.shape) for img, lab in crops]))

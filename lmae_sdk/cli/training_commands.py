@@ -140,11 +140,12 @@ def calibrate(ckpt: str, data: str, out: str | None, thresholds: str, setting: s
                    "1); the default grid: 300 and 1000 x 1000, 3000 and 10000 x powers 1 and 2")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", default=0, type=int)
-@click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast while training")
+@click.option("--bf16/--no-bf16", default=None,
+              help="bf16 autocast while training (default: where the CPU computes bf16 natively, AVX512-BF16 / AMX)")
 @reports_checkpoint_errors
 def fit_boundaries(ckpt: str, data: str, split: str, out: str | None, minutes: float, steps: int, width: int,
                    crop: int, batch_size: int, lr: float, continue_net: bool, flip_average: bool, augment: bool,
-                   tune_images: int, weight_grid: str | None, seed: int, threads: int, bf16: bool) -> None:
+                   tune_images: int, weight_grid: str | None, seed: int, threads: int, bf16: bool | None) -> None:
     """Fit a class-boundary net for the geodesic step cost and store it in the checkpoint;
     then fine-tune (lmae train --init-from CKPT --boundaries-from CKPT) and refit fusion."""
     from lmae_sdk.training.boundary_fit import DEFAULT_WEIGHT_GRID, fit_boundaries as run
