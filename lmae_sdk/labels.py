@@ -17,6 +17,7 @@ UNKNOWN = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LABEL_RESIZE_MODES = ("soft", "nearest")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # what read_image reads
 
 
 class InputError(ValueError):
@@ -26,6 +27,21 @@ class InputError(ValueError):
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}" if path is not None else problem)
+
+
+def label_files(folder: str | os.PathLike) -> list[Path]:
+    """The label PNGs of a folder, sorted (hidden files, e.g. temp files, are not labels)."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.is_file() and p.suffix.lower() == ".png" and not p.name.startswith("."))
+
+
+def image_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """{stem: image path} of a folder's images; with several files of one stem, the first by name."""
+    by_stem: dict[str, Path] = {}
+    for p in sorted(Path(folder).iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."):
+            by_stem.setdefault(p.stem, p)
+    return by_stem
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

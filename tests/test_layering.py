@@ -34,7 +34,7 @@ def imports(path: Path, top_level_only: bool = False, package: str | None = None
     package, or ``package``)."""
     tree = ast.parse(path.read_text(), str(path))
     package = package or _package_of(path)
-    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    nodes = _module_level(tree.body) if top_level_only else list(ast.walk(tree))
     out: set[str] = set()
     for node in nodes:
         if isinstance(node, ast.Import):
@@ -47,6 +47,20 @@ def imports(path: Path, top_level_only: bool = False, package: str | None = None
                 mod = node.module or ""
             out.add(mod)
             out |= {f"{mod}.{alias.name}" for alias in node.names}
+    return out
+
+
+def _module_level(body: list[ast.stmt]) -> list[ast.stmt]:
+    """Statements that run at import: the module body, with the bodies of its ``try`` / ``if``
+    / ``with`` blocks (a ``try: import torch`` is an import at load time), not of functions."""
+    out = []
+    for node in body:
+        out.append(node)
+        if isinstance(node, (ast.Try, ast.If, ast.With)):
+            inner = node.body + node.orelse if not isinstance(node, ast.With) else node.body
+            if isinstance(node, ast.Try):
+                inner += [s for h in node.handlers for s in h.body] + node.finalbody
+            out += _module_level(inner)
     return out
 
 
@@ -98,6 +112,9 @@ def test_the_checker_sees_imports(tmp_path):
     assert "lmae_sdk.propagation" in names  # ``from .propagation import ...`` resolved to its absolute name
     bad = tmp_path / "bad.py"
     bad.write_text("from .runtime.completer import LMAECompleter\n\ndef f():\n    import torch\n")
+    guarded = tmp_path / "guarded.py"
+    guarded.write_text("try:\n    import torch\nexcept ImportError:\n    torch = None\n")
+    assert "torch" in imports(guarded, top_level_only=True, package="lmae_sdk")  # still an import at load
     names = imports(bad, package="lmae_sdk")
     assert _hits(names, ("lmae_sdk.runtime", "torch")) == ["lmae_sdk.runtime.completer",
                                                           "lmae_sdk.runtime.completer.LMAECompleter", "torch"]

@@ -9,28 +9,12 @@ from pathlib import Path
 
 import click
 
+from lmae_sdk.labels import image_files, label_files
 from lmae_sdk.run_record import (OutputFolderError, RunRecord, RunRecordError, Start, decide,
                                  ensure_writable_folder)
 
-# what lmae_sdk.labels.read_image reads
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 FIRST_FAILURES = 5  # failures listed in the summary; report.json / the JSON output has them all
 OVERWRITE_HINT = "use --overwrite to redo every output there, or choose another output folder"
-
-
-def label_files(folder: Path) -> list[Path]:
-    """The label PNGs of a folder, sorted (hidden files, e.g. temp files, are not labels)."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() == ".png" and not p.name.startswith("."))
-
-
-def image_files(folder: Path) -> dict[str, Path]:
-    """{stem: image path}; with several files of one stem, the first by name."""
-    by_stem: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."):
-            by_stem.setdefault(p.stem, p)
-    return by_stem
 
 
 @dataclass

@@ -7,32 +7,20 @@ bundle), and ``CompletionDataset`` is a torch ``IterableDataset`` when torch is 
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-try:
-    from torch.utils.data import IterableDataset
-except ImportError:  # no torch: CompletionDataset is a plain iterable
-    IterableDataset = object
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from ..labels import image_files, label_files
 
 
 def folder_pairs(images: str | os.PathLike, labels: str | os.PathLike) -> list[tuple[Path | None, Path, str]]:
     """(image path or None when missing, label path, stem) for every label PNG, sorted."""
-    images, labels = Path(images), Path(labels)
-    by_stem: dict[str, Path] = {}
-    for p in sorted(images.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
-            by_stem.setdefault(p.stem, p)
-    out = []
-    for lab in sorted(labels.iterdir()):
-        if lab.is_file() and lab.suffix.lower() == ".png" and not lab.name.startswith("."):
-            out.append((by_stem.get(lab.stem), lab, lab.stem))
-    return out
+    by_stem = image_files(images)
+    return [(by_stem.get(lab.stem), lab, lab.stem) for lab in label_files(labels)]
 
 
 def _load_completer(model, backend: str, threads: int, device: str | None):
@@ -43,8 +31,9 @@ def _load_completer(model, backend: str, threads: int, device: str | None):
     return LMAECompleter.load(model, backend=backend, threads=threads, device=device)
 
 
-class CompletionDataset(IterableDataset):
-    """``torch.utils.data.IterableDataset`` yielding completed labels.
+class _CompletionItems:
+    """What :data:`CompletionDataset` iterates (torch's ``IterableDataset`` is added to its
+    bases when torch is installed, on first use, so that importing this module needs no torch).
 
     ``source``: an iterable of ``(image, partial)`` pairs (arrays or paths), or a tuple of
     folders ``(images_dir, labels_dir)``.  Each item is a dict ``name, label, confidence,
@@ -79,6 +68,24 @@ class CompletionDataset(IterableDataset):
                                                 tile=self.tile, workers=1, on_error=self.on_error):
             yield {"name": r.name, "label": r.label, "confidence": r.confidence, "mask_ratio": r.mask_ratio,
                    "error": None if r.ok else str(r.error)}
+
+
+@functools.cache
+def _completion_dataset() -> type:
+    try:
+        from torch.utils.data import IterableDataset
+    except ImportError:  # no torch: a plain iterable
+        IterableDataset = object
+    return type("CompletionDataset", (_CompletionItems, IterableDataset),
+                {"__doc__": "``torch.utils.data.IterableDataset`` yielding completed labels.\n\n"
+                            + (_CompletionItems.__doc__ or "").split("\n\n", 1)[1],
+                 "__module__": __name__})
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CompletionDataset":
+        return _completion_dataset()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class RayCompleter:
