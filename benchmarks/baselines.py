@@ -8,17 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from lmae_sdk.labels import UNKNOWN
-from lmae_sdk.propagation import TUNED_BLUR, TUNED_EDGE_WEIGHT, geodesic_nearest, nearest_known
-
-
-def nearest_fill(image: np.ndarray, partial: np.ndarray, **_) -> np.ndarray:
-    ids, _ = nearest_known(partial)
-    return np.where(partial == UNKNOWN, ids, partial).astype(np.uint8)
-
-
-def geodesic_fill(image: np.ndarray, partial: np.ndarray, **_) -> np.ndarray:
-    """With the step-cost parameters the presets use (tuned on CamVid train)."""
-    return geodesic_nearest(image, partial, edge_weight=TUNED_EDGE_WEIGHT, blur_sigma=TUNED_BLUR)
+from lmae_sdk.propagation import geodesic_fill, nearest_fill
 
 
 def random_walker_fill(image: np.ndarray, partial: np.ndarray, beta: float = 130.0, **_) -> np.ndarray:

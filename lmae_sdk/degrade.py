@@ -9,7 +9,7 @@ import numpy as np
 
 from .labels import UNKNOWN
 
-DEGRADE_STRATEGIES = ("random", "background", "label", "blocks", "objects")
+DEGRADE_STRATEGIES = ("random", "background", "label", "blocks", "objects", "bands")
 
 
 def rng_for_name(seed: int, name: str) -> np.random.Generator:
@@ -52,7 +52,9 @@ def degrade(label: np.ndarray, ratio: float, strategy: str = "random", rng: np.r
 
     random: random grid patches; background / label: patches with most background /
     most non-background pixels first; blocks: a few large rectangles; objects: whole
-    connected objects removed until the ratio is reached (propagation cannot recover them).
+    connected objects removed until the ratio is reached (propagation cannot recover them);
+    bands: coarse polygon annotation, unlabelled bands of varying width along the class
+    boundaries (small objects vanish inside them), :func:`boundary_bands`.
     """
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"ratio must be in [0, 1], got {ratio}")
@@ -98,7 +100,35 @@ def degrade(label: np.ndarray, ratio: float, strategy: str = "random", rng: np.r
             if hole.sum() + comps[i].sum() > 1.25 * target and hole.any():
                 continue  # skip an object that would overshoot by far (e.g. the road)
             hole |= comps[i]
+    elif strategy == "bands":
+        hole = boundary_bands(label, ratio, rng)
     else:
         raise ValueError(f"unknown degrade strategy {strategy!r}; choose from {DEGRADE_STRATEGIES}")
     out[hole] = UNKNOWN
     return out
+
+
+def boundary_bands(label: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
+    """About ``ratio`` of the known pixels, in bands along the class boundaries whose width
+    varies smoothly along them (as polygons drawn inside each region leave it): a pixel is in
+    the hole where its distance to the nearest boundary, scaled by a smooth random field in
+    [0.5, 1.5], is below the quantile that gives the ratio."""
+    h, w = label.shape
+    known = label != UNKNOWN
+    if ratio <= 0 or not known.any():
+        return np.zeros((h, w), bool)
+    edge = np.zeros((h, w), bool)  # pixels with a differently labelled 4-neighbour
+    diff_x, diff_y = label[:, 1:] != label[:, :-1], label[1:, :] != label[:-1, :]
+    edge[:, 1:] |= diff_x
+    edge[:, :-1] |= diff_x
+    edge[1:, :] |= diff_y
+    edge[:-1, :] |= diff_y
+    if not edge.any():  # one class everywhere: bands along the image border
+        edge[[0, -1], :] = True
+        edge[:, [0, -1]] = True
+    dist = cv2.distanceTransform((~edge).astype(np.uint8), cv2.DIST_L2, 3)
+    coarse = rng.random((max(2, h // 24), max(2, w // 24))).astype(np.float32)  # width changes over ~24 px
+    field = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    scaled = dist / (0.5 + np.clip(field, 0.0, 1.0))
+    cut = np.quantile(scaled[known], min(ratio, 1.0))
+    return (scaled <= cut) & known

@@ -348,3 +348,16 @@ def propagate(label: np.ndarray, image: np.ndarray | None = None, mode: str = "e
             ids, cost = geodesic_propagate(image, label, unknown, edge_weight, blur_sigma, boundary=boundary,
                                            boundary_weight=boundary_weight, boundary_power=boundary_power)
     return Propagation(ids, dist, cost, costs, boundary)
+
+
+def nearest_fill(image: np.ndarray | None, partial: np.ndarray, **_) -> np.ndarray:
+    """The plainest completer: every unknown pixel takes the nearest known pixel's label
+    (``image`` unused; known pixels kept)."""
+    ids, _ = nearest_known(partial)
+    return np.where(partial == UNKNOWN, ids, partial).astype(np.uint8)
+
+
+def geodesic_fill(image: np.ndarray, partial: np.ndarray, **_) -> np.ndarray:
+    """Propagation alone: the known label nearest along image paths, with the presets' step
+    cost (tuned on CamVid train)."""
+    return geodesic_nearest(image, partial, edge_weight=TUNED_EDGE_WEIGHT, blur_sigma=TUNED_BLUR)

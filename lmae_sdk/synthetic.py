@@ -19,12 +19,16 @@ SYNTH_PALETTE = [[0, 0, 0], [220, 60, 60], [60, 200, 60], [240, 220, 40], [60, 8
 _BASE_RGB = np.array([[90, 90, 90], [200, 70, 60], [70, 180, 80], [230, 210, 60], [70, 90, 210]], np.float32)
 
 
-def synth_pair(rng: np.random.Generator, size: tuple[int, int] = (96, 128)) -> tuple[np.ndarray, np.ndarray]:
-    """One (RGB uint8 (H, W, 3), label uint8 (H, W)) scene."""
+def synth_pair(rng: np.random.Generator, size: tuple[int, int] = (96, 128), classes: int = len(SYNTH_CLASSES)
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """One (RGB uint8 (H, W, 3), label uint8 (H, W)) scene with the first ``classes`` classes
+    (2 to 5) of :data:`SYNTH_CLASSES`."""
+    if not 2 <= classes <= len(SYNTH_CLASSES):
+        raise ValueError(f"classes must be 2..{len(SYNTH_CLASSES)}, got {classes}")
     h, w = size
     label = np.zeros((h, w), np.uint8)
     for _ in range(int(rng.integers(3, 7))):
-        c = int(rng.integers(1, len(SYNTH_CLASSES)))
+        c = int(rng.integers(1, classes))
         cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
         if c == 1:
             cv2.circle(label, (cx, cy), int(rng.integers(h // 10, h // 4)), c, -1)
@@ -42,17 +46,19 @@ def synth_pair(rng: np.random.Generator, size: tuple[int, int] = (96, 128)) -> t
 
 
 def make_synthetic_dataset(root: str | Path, n_train: int = 48, n_val: int = 16, size: tuple[int, int] = (96, 128),
-                           seed: int = 0) -> Path:
+                           seed: int = 0, classes: int = len(SYNTH_CLASSES), grey: bool = False) -> Path:
+    """Write the dataset under ``root``; ``grey``: single-channel images."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("val", n_val)):
         (root / split / "images").mkdir(parents=True, exist_ok=True)
         (root / split / "labels").mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            img, lab = synth_pair(rng, size)
-            ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            img, lab = synth_pair(rng, size, classes)
+            pixels = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY if grey else cv2.COLOR_RGB2BGR)
+            ok, buf = cv2.imencode(".png", pixels)
             atomic_write_bytes(root / split / "images" / f"{split}_{i:04d}.png", buf.tobytes())
             write_label(root / split / "labels" / f"{split}_{i:04d}.png", lab)
-    meta = {"classes": SYNTH_CLASSES, "palette": SYNTH_PALETTE, "ignore_index": 255}
+    meta = {"classes": SYNTH_CLASSES[:classes], "palette": SYNTH_PALETTE[:classes], "ignore_index": 255}
     atomic_write_bytes(root / "classes.json", json.dumps(meta, indent=1).encode())
     return root

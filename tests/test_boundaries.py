@@ -229,3 +229,27 @@ def test_fit_train_export_and_runtime(tmp_path, synth_root):
     with pytest.raises(BundleError, match="sha256"):
         read_manifest(out)
     torch.set_num_threads(1)
+
+
+def test_an_interrupted_boundary_fit_continues_from_its_saved_state(tmp_path, synth_root, monkeypatch):
+    """``resume_path``: a second call continues at the saved step with the saved net, instead
+    of starting over (what ``lmae fit`` relies on after a kill)."""
+    from lmae_sdk.checkpoint import load_checkpoint, load_state
+    from lmae_sdk.training import boundary_fit
+    from lmae_sdk.training.train import TrainConfig, train
+
+    monkeypatch.setattr(boundary_fit, "RESUME_SAVE_EVERY_S", 0.0)  # save after every step
+    base = train(TrainConfig(data=str(synth_root), out=str(tmp_path / "b.pt"), preset="tiny", image_size=(64, 96),
+                             epochs=1, batch_size=4, workers=0, threads=1, progress=False, max_train_items=8))
+    state, logs = tmp_path / "state.pt", []
+    kw = dict(width=4, crop=48, batch_size=2, tune_images=2, threads=1, bf16=False, weight_grid=((300.0, 300.0),),
+              resume_path=state, log=logs.append)
+    boundary_fit.fit_boundaries(base, synth_root, tmp_path / "first.pt", max_steps=3, **kw)
+    saved = load_state(state)["boundary_train_state"]
+    assert saved["step"] == 3
+    fit = boundary_fit.fit_boundaries(base, synth_root, tmp_path / "second.pt", max_steps=5, **kw)
+    assert any("resumed from" in line and "at step 3" in line for line in logs)
+    assert fit["steps"] == 5
+    first = load_checkpoint(tmp_path / "first.pt")["boundary_net"]["state_dict"]
+    second = load_checkpoint(tmp_path / "second.pt")["boundary_net"]["state_dict"]
+    assert any((first[k] != second[k]).any() for k in first)  # two more steps from the saved net

@@ -219,7 +219,7 @@ def test_prior_modes():
         prior_planes(lab, 2, (8, 8), mode="bilateral")
 
 
-@pytest.mark.parametrize("strategy", ["random", "background", "label", "blocks", "objects"])
+@pytest.mark.parametrize("strategy", ["random", "background", "label", "blocks", "objects", "bands"])
 def test_degrade_ratio_and_input_untouched(strategy):
     rng = np.random.default_rng(0)
     lab = np.zeros((96, 128), np.uint8)

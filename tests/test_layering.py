@@ -5,6 +5,8 @@
 * the runtime (``lmae_sdk/runtime``) imports neither training, export nor cli, and torch
   only inside the torch backend's functions (a deployment install has no torch);
 * training and export import neither the runtime nor the cli, and export not training;
+* the recipe (``lmae_sdk/recipe``, ``lmae fit``) runs all three but imports no cli, and torch
+  only inside functions; nothing below the cli imports it;
 * no module is longer than 450 lines.
 """
 from __future__ import annotations
@@ -78,7 +80,8 @@ CORE = [p for p in (REPO / "lmae_sdk").glob("*.py") if p.name not in TORCH_MODUL
 @pytest.mark.parametrize("path", CORE, ids=lambda p: p.name)
 def test_core_imports_no_job_and_no_torch(path):
     bad = _hits(imports(path), ("lmae_sdk.runtime", "lmae_sdk.training", "lmae_sdk.export", "lmae_sdk.cli",
-                                "torch", "lmae_sdk.model", "lmae_sdk.boundaries", "lmae_sdk.checkpoint"))
+                                "lmae_sdk.recipe", "torch", "lmae_sdk.model", "lmae_sdk.boundaries",
+                                "lmae_sdk.checkpoint"))
     if path.name == "__init__.py":  # the package's lazy names are strings, not imports
         bad = [b for b in bad if not b.startswith("lmae_sdk.")]
     assert not bad, f"{path.relative_to(REPO)} imports {bad}"
@@ -86,7 +89,7 @@ def test_core_imports_no_job_and_no_torch(path):
 
 @pytest.mark.parametrize("path", _files("lmae_sdk/runtime"), ids=lambda p: str(p.relative_to(REPO)))
 def test_runtime_imports_neither_training_nor_export(path):
-    assert not _hits(imports(path), ("lmae_sdk.training", "lmae_sdk.export", "lmae_sdk.cli"))
+    assert not _hits(imports(path), ("lmae_sdk.training", "lmae_sdk.export", "lmae_sdk.cli", "lmae_sdk.recipe"))
     # torch only lazily (inside functions), so that a deployment install without torch imports the runtime
     assert not _hits(imports(path, top_level_only=True), ("torch", "lmae_sdk.model", "lmae_sdk.boundaries",
                                                           "lmae_sdk.checkpoint"))
@@ -94,9 +97,17 @@ def test_runtime_imports_neither_training_nor_export(path):
 
 @pytest.mark.parametrize("path", _files("training") + _files("export"), ids=lambda p: str(p.relative_to(REPO)))
 def test_jobs_do_not_import_the_runtime_or_cli(path):
-    assert not _hits(imports(path), ("lmae_sdk.runtime", "lmae_sdk.cli"))
+    assert not _hits(imports(path), ("lmae_sdk.runtime", "lmae_sdk.cli", "lmae_sdk.recipe"))
     if path.parent.name == "export":
         assert not _hits(imports(path), ("lmae_sdk.training",))
+
+
+@pytest.mark.parametrize("path", _files("lmae_sdk/recipe"), ids=lambda p: str(p.relative_to(REPO)))
+def test_recipe_imports_no_cli_and_torch_lazily(path):
+    assert not _hits(imports(path), ("lmae_sdk.cli",))
+    assert not _hits(imports(path, top_level_only=True), ("torch", "lmae_sdk.model", "lmae_sdk.boundaries",
+                                                          "lmae_sdk.checkpoint", "lmae_sdk.training",
+                                                          "lmae_sdk.export"))
 
 
 def test_no_module_over_450_lines():

@@ -11,6 +11,7 @@ the model is best fine-tuned on the new prior (``lmae train --init-from``).
 """
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from lmae_sdk.boundaries import BoundaryNet, BoundarySpec, TorchBoundaries, boundary_targets
-from lmae_sdk.checkpoint import load_checkpoint, save_checkpoint
+from lmae_sdk.checkpoint import load_checkpoint, load_state, save_checkpoint
 from lmae_sdk.datasets import load_dataset
 from lmae_sdk.degrade import degrade
 from lmae_sdk.metrics import CompletionMeter
@@ -33,8 +34,13 @@ from .data import load_pairs
 
 # (colour weight, boundary weight, boundary power); squaring the map (power 2) lets paths through
 # where the net is unsure: +0.8 PA-mIoU of the fill on CamVid train (benchmarks/RESULTS.md)
+# The colour-only step costs (boundary weight 0) compete too: a net that does not help (too
+# short a fit, an unfamiliar domain) is then left out of the step cost.
 DEFAULT_WEIGHT_GRID = tuple((cw, bw, power) for power in (1.0, 2.0) for cw in (300.0, 1000.0)
-                            for bw in (1000.0, 3000.0, 10000.0))
+                            for bw in (1000.0, 3000.0, 10000.0)) + ((300.0, 0.0, 1.0), (1000.0, 0.0, 1.0))
+
+
+RESUME_SAVE_EVERY_S = 60.0  # how often fit_boundaries(resume_path=...) saves its training state
 
 
 def _crop(img: np.ndarray, lab: np.ndarray, crop: int, rng: np.random.Generator, augment: bool = False
@@ -84,14 +90,16 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
                    minutes: float = 40.0, max_steps: int = 0, width: int = 16, crop: int = 256, batch_size: int = 8,
                    lr: float = 3e-3, tune_images: int = 80, weight_grid=DEFAULT_WEIGHT_GRID, seed: int = 0,
                    threads: int = 0, bf16: bool | None = None, continue_net: bool = False, flip_average: bool = False,
-                   augment: bool = False, log=print) -> dict:
+                   augment: bool = False, resume_path: str | Path | None = None, log=print) -> dict:
     """Train for ``minutes`` (or ``max_steps``), tune the step cost over ``weight_grid``
     ((colour weight, boundary weight[, boundary power]) each), store both in the checkpoint
     (``out``, default in place).  ``continue_net``: start from the checkpoint's net (same
     width) instead of a fresh one: a second cosine cycle (with ``minutes`` 0: no training,
     only the step cost is tuned again).  ``flip_average``: the
     runtime's map averages the image with its mirror image (twice the net's compute).
-    ``augment``: random rescaling and colour jitter of the training crops (:func:`_crop`)."""
+    ``augment``: random rescaling and colour jitter of the training crops (:func:`_crop`).
+    ``resume_path``: the training state is saved there every minute (``RESUME_SAVE_EVERY_S``) and a run that finds it
+    continues from it (the net, the optimiser, the step, the time spent, the crop sampler)."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -127,6 +135,14 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
         log(f"bf16 autocast checked (outputs and gradients): largest layer error {err:.4f} (relative, against "
             f"float32)")
     t0, step, loss_avg = time.time(), 0, None
+    if resume_path and Path(resume_path).is_file():
+        state = load_state(resume_path)["boundary_train_state"]
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["optimizer"])
+        step, loss_avg, t0 = int(state["step"]), state["loss_avg"], time.time() - float(state["seconds"])
+        rng.bit_generator.state = json.loads(state["rng"])
+        log(f"resumed from {resume_path} at step {step} ({float(state['seconds']) / 60:.1f} min in)")
+    saved_at = time.time()
     while (step < max_steps) if max_steps else (time.time() - t0 < budget):
         progress = step / max_steps if max_steps else (time.time() - t0) / budget
         for g in opt.param_groups:  # cosine over the budget
@@ -145,6 +161,11 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
         loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
         if step % 200 == 0:
             log(f"  step {step} ({time.time() - t0:.0f} s): loss {loss_avg:.4f}")
+        if resume_path and time.time() - saved_at >= RESUME_SAVE_EVERY_S:
+            save_checkpoint({"boundary_train_state": {
+                "net": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "loss_avg": loss_avg,
+                "seconds": time.time() - t0, "rng": json.dumps(rng.bit_generator.state)}}, resume_path)
+            saved_at = time.time()
     train_s = time.time() - t0
     net.eval()
     boundaries = TorchBoundaries(net, spec)

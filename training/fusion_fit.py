@@ -11,6 +11,7 @@ fusion which kind of hole a pixel is in.
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from .calibrate import runtime_logits
 from .data import load_pairs
 from lmae_sdk.datasets import load_dataset
 
-DEFAULT_FIT_SETTINGS = (("random", 0.5), ("objects", 0.5), ("blocks", 0.5), ("random", 0.3), ("random", 0.7))
+DEFAULT_FIT_SETTINGS = (("random", 0.5), ("objects", 0.5), ("blocks", 0.5), ("random", 0.3), ("bands", 0.3),
+                        ("random", 0.7))
 
 
 class FusionMLP(torch.nn.Module):
@@ -95,7 +97,7 @@ def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: i
 def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None = None, split: str = "train",
                settings=DEFAULT_FIT_SETTINGS, images: int = 0, per_image: int = 6000, hidden: int = 32,
                steps: int = 4000, class_weight_power: float = 0.25, seed: int = 0, threads: int = 0,
-               hole_features: bool | None = None, log=print) -> dict:
+               hole_features: bool | None = None, minutes: float = 0.0, log=print) -> dict:
     """Fit pixel fusion on ``split`` and store it in the checkpoint (``out``, default in place).
 
     ``hole_features`` (default: when the checkpoint has a boundary net) adds the features of
@@ -106,7 +108,11 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
     Class weights are (total / count) ** ``class_weight_power``: at 0.25 rare classes count
     more, but not so much that the fusion paints them over common ones (full inverse
     frequency, power 1, did that and lost points on random holes in a one-off probe).
+
+    ``minutes`` (0 = no limit): the MLP trains until ``steps`` or until that many minutes
+    after the call started, its learning rate decaying to 0 by whichever comes first.
     """
+    started = time.time()
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -126,22 +132,38 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
     weight = weight / weight.mean()
     net = FusionMLP(n, hidden, features)
     opt = torch.optim.Adam(net.parameters(), 3e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     gen = torch.Generator().manual_seed(seed)
+    deadline = started + 60 * minutes if minutes else None
+    t_mlp, done = time.time(), 0
     for step in range(steps):
+        progress = step / steps
+        if deadline is not None:
+            if time.time() >= deadline:
+                log(f"  the {minutes:g}-min limit ends the fit at step {step}")
+                break
+            progress = max(progress, (time.time() - t_mlp) / max(deadline - t_mlp, 1e-3))
+        for g in opt.param_groups:  # cosine to 0 over the steps or the time, whichever ends first
+            g["lr"] = 3e-3 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         idx = torch.randint(0, len(y), (8192,), generator=gen)
         loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx], weight=weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        sched.step()
+        done += 1
         if step % 500 == 0 or step == steps - 1:
             log(f"  step {step}: loss {loss.item():.4f}")
-    with torch.no_grad():
-        full_loss = float(torch.nn.functional.cross_entropy(net(x), y, weight=weight))
-        acc = float((net(x).argmax(1) == y).float().mean())
+    with torch.no_grad():  # in chunks: the MLP's activations over millions of pixels take gigabytes
+        loss_sum = correct = 0.0
+        for start in range(0, len(y), 65536):
+            xb, yb = x[start: start + 65536], y[start: start + 65536]
+            logits = net(xb)
+            loss_sum += float(torch.nn.functional.cross_entropy(logits, yb, weight=weight, reduction="sum"))
+            correct += float((logits.argmax(1) == yb).sum())
+        full_loss = loss_sum / float(weight[y].sum())
+        acc = correct / len(y)
     info = {"split": split, "settings": [f"{s}:{r:g}" for s, r in settings], "pixels": int(len(y)),
-            "features": list(features), "hidden": hidden, "steps": steps, "class_weight_power": class_weight_power,
+            "features": list(features), "hidden": hidden, "steps": done,
+            "class_weight_power": class_weight_power,
             "seed": seed, "fit_loss": full_loss, "fit_pixel_acc": acc}
     ck["fusion"] = net.to_fusion(info).to_dict()
     for retired in ("near_copy_px", "near_copy_min_prob"):  # the finishing rule fusion replaced

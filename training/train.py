@@ -63,6 +63,7 @@ class TrainConfig:
     val_limit: int = 0  # 0 = the whole val split
     val_every: int = 1
     time_budget_min: float = 0.0  # stop after this many minutes (0 = none)
+    stop_at: float = 0.0  # or at this wall-clock time (time.time(); 0 = none): whichever comes first
     resume: bool = False
     layout: str = "auto"
     model_overrides: dict = field(default_factory=dict)
@@ -187,6 +188,16 @@ def train(tc: TrainConfig) -> Path:
 
     steps_per_epoch = max(len(loader), 1)
     total_steps = steps_per_epoch * tc.epochs
+    t0 = time.time()  # the run's start (the time budget's); a resumed run counts its earlier epochs' time
+
+    def stop_time() -> float | None:
+        """When the run stops: the end of its time budget or ``stop_at``, the earlier."""
+        ends = ([t0 + 60 * tc.time_budget_min] if tc.time_budget_min else []) + ([tc.stop_at] if tc.stop_at else [])
+        return min(ends) if ends else None
+
+    def out_of_time_now() -> bool:
+        end = stop_time()
+        return end is not None and time.time() >= end
     if tc.amp not in ("none", "bf16"):
         raise ValueError(f"amp must be 'none' or 'bf16', got {tc.amp!r}")
     if tc.optimizer == "adam-plateau":
@@ -197,12 +208,12 @@ def train(tc: TrainConfig) -> Path:
     elif tc.optimizer == "adamw-cosine":
         opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=0.05)
         warm = max(int(tc.warmup_epochs * steps_per_epoch), 1)
-        t_start = time.time()
 
         def lr_factor(s: int) -> float:
             progress = min(s, total_steps) / total_steps
-            if tc.time_budget_min:  # a time-boxed run decays by the end of its budget
-                progress = max(progress, min(1.0, (time.time() - t_start) / 60 / tc.time_budget_min))
+            end = stop_time()
+            if end is not None:  # a time-boxed run decays by the end of its budget
+                progress = max(progress, min(1.0, (time.time() - t0) / max(end - t0, 1e-3)))
             return min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * progress))
 
         step_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
@@ -223,6 +234,7 @@ def train(tc: TrainConfig) -> Path:
         start_epoch = int(last["train_state"]["epoch"]) + 1
         best = float(last["train_state"]["best"])
         history = json.loads(last["train_state"]["history"])
+        t0 = time.time() - float(history[-1]["elapsed_s"]) if history else t0
         if rank == 0:
             print(f"resumed from {paths['last']} at epoch {start_epoch}", flush=True)
 
@@ -244,8 +256,12 @@ def train(tc: TrainConfig) -> Path:
         if rank == 0:
             print(f"bf16 autocast checked (outputs and gradients): largest layer error {err:.4f} (relative, against "
                   f"float32)", flush=True)
-    t0 = time.time()
     args_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(tc).items()}
+    ck_kw = dict(class_names=info.class_names, palette=info.palette, mask_ratios=list(tc.mask_ratios),
+                 label_resize=tc.label_resize, unknown_threshold=tc.threshold, train_args=args_dict,
+                 background_index=info.background_index)
+    extra = {"boundary_net": boundary_entry} if boundary_entry else {}
+    metrics: dict = {}
     for epoch in range(start_epoch, tc.epochs):
         trainset.epoch = epoch
         if sampler is not None:
@@ -259,6 +275,8 @@ def train(tc: TrainConfig) -> Path:
 
             it = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, mininterval=5)
         for batch in it:
+            if world == 1 and out_of_time_now():
+                break  # the budget ends inside an epoch: validate and save what there is
             batch = {k: v.to(device) for k, v in batch.items()}
             with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=tc.amp == "bf16"):
                 logits = ddp_model(batch["image"], batch["label_planes"], batch["ids_keep"], batch["ids_mask"],
@@ -273,7 +291,7 @@ def train(tc: TrainConfig) -> Path:
             losses.append(float(loss.detach()))
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                "lr": opt.param_groups[0]["lr"], "epoch_s": time.time() - te, "elapsed_s": time.time() - t0}
-        out_of_time = tc.time_budget_min and (time.time() - t0) / 60 >= tc.time_budget_min
+        out_of_time = out_of_time_now()
         do_val = ((epoch + 1) % tc.val_every == 0) or epoch + 1 == tc.epochs or out_of_time
         if rank == 0 and do_val:
             settings = CompletionSettings(info.class_names, label_resize=tc.label_resize,
@@ -287,20 +305,10 @@ def train(tc: TrainConfig) -> Path:
             if plateau is not None:
                 plateau.step(score)
             metrics = {"epoch": epoch + 1, "val_random": m_rand, "val_background": m_bg, "val_objects": m_obj}
-            ck_kw = dict(class_names=info.class_names, palette=info.palette, mask_ratios=list(tc.mask_ratios),
-                         label_resize=tc.label_resize, unknown_threshold=tc.threshold, train_args=args_dict,
-                         background_index=info.background_index)
-            extra = {"boundary_net": boundary_entry} if boundary_entry else {}
             if score > best:
                 best = score
                 save_checkpoint({**make_checkpoint(model, metrics=metrics, **ck_kw), **extra}, paths["best"])
             history.append(row)
-            last = {**make_checkpoint(model, metrics=metrics, **ck_kw), **extra}
-            last["train_state"] = {"optimizer": opt.state_dict(),
-                                   "scheduler": (step_sched or plateau).state_dict(),
-                                   "epoch": epoch, "best": best, "history": json.dumps(history)}
-            save_checkpoint(last, paths["last"])
-            _write_logs(history, paths)
             print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  val PA-mIoU random {m_rand['pa_miou']:.2f} "
                   f"(acc {m_rand['pa_pixel_acc']:.1f})  background-first {m_bg['pa_miou']:.2f}  "
                   f"objects {m_obj['pa_miou']:.2f}  "
@@ -309,9 +317,15 @@ def train(tc: TrainConfig) -> Path:
         elif rank == 0:
             history.append(row)
             print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f} [{row['epoch_s']:.0f}s]", flush=True)
+        if rank == 0:  # every epoch: a killed run resumes from here (--resume)
+            last = {**make_checkpoint(model, metrics=metrics, **ck_kw), **extra}
+            last["train_state"] = {"optimizer": opt.state_dict(), "scheduler": (step_sched or plateau).state_dict(),
+                                   "epoch": epoch, "best": best, "history": json.dumps(history)}
+            save_checkpoint(last, paths["last"])
+            _write_logs(history, paths)
         if out_of_time:
             if rank == 0:
-                print(f"time budget of {tc.time_budget_min} min reached after epoch {epoch + 1}", flush=True)
+                print(f"time budget reached after epoch {epoch + 1} ({(time.time() - t0) / 60:.1f} min)", flush=True)
             break
     if _is_dist():
         dist.barrier()

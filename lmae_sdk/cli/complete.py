@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from lmae_sdk.card import CardError, card_line, read_card
 from lmae_sdk.cli.batch import BatchSummary, pair_folders, start_run, writable_folder
 from lmae_sdk.run_record import RunRecord, Start, remove_stray_temps
 from lmae_sdk.runtime.backends import BACKENDS
@@ -142,6 +143,13 @@ def complete(model_path: str, images: str, labels_dir: str, out: str, backend: s
     except (BundleError, BackendError, MissingExtra, ValueError) as e:  # CheckpointError is a ValueError
         raise click.ClickException(str(e)) from None
     click.echo(f"model: {completer.describe()}" + (f", {lanes} lanes" if lanes > 1 else ""), err=True)
+    try:
+        card = read_card(model_path)
+    except CardError as e:  # the card is documentation: a broken one does not stop the job
+        click.echo(f"warning: {e}", err=True)
+    else:
+        if card is not None:
+            click.echo(card_line(card), err=True)
     record = run_record(completer, Path(model_path).resolve(), {"images": str(src_img), "labels": str(src_lab)},
                         min_confidence, tile, conf_dst)
     folders = [dst] + ([conf_dst] if conf_dst is not None else [])

@@ -43,7 +43,8 @@ def reports_checkpoint_errors(command: Callable) -> Callable:
               help="mixed: realistic partial labels; none: the paper's (masked patches only)")
 @click.option("--mask-mix", default=None, help="e.g. random=1,label_first=2,background_first=2 (the default)")
 @click.option("--hole-mix", default=None,
-              help="training partial labels (default random=0.4,blocks=0.15,objects=0.25,background=0.1,label=0.1)")
+              help="training partial labels (default random=0.3,blocks=0.15,objects=0.25,bands=0.1,background=0.1,"
+                   "label=0.1)")
 @click.option("--class-weighting/--no-class-weighting", default=True, show_default=True,
               help="the paper's class-weighted cross-entropy")
 @click.option("--label-resize", default="soft", show_default=True, type=click.Choice(["soft", "nearest"]))
@@ -137,7 +138,8 @@ def calibrate(ckpt: str, data: str, out: str | None, thresholds: str, setting: s
               help="first N images of the split for choosing the step-cost weights")
 @click.option("--weight-grid", default=None, metavar="COLOUR:BOUNDARY[:POWER],...",
               help="step costs to choose from: colour weight, boundary weight and the map's power (default "
-                   "1); the default grid: 300 and 1000 x 1000, 3000 and 10000 x powers 1 and 2")
+                   "1); the default grid: 300 and 1000 x 1000, 3000 and 10000 x powers 1 and 2, and both colour "
+                   "weights without the boundary term")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", default=0, type=int)
 @click.option("--bf16/--no-bf16", default=None,
@@ -156,7 +158,7 @@ def fit_boundaries(ckpt: str, data: str, split: str, out: str | None, minutes: f
     except ValueError:
         raise click.BadParameter(f"{weight_grid!r}: expected COLOUR:BOUNDARY[:POWER][,...], e.g. 1000:3000:2",
                                  param_hint="--weight-grid") from None
-    if any(len(entry) not in (2, 3) or min(entry) <= 0 for entry in grid):
+    if weight_grid and any(len(entry) not in (2, 3) or min(entry) <= 0 for entry in grid):
         raise click.BadParameter(f"{weight_grid!r}: expected COLOUR:BOUNDARY[:POWER][,...], all positive",
                                  param_hint="--weight-grid")
     run(ckpt, data, out, split, minutes, steps, width, crop, batch_size, lr, tune_images=tune_images,
@@ -169,7 +171,8 @@ def fit_boundaries(ckpt: str, data: str, split: str, out: str | None, minutes: f
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="dataset root")
 @click.option("--split", default="train", show_default=True, help="the split whose labels are degraded and completed")
 @click.option("--out", default=None, help="write the checkpoint with pixel fusion here (default: in place, atomically)")
-@click.option("--setting", default="random:0.5,objects:0.5,blocks:0.5,random:0.3,random:0.7", show_default=True,
+@click.option("--setting", default="random:0.5,objects:0.5,blocks:0.5,random:0.3,bands:0.3,random:0.7",
+              show_default=True,
               help="degrade STRATEGY:RATIO[,...]; image i gets setting i mod count")
 @click.option("--images", default=0, type=int, help="first N pairs of the split (0 = all)")
 @click.option("--per-image", default=6000, show_default=True, type=int, help="hole pixels sampled per image")

@@ -1,0 +1,96 @@
+"""The model card of a bundle: ``card.json`` (written by ``lmae fit``) and its Markdown
+rendering ``card.md``.  ``lmae info BUNDLE`` prints it; ``lmae complete`` names its one-line
+summary when it starts.  Torch-free: the runtime reads it.
+
+``card.json`` holds: the dataset (name, layout, classes, train / val counts, image size),
+the model (preset, input size, mask ratios, finishing rule, routing threshold), the fit
+(budget, each stage with its planned and spent minutes, the machine), val PA-mIoU per hole
+protocol beside nearest-label fill and the geodesic fill on the same partial labels,
+per-class IoU at 50% random holes, and the completer's seconds per image.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .labels import atomic_write_bytes
+
+CARD_JSON = "card.json"
+CARD_MD = "card.md"
+CARD_FORMAT = "lmae-card"
+CARD_VERSION = 1
+HEADLINE_PROTOCOL = "random 0.5"
+
+
+class CardError(ValueError):
+    """A card that cannot be read."""
+
+
+def read_card(bundle: str | os.PathLike) -> dict[str, Any] | None:
+    """The bundle's card, None where it has none (a bundle not made by ``lmae fit``)."""
+    path = Path(bundle) / CARD_JSON if Path(bundle).is_dir() else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CardError(f"{path}: unreadable model card ({type(e).__name__}: {e})") from None
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        raise CardError(f"{path}: not an lmae model card")
+    return card
+
+
+def write_card(bundle: str | os.PathLike, card: dict[str, Any]) -> None:
+    """Write ``card.json`` and ``card.md`` into the bundle (each atomically)."""
+    card = {"format": CARD_FORMAT, "version": CARD_VERSION, **card}
+    atomic_write_bytes(Path(bundle) / CARD_JSON, (json.dumps(card, indent=1) + "\n").encode())
+    atomic_write_bytes(Path(bundle) / CARD_MD, render_markdown(card).encode())
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def card_line(card: dict[str, Any]) -> str:
+    """One line: what the completer is for and how good it is on its own val split."""
+    d, fit = card["dataset"], card.get("fit", {})
+    rows = {r["protocol"]: r for r in card.get("val", {}).get("protocols", [])}
+    head = rows.get(HEADLINE_PROTOCOL)
+    score = (f"; val PA-mIoU {_fmt(head['completer'])} at {HEADLINE_PROTOCOL} holes (nearest fill "
+             f"{_fmt(head['nearest'])})") if head else ""
+    made = f"; lmae fit --budget {fit['budget_min']:g}m, {fit.get('total_min', 0):.0f} min" if fit else ""
+    return f"model card: {d['name']}, {len(d['classes'])} classes{score}{made} ({card.get('created', '')[:10]})"
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    d, m, fit, val = card["dataset"], card["model"], card.get("fit", {}), card.get("val", {})
+    out = [f"# Model card: {d['name']}", "", card_line(card), "", "## Dataset", "",
+           f"- root: `{d['root']}` (layout {d['layout']})",
+           f"- {d['train']} train / {d['val']} val images, commonest size {d['image_size'][0]}x{d['image_size'][1]}",
+           f"- {len(d['classes'])} classes: {', '.join(d['classes'])}", "", "## Model", "",
+           f"- preset `{m['preset']}`, {m['parameters_m']:.2f}M parameters, input {m['input'][0]}x{m['input'][1]}",
+           f"- engines at mask ratios {', '.join(f'{r:g}' for r in m['mask_ratios'])}; finishing rule "
+           f"{m['finishing_rule']}; routing threshold {m['unknown_threshold']:g}"]
+    if fit:
+        out += ["", "## Fit", "", f"`lmae fit --budget {fit['budget_min']:g}m` on {fit['machine']} "
+                f"({fit['cores']} CPU core(s), device {fit['device']}): {fit.get('total_min', 0):.1f} min in all.", "",
+                "| stage | planned min | spent min |", "|---|---|---|"]
+        out += [f"| {s['name']} | {s['planned_min']:.1f} | {_fmt(s.get('minutes'))} |" for s in fit["stages"]]
+    if val:
+        out += ["", f"## Val PA-mIoU ({val['images']} images)", "",
+                "PA-mIoU = mIoU over the pixels that were unknown in the partial label. The three methods "
+                "complete the same partial labels.", "",
+                "| hole protocol | L-MAE completer | nearest-label fill | geodesic fill |", "|---|---|---|---|"]
+        out += [f"| {r['protocol']} | **{_fmt(r['completer'])}** | {_fmt(r['nearest'])} | {_fmt(r['geodesic'])} |"
+                for r in val["protocols"]]
+        per = val.get("per_class_iou")
+        if per:
+            out += ["", f"Per-class IoU at {per['protocol']} holes (completer / nearest fill):", "",
+                    "| class | completer | nearest fill |", "|---|---|---|"]
+            out += [f"| {c} | {_fmt(v['completer'])} | {_fmt(v['nearest'])} |" for c, v in per["classes"].items()]
+    speed = card.get("speed")
+    if speed:
+        out += ["", "## Speed", "", f"{speed['seconds_per_image']:.3f} s per image ({speed['setting']})."]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,117 @@
+"""The ``card`` stage of ``lmae fit``: score the exported bundle on val, per hole protocol,
+beside nearest-label fill and the geodesic fill on the same partial labels, and write the
+model card (:mod:`lmae_sdk.card`) into the bundle.
+
+The bundle runs as ``lmae complete`` runs it on a CPU: ONNX Runtime, one-thread engines,
+one lane per core.  Partial labels come from :func:`lmae_sdk.degrade.degrade`, seeded per
+file name, so ``lmae degrade --seed 0`` makes the same ones.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from lmae_sdk.card import HEADLINE_PROTOCOL, write_card as save_card
+from lmae_sdk.datasets import load_dataset
+from lmae_sdk.degrade import degrade, rng_for_name
+from lmae_sdk.labels import read_image, read_label
+from lmae_sdk.metrics import CompletionMeter
+from lmae_sdk.propagation import geodesic_fill, nearest_fill
+
+# (strategy, unknown share): small and large random holes, large blocks, whole objects removed,
+# and the thin bands along class boundaries that coarse polygon annotation leaves
+CARD_PROTOCOLS = (("random", 0.3), ("random", 0.5), ("random", 0.7), ("blocks", 0.5), ("objects", 0.5),
+                  ("bands", 0.3))
+CARD_MAX_IMAGES = 200
+
+
+def machine_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def score_protocols(completer, data: list[tuple[str, np.ndarray, np.ndarray]], class_names: list[str], lanes: int,
+                    seed: int = 0, log: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], dict, float]:
+    """Per protocol: PA-mIoU of the completer and of both fills; the per-class IoU at the
+    headline protocol; the completer's wall seconds per image there (``lanes`` lanes)."""
+    n = len(class_names)
+    rows, per_class, seconds = [], {}, float("nan")
+    for strategy, ratio in CARD_PROTOCOLS:
+        name = f"{strategy} {ratio:g}"
+        partials = [degrade(lab, ratio, strategy, rng_for_name(seed, stem)) for stem, _, lab in data]
+        meters = {k: CompletionMeter(n) for k in ("completer", "nearest", "geodesic")}
+        t0 = time.perf_counter()
+        results = list(completer.complete_batch([(img, p) for (_, img, _), p in zip(data, partials)],
+                                                batch_size=4, lanes=lanes, confidence=False))
+        secs = (time.perf_counter() - t0) / max(len(data), 1)
+        for (_, img, lab), partial, r in zip(data, partials, results):
+            meters["completer"].update(r.label, lab, partial)
+            meters["nearest"].update(nearest_fill(img, partial), lab, partial)
+            meters["geodesic"].update(geodesic_fill(img, partial), lab, partial)
+        s = {k: m.summary(class_names) for k, m in meters.items()}
+        rows.append({"protocol": name, **{k: round(v["pa_miou"], 2) for k, v in s.items()},
+                     "completer_pixel_acc": round(s["completer"]["pa_pixel_acc"], 2)})
+        log(f"  {name:<11} completer {s['completer']['pa_miou']:6.2f}  nearest fill {s['nearest']['pa_miou']:6.2f}  "
+            f"geodesic fill {s['geodesic']['pa_miou']:6.2f}  ({secs:.3f} s/img)")
+        if name == HEADLINE_PROTOCOL:
+            seconds = secs
+            per_class = {"protocol": name, "classes": {
+                c: {"completer": _round(s["completer"]["pa_iou_per_class"][c]),
+                    "nearest": _round(s["nearest"]["pa_iou_per_class"][c])} for c in class_names}}
+    return rows, per_class, seconds
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 2)
+
+
+def write_card(ctx, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Score the work folder's bundle and write its card (``ctx``: the stage's context)."""
+    from lmae_sdk.runtime import LMAECompleter
+
+    opts, work = ctx.options, ctx.work
+    info = load_dataset(opts.data, ("train", "val"), opts.layout)
+    pairs = info.pairs["val"][:CARD_MAX_IMAGES]
+    data = []
+    for img_path, lab_path in pairs:
+        data.append((img_path.stem, read_image(img_path), read_label(lab_path)[0]))
+    bundle = work.artifact("export")
+    lanes = max(1, ctx.plan["cores"])
+    completer = LMAECompleter.load(bundle, backend="onnxruntime", threads=1)
+    # warm-up outside the clock: numba's first compile, ONNX Runtime's first run
+    list(completer.complete_batch([(img, lab) for _, img, lab in data[:2]], batch_size=2, lanes=1,
+                                  confidence=False))
+    log(f"scoring {len(data)} val images per hole protocol ({lanes} lane(s) of one-thread ONNX Runtime engines)")
+    rows, per_class, seconds = score_protocols(completer, data, info.class_names, lanes, opts.seed, log)
+    cfg = completer.cfg
+    from lmae_sdk.checkpoint import load_checkpoint  # the calibrated checkpoint: the model's size
+
+    ck = load_checkpoint(work.artifact("calibrate"))
+    params = sum(int(np.prod(v.shape)) for v in ck["state_dict"].values())
+    card = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "dataset": {"name": info.root.name, "root": str(info.root), "layout": info.layout,
+                    "classes": info.class_names, "train": len(info.pairs["train"]), "val": len(info.pairs["val"]),
+                    "image_size": ctx.facts["image_size"]},
+        "model": {"preset": opts.preset, "parameters_m": params / 1e6, "input": list(cfg.img_size),
+                  "mask_ratios": completer.mask_ratios, "finishing_rule": completer.settings.finishing_rule,
+                  "unknown_threshold": completer.settings.unknown_threshold},
+        "fit": {"budget_min": opts.budget_min, "machine": machine_name(), "cores": ctx.plan["cores"],
+                "device": ctx.device, "stages": [
+                    {"name": s["name"], "planned_min": s["minutes"], "minutes": work.spent(s["name"]) or None}
+                    for s in ctx.plan["stages"]]},
+        "val": {"images": len(data), "seed": opts.seed, "protocols": rows, "per_class_iou": per_class},
+        "speed": {"seconds_per_image": seconds,
+                  "setting": f"wall time at {HEADLINE_PROTOCOL} holes, {lanes} lane(s) of one-thread ONNX Runtime "
+                             f"engines, images in memory, labels only, on {machine_name()}"},
+    }
+    save_card(bundle, card)
+    return {"protocols": rows, "seconds_per_image": seconds}

@@ -1,0 +1,192 @@
+"""``lmae fit``: run the plan's stages in order (side by side where the plan says so), each
+in its own process, with progress and an ETA; then copy the finished bundle to ``--out``.
+
+A stage's process dies with the runner (Linux: the parent-death signal), so a killed fit
+leaves no stage running; the next run continues after the last finished stage.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+from lmae_sdk.card import read_card, write_card
+from lmae_sdk.datasets import load_dataset
+from lmae_sdk.labels import read_label
+from lmae_sdk.recipe.plan import DataFacts, FitOptions, Plan, Stage, make_plan
+from lmae_sdk.recipe.state import FitStateError, WorkFolder, data_fingerprint
+
+PROGRESS_EVERY_S = 60.0
+
+
+class FitError(RuntimeError):
+    """A stage failed; the message names it and its log."""
+
+
+def dataset_facts(options: FitOptions) -> tuple[DataFacts, str]:
+    info = load_dataset(options.data, ("train", "val"), options.layout)
+    sizes = Counter(read_label(lab)[0].shape for _, lab in info.pairs["train"][:50])
+    facts = DataFacts(info.num_classes, len(info.pairs["train"]), len(info.pairs["val"]),
+                      tuple(sizes.most_common(1)[0][0]))
+    return facts, data_fingerprint(info.pairs, info.root)
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _die_with_parent() -> None:  # runs in the child before exec
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _stage_command(stage: Stage, work: Path, device: str) -> list[str]:
+    gpus = 0
+    if device == "cuda" and stage.name in ("model", "finetune"):
+        import torch
+
+        gpus = torch.cuda.device_count()
+    if gpus > 1:  # DistributedDataParallel, one process per GPU (lmae train under torchrun)
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+                "-m", "lmae_sdk.recipe.stages", stage.name, str(work)]
+    return [sys.executable, "-m", "lmae_sdk.recipe.stages", stage.name, str(work)]
+
+
+class _Running:
+    def __init__(self, stage: Stage, work: WorkFolder, device: str, echo: Callable[[str], None]) -> None:
+        self.stage, self.work, self.started, self.counted = stage, work, time.time(), time.time()
+        logs = work.path / "logs"
+        logs.mkdir(exist_ok=True)
+        self.log_path = logs / f"{stage.name}.log"
+        env = {**os.environ, "OMP_NUM_THREADS": str(stage.threads), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(_stage_command(stage, work.path, device), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=_die_with_parent)
+        self.reader = threading.Thread(target=self._pump, args=(echo,), daemon=True)
+        self.reader.start()
+
+    def _pump(self, echo: Callable[[str], None]) -> None:
+        with open(self.log_path, "a") as log:
+            for line in self.proc.stdout:  # type: ignore[union-attr]
+                log.write(line)
+                log.flush()
+                if line.strip() and not line.startswith(" " * 4):
+                    echo(f"[{self.stage.name}] {line.rstrip()}")
+
+    def count_time(self) -> None:
+        now = time.time()
+        self.work.add_time(self.stage.name, (now - self.counted) / 60)
+        self.counted = now
+
+
+def _remaining(plan: Plan, work: WorkFolder) -> float:
+    """Minutes of the plan left: each unfinished phase's longest stage, less what it has run."""
+    return sum(max(max(0.0, s.minutes - work.spent(s.name)) for s in phase)
+               for phase in plan.phases() if not all(work.done(s.name) for s in phase))
+
+
+def run_phase(phase: list[Stage], plan: Plan, work: WorkFolder, echo: Callable[[str], None]) -> None:
+    for s in phase:  # a stage that wrote its result just before a kill is not run again
+        result_path = work.path / f"{s.name}.result.json"
+        if not work.done(s.name) and result_path.is_file():
+            work.finish(s.name, json.loads(result_path.read_text()))
+    running = [_Running(s, work, plan.device, echo) for s in phase if not work.done(s.name)]
+    last_note = time.time()
+    try:
+        while running:
+            time.sleep(1.0)
+            for r in list(running):
+                if r.proc.poll() is None:
+                    continue
+                r.reader.join()
+                r.count_time()
+                running.remove(r)
+                if r.proc.returncode != 0:
+                    raise FitError(f"stage {r.stage.name} failed (exit {r.proc.returncode}); its log: {r.log_path}")
+                result_path = work.path / f"{r.stage.name}.result.json"
+                work.finish(r.stage.name, json.loads(result_path.read_text()))
+                echo(f"[{r.stage.name}] done in {work.spent(r.stage.name):.1f} min (planned {r.stage.minutes:.1f})")
+            if running and time.time() - last_note >= PROGRESS_EVERY_S:
+                last_note = time.time()
+                for r in running:
+                    r.count_time()
+                echo("progress: " + ", ".join(
+                    f"{r.stage.name} {work.spent(r.stage.name):.1f} of {r.stage.minutes:.1f} min (ETA "
+                    f"{max(0.0, r.stage.minutes - work.spent(r.stage.name)):.1f} min)" for r in running)
+                     + f"; the fit: about {_remaining(plan, work):.0f} min left")
+    finally:
+        for r in running:  # a failure (or Ctrl-C) of one stage stops the others
+            r.proc.kill()
+            r.proc.wait()
+            r.count_time()
+
+
+def publish(bundle: Path, out: Path) -> None:
+    """Copy the bundle to ``out``: into a temporary sibling first, then renamed into place.
+    An existing ``out`` is replaced only when it is a bundle with a model card (an earlier fit's)."""
+    if out.exists():
+        if not out.is_dir() or read_card(out) is None:
+            raise FitStateError(f"--out {out}: exists and is not a bundle written by lmae fit; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    shutil.copytree(bundle, tmp, dirs_exist_ok=True)
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def fit(options: FitOptions, out: str | os.PathLike, work: str | os.PathLike | None = None, restart: bool = False,
+        echo: Callable[[str], None] = print) -> Path:
+    """Run (or continue) the fit; returns the bundle's path (``out``)."""
+    out = Path(out)
+    work_folder = WorkFolder(Path(work) if work else out.with_name(f"{out.name}.work"))
+    t0 = time.time()
+    facts, fingerprint = dataset_facts(options)
+    device = resolve_device(options.device)
+    plan = make_plan(options, facts, device=device)
+    resumed = work_folder.open(options.recorded(), fingerprint, plan.to_dict(), restart)
+    if resumed:  # the plan stays the one the fit started with
+        plan = Plan([Stage(**s) for s in work_folder.plan["stages"]], tuple(work_folder.plan["model_size"]),
+                    work_folder.plan["cores"], work_folder.plan["device"], facts, work_folder.plan["notes"])
+        done = [s.name for s in plan.stages if work_folder.done(s.name)]
+        echo(f"continuing the fit in {work_folder.path}: finished {', '.join(done) or 'nothing yet'}")
+    echo(plan.describe())
+    echo(f"work folder: {work_folder.path} (logs in {work_folder.path / 'logs'})")
+    for phase in plan.phases():
+        if all(work_folder.done(s.name) for s in phase):
+            continue
+        run_phase(phase, plan, work_folder, echo)
+    bundle = work_folder.artifact("export")
+    card = read_card(bundle)
+    if card is not None:  # the card stage's own minutes and the total
+        card["fit"]["stages"] = [{**s, "minutes": work_folder.spent(s["name"])} for s in card["fit"]["stages"]]
+        card["fit"]["total_min"] = round(sum(max(work_folder.spent(s.name) for s in phase)
+                                             for phase in plan.phases()), 2)  # side-by-side stages overlap
+        card["fit"]["wall_min_this_run"] = round((time.time() - t0) / 60, 2)
+        write_card(bundle, {k: v for k, v in card.items() if k not in ("format", "version")})
+    publish(bundle, out)
+    echo(f"bundle: {out} (model card: {out / 'card.md'}); this run took {(time.time() - t0) / 60:.1f} min")
+    return out

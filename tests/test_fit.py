@@ -1,0 +1,118 @@
+"""``lmae fit`` end to end on a small generated dataset (grey images, 4 classes, 256x256):
+killed (SIGKILL) while its model trains, run again, it continues inside the stage and
+finishes; the bundle carries a model card that ``lmae info`` prints and ``lmae complete``
+names.  The fit's budget is 4 min, of which its training stages get 1 min."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmae_sdk.degrade import degrade, rng_for_name
+from lmae_sdk.labels import read_label, write_label
+from lmae_sdk.synthetic import make_synthetic_dataset
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+
+def _lmae(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lmae_sdk.cli", *args]
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    out = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and proc.name != str(os.getpid()):
+            out.append(f"{proc.name}: {cmdline}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fit")
+    data = make_synthetic_dataset(root / "data", n_train=24, n_val=8, size=(256, 256), classes=4, grey=True)
+    work, out = root / "work", root / "bundle"
+    cmd = _lmae("fit", "--data", str(data), "--out", str(out), "--work", str(work), "--budget", "4m",
+                "--preset", "tiny")
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    # kill once the model stage has saved an epoch and is still training
+    model_log = work / "logs" / "model.log"
+    while time.time() < deadline and first.poll() is None:
+        if (work / "model.last.pt").is_file() and "time budget reached" not in model_log.read_text():
+            first.kill()
+            break
+        time.sleep(0.05)
+    first.wait()
+    first_output = first.stdout.read()
+    assert first.returncode == -9, first_output  # killed, not finished
+    time.sleep(2)
+    left = _processes_mentioning(str(work))
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return {"root": root, "data": data, "work": work, "out": out, "left": left, "second": second, "cmd": cmd}
+
+
+def test_a_killed_fit_leaves_no_stage_running_and_continues(fitted):
+    assert fitted["left"] == []
+    second = fitted["second"]
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "continuing the fit" in second.stdout
+    model_log = (fitted["work"] / "logs" / "model.log").read_text()
+    assert "resumed from" in model_log  # inside the stage, from its last checkpoint
+    record = json.loads((fitted["work"] / "fit.json").read_text())
+    assert all(entry["done"] for entry in record["stages"].values())
+    assert set(record["stages"]) == {s["name"] for s in record["plan"]["stages"]}
+
+
+def test_the_bundle_has_its_model_card(fitted):
+    card = json.loads((fitted["out"] / "card.json").read_text())
+    assert card["dataset"]["classes"] == ["background", "disc", "box", "bar"]
+    assert (card["dataset"]["train"], card["dataset"]["val"]) == (24, 8)
+    rows = {r["protocol"]: r for r in card["val"]["protocols"]}
+    assert set(rows) == {"random 0.3", "random 0.5", "random 0.7", "blocks 0.5", "objects 0.5", "bands 0.3"}
+    assert rows["random 0.5"]["completer"] > rows["random 0.5"]["nearest"]
+    assert set(card["val"]["per_class_iou"]["classes"]) == set(card["dataset"]["classes"])
+    assert card["speed"]["seconds_per_image"] > 0
+    assert [s["name"] for s in card["fit"]["stages"]][:2] == ["model", "boundaries"]
+    assert all(s["minutes"] > 0 for s in card["fit"]["stages"])
+    info = subprocess.run(_lmae("info", str(fitted["out"])), capture_output=True, text=True, timeout=120)
+    assert info.returncode == 0 and "| random 0.5 |" in info.stdout and "| bands 0.3 |" in info.stdout
+
+
+def test_the_bundle_completes_with_its_card_line(fitted):
+    data, root = fitted["data"], fitted["root"]
+    partial = root / "partial"
+    partial.mkdir()
+    for lab in sorted((data / "val" / "labels").glob("*.png"))[:3]:
+        label, _ = read_label(lab)
+        write_label(partial / lab.name, degrade(label, 0.5, "random", rng_for_name(0, lab.stem)))
+    done = subprocess.run(_lmae("complete", "--model", str(fitted["out"]), "--images", str(data / "val" / "images"),
+                                "--labels", str(partial), "--out", str(root / "completed")),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "model card: data, 4 classes; val PA-mIoU" in done.stderr
+    for lab in sorted(partial.glob("*.png")):
+        before, _ = read_label(lab)
+        after, _ = read_label(root / "completed" / lab.name)
+        known = before != 255
+        assert (after[known] == before[known]).all() and (after != 255).all()
+
+
+def test_a_changed_option_is_refused_unless_restarted(fitted):
+    cmd = [c if c != "4m" else "5m" for c in fitted["cmd"]]
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1
+    assert "options.budget_min: 4.0 -> 5.0" in refused.stderr and "--restart" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert np.isfinite(json.loads((fitted["out"] / "card.json").read_text())["val"]["images"])

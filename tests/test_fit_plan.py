@@ -1,0 +1,138 @@
+"""``lmae fit``'s parts that need no training: the budget rule, the work folder's record,
+the budget option, the boundary-band holes and the model card."""
+from __future__ import annotations
+
+import json
+
+import click
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lmae_sdk.card import card_line, read_card, render_markdown, write_card
+from lmae_sdk.cli import main
+from lmae_sdk.cli.fit_info import parse_budget
+from lmae_sdk.degrade import degrade, rng_for_name
+from lmae_sdk.recipe.plan import DataFacts, FitOptions, make_plan, model_size_for
+from lmae_sdk.recipe.state import FitStateError, WorkFolder
+
+CAMVID_LIKE = DataFacts(num_classes=11, train=367, val=101, image_size=(360, 480))
+TRAINING = ("model", "boundaries", "finetune")
+
+
+@pytest.mark.parametrize("text, minutes", [("2h", 120), ("30m", 30), ("1h30m", 90), ("45", 45), ("1.5h", 90)])
+def test_budget_parses(text, minutes):
+    assert parse_budget(text) == minutes
+
+
+@pytest.mark.parametrize("text", ["", "2x", "h", "0.5m", "-1h"])
+def test_bad_budget_is_refused_with_the_reason(text):
+    with pytest.raises(click.BadParameter):
+        parse_budget(text)
+
+
+def test_more_budget_trains_every_stage_longer_and_changes_nothing_else():
+    small, large = (make_plan(FitOptions("d", budget_min=b), CAMVID_LIKE, cores=2) for b in (20, 120))
+    for name in TRAINING:
+        assert large.stage(name).minutes > small.stage(name).minutes
+    for name in ("calibrate", "export", "verify", "card"):
+        assert large.stage(name).minutes == small.stage(name).minutes
+    for plan, budget in ((small, 20), (large, 120)):
+        total = sum(max(s.minutes for s in phase) for phase in plan.phases())
+        assert total == pytest.approx(budget)
+        assert not plan.notes
+
+
+def test_two_cores_train_the_model_and_the_boundary_net_side_by_side():
+    two = make_plan(FitOptions("d", budget_min=30), CAMVID_LIKE, cores=2)
+    assert [s.name for s in two.phases()[0]] == ["model", "boundaries"]
+    assert [s.threads for s in two.phases()[0]] == [1, 1]
+    assert two.stage("finetune").threads == 2
+    one = make_plan(FitOptions("d", budget_min=30), CAMVID_LIKE, cores=1)
+    assert all(len(phase) == 1 for phase in one.phases())
+    assert "side by side" in two.describe() and "side by side" not in one.describe()
+
+
+def test_a_budget_too_small_for_the_later_stages_is_said():
+    plan = make_plan(FitOptions("d", budget_min=3), CAMVID_LIKE, cores=2)
+    assert plan.notes and "overruns" in plan.notes[0]
+    assert sum(plan.stage(n).minutes for n in ("model", "finetune")) == pytest.approx(0.25 * 3)
+
+
+@pytest.mark.parametrize("image, model", [((360, 480), (224, 288)), ((256, 256), (256, 256)), ((64, 96), (64, 96)),
+                                          ((1024, 2048), (176, 352))])
+def test_model_input_keeps_the_aspect_ratio_in_multiples_of_16(image, model):
+    assert model_size_for(image) == model
+
+
+def test_work_folder_refuses_other_options_or_data_unless_restarted(tmp_path):
+    opts = FitOptions("data", budget_min=30).recorded()
+    work = WorkFolder(tmp_path / "w")
+    assert work.open(opts, "sha-a", {"stages": []}, restart=False) is False
+    assert WorkFolder(tmp_path / "w").open(opts, "sha-a", {"stages": []}, restart=False) is True  # nothing done yet
+    work.finish("model", {"best_epoch": 3})
+    again = WorkFolder(tmp_path / "w")
+    assert again.open(opts, "sha-a", {"stages": []}, restart=False) is True  # continues
+    assert again.done("model") and not again.done("boundaries")
+    with pytest.raises(FitStateError, match=r"options.budget_min: 30(.0)? -> 120(.0)?.*--restart"):
+        WorkFolder(tmp_path / "w").open(FitOptions("data", budget_min=120).recorded(), "sha-a", {}, restart=False)
+    with pytest.raises(FitStateError, match="dataset's files changed"):
+        WorkFolder(tmp_path / "w").open(opts, "sha-b", {}, restart=False)
+    fresh = WorkFolder(tmp_path / "w")
+    assert fresh.open(opts, "sha-b", {"stages": []}, restart=True) is False
+    assert not fresh.done("model")
+    # threads and the device are not part of the record
+    assert "threads" not in opts and "device" not in opts
+
+
+def test_work_folder_never_empties_a_folder_it_did_not_make(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    for restart in (False, True):
+        with pytest.raises(FitStateError, match="no fit.json"):
+            WorkFolder(tmp_path / "mine").open({}, "x", {}, restart=restart)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_boundary_bands_follow_the_class_edges_and_vary_in_width():
+    lab = np.zeros((120, 160), np.uint8)
+    lab[:, 80:] = 1
+    lab[30:50, 20:40] = 2
+    lab[100:104, 140:144] = 3  # a small object: lost inside its band
+    out = degrade(lab, 0.3, "bands", rng_for_name(0, "x"))
+    hole = out == 255
+    assert 0.27 < hole.mean() < 0.33
+    assert ((out == lab) | hole).all()
+    assert hole[:, 79:81].all()  # every pixel on the class edge is unknown
+    assert not hole[60:90, 0:10].any()  # far from every edge: kept
+    assert (out[100:104, 140:144] == 255).all()
+    widths = hole[:, 60:100].sum(axis=1)[55:95]  # the band across the vertical edge, row by row
+    assert widths.max() - widths.min() >= 4
+
+
+def test_card_renders_and_reads_back(tmp_path):
+    card = {"created": "2026-12-03T10:00:00+0000",
+            "dataset": {"name": "toy", "root": "/d", "layout": "folder", "classes": ["a", "b"], "train": 24,
+                        "val": 8, "image_size": [256, 256]},
+            "model": {"preset": "tiny", "parameters_m": 0.59, "input": [256, 256], "mask_ratios": [0.25, 0.5],
+                      "finishing_rule": "pixel fusion", "unknown_threshold": 0.75},
+            "fit": {"budget_min": 30, "machine": "cpu", "cores": 2, "device": "cpu", "total_min": 29.5,
+                    "stages": [{"name": "model", "planned_min": 10.0, "minutes": 9.8}]},
+            "val": {"images": 8, "protocols": [{"protocol": "random 0.5", "completer": 80.0, "nearest": 60.0,
+                                                "geodesic": 70.0}],
+                    "per_class_iou": {"protocol": "random 0.5", "classes": {"a": {"completer": 90.0, "nearest": None}}}},
+            "speed": {"seconds_per_image": 0.08, "setting": "2 lanes"}}
+    write_card(tmp_path, card)
+    back = read_card(tmp_path)
+    assert back["dataset"]["name"] == "toy" and back["format"] == "lmae-card"
+    line = card_line(back)
+    assert "toy, 2 classes" in line and "80.00 at random 0.5" in line and "nearest fill 60.00" in line
+    md = (tmp_path / "card.md").read_text()
+    assert md == render_markdown(back) and "| random 0.5 | **80.00** | 60.00 | 70.00 |" in md
+    result = CliRunner().invoke(main, ["info", str(tmp_path)])
+    assert result.exit_code == 0 and "| model | 10.0 | 9.80 |" in result.output
+    as_json = CliRunner().invoke(main, ["info", str(tmp_path), "--json"])
+    assert json.loads(as_json.output)["val"]["images"] == 8
+    (tmp_path / "card.json").write_text("{broken")
+    bad = CliRunner().invoke(main, ["info", str(tmp_path)])
+    assert bad.exit_code == 1 and "unreadable model card" in bad.output and "Traceback" not in bad.output
