@@ -44,7 +44,8 @@ def read_card(bundle: str | os.PathLike) -> dict[str, Any] | None:
 
 def write_card(bundle: str | os.PathLike, card: dict[str, Any]) -> None:
     """Write ``card.json`` and ``card.md`` into the bundle (each atomically)."""
-    card = {"format": CARD_FORMAT, "version": CARD_VERSION, **card}
+    card = {"format": CARD_FORMAT, "version": CARD_VERSION,
+            **{k: v for k, v in card.items() if k not in ("format", "version")}}
     atomic_write_bytes(Path(bundle) / CARD_JSON, (json.dumps(card, indent=1) + "\n").encode())
     atomic_write_bytes(Path(bundle) / CARD_MD, render_markdown(card).encode())
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lmae_sdk.card import HEADLINE_PROTOCOL, write_card as save_card
+from lmae_sdk.card import HEADLINE_PROTOCOL, write_card
 from lmae_sdk.datasets import load_dataset
 from lmae_sdk.degrade import degrade, rng_for_name
 from lmae_sdk.labels import read_image, read_label
@@ -73,7 +73,7 @@ def _round(v: float | None) -> float | None:
     return None if v is None else round(v, 2)
 
 
-def write_card(ctx, log: Callable[[str], None] = print) -> dict[str, Any]:
+def score_bundle(ctx, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Score the work folder's bundle and write its card (``ctx``: the stage's context)."""
     from lmae_sdk.runtime import LMAECompleter
 
@@ -113,5 +113,5 @@ def write_card(ctx, log: Callable[[str], None] = print) -> dict[str, Any]:
                   "setting": f"wall time at {HEADLINE_PROTOCOL} holes, {lanes} lane(s) of one-thread ONNX Runtime "
                              f"engines, images in memory, labels only, on {machine_name()}"},
     }
-    save_card(bundle, card)
+    write_card(bundle, card)
     return {"protocols": rows, "seconds_per_image": seconds}

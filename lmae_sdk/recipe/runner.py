@@ -186,7 +186,7 @@ def fit(options: FitOptions, out: str | os.PathLike, work: str | os.PathLike | N
         card["fit"]["total_min"] = round(sum(max(work_folder.spent(s.name) for s in phase)
                                              for phase in plan.phases()), 2)  # side-by-side stages overlap
         card["fit"]["wall_min_this_run"] = round((time.time() - t0) / 60, 2)
-        write_card(bundle, {k: v for k, v in card.items() if k not in ("format", "version")})
+        write_card(bundle, card)
     publish(bundle, out)
     echo(f"bundle: {out} (model card: {out / 'card.md'}); this run took {(time.time() - t0) / 60:.1f} min")
     return out

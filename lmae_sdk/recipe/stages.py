@@ -10,6 +10,7 @@ checkpoint as they go and continue from there when run again.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -185,9 +186,9 @@ def _verify(ctx: StageContext) -> dict[str, Any]:
 
 
 def _card(ctx: StageContext) -> dict[str, Any]:
-    from lmae_sdk.recipe.card_eval import write_card
+    from lmae_sdk.recipe.card_eval import score_bundle
 
-    return write_card(ctx, log=_log)
+    return score_bundle(ctx, log=_log)
 
 
 STAGES: dict[str, Callable[[StageContext], dict[str, Any]]] = {
@@ -203,8 +204,6 @@ def run_stage(stage: str, work: str | Path) -> dict[str, Any]:
     ctx = StageContext(Path(work), stage)
     np.seterr(all="ignore")
     result = STAGES[stage](ctx)
-    import os
-
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one result
         atomic_write_bytes(Path(work) / f"{stage}.result.json", json.dumps(result, indent=1, default=float).encode())
     return result

@@ -115,6 +115,3 @@ class WorkFolder:
 
     def result(self, stage: str) -> dict[str, Any]:
         return self.record["stages"].get(stage, {}).get("result", {})
-
-    def stage_minutes(self) -> dict[str, float]:
-        return {k: round(float(v.get("minutes", 0.0)), 2) for k, v in self.record["stages"].items()}
