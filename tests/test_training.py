@@ -240,3 +240,30 @@ def test_bf16_is_used_by_default_only_where_the_cpu_has_it(monkeypatch, flags, n
 
     monkeypatch.setattr(amp, "Path", FakeCpuinfo)
     assert amp.native_bf16() is native
+
+
+@pytest.mark.parametrize("items", [7, 9, 8])
+def test_ddp_batches_never_mix_mask_ratios(items):
+    """Under torchrun, every rank's every batch has one mask ratio (one K), also when the
+    train count is not a multiple of the world size (a padded sampler wrapped index 0 into
+    the last batch: 'mixed K in one batch' at the end of the first epoch)."""
+    from lmae_sdk.config import make_config
+    from lmae_sdk.training.data import CompletionTrainSet, SampleSpec, train_loader
+
+    rng = np.random.default_rng(0)
+    data = [(rng.integers(0, 255, (64, 96, 3), np.uint8), rng.integers(0, 4, (64, 96)).astype(np.uint8))
+            for _ in range(items)]
+    cfg = make_config("tiny", 4, img_size=(64, 96))
+    spec = SampleSpec(mask_ratios=(0.25, 0.5, 0.75))
+    world, batch = 2, 2
+    for epoch in range(4):
+        seen = []
+        for rank in range(world):
+            trainset = CompletionTrainSet(data, cfg, spec, batch, seed=0, world_size=world)
+            trainset.epoch = epoch
+            loader, sampler = train_loader(trainset, batch, workers=0, world=world, rank=rank)
+            sampler.set_epoch(epoch)
+            for b in loader:  # collate raises on a batch with two K
+                seen.append(b["ids_keep"].shape[1])
+        # each rank ran the same number of steps, each batch one K
+        assert len(seen) == world * ((items // world) // batch)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 
 from lmae_sdk.boundaries import flip_boundaries
 from lmae_sdk.degrade import degrade
@@ -129,6 +130,20 @@ def collate(items: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
     if len(k) != 1:  # different K in one batch cannot happen with per-batch ratios
         raise RuntimeError(f"mixed K in one batch: {k}")
     return {key: torch.from_numpy(np.stack([it[key] for it in items])) for key in items[0]}
+
+
+def train_loader(trainset: CompletionTrainSet, batch_size: int, workers: int, world: int = 1, rank: int | None = None
+                 ) -> tuple[DataLoader, DistributedSampler | None]:
+    """The training batches, each of one mask ratio (one K), and under DDP the sampler (call
+    its ``set_epoch``).  Rank r takes the dataset's indices r, r + world, ... (no shuffle: the
+    dataset maps each index to another image every epoch), so its batch j lies in the ratio block j of
+    ``CompletionTrainSet``.  The sampler drops the last ``len % world`` indices rather than pad
+    with the first ones, which belong to block 0 and would put two K in the last batch."""
+    sampler = (DistributedSampler(trainset, num_replicas=world, rank=rank, shuffle=False, drop_last=True)
+               if world > 1 else None)
+    loader = DataLoader(trainset, batch_size=batch_size, sampler=sampler, shuffle=False, collate_fn=collate,
+                        num_workers=workers, drop_last=True, persistent_workers=False)
+    return loader, sampler
 
 
 class ValSet:

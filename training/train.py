@@ -19,8 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
-from torch.utils.data.distributed import DistributedSampler
 
 from lmae_sdk.boundaries import boundaries_from_checkpoint, boundary_maps
 from lmae_sdk.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
@@ -32,7 +30,7 @@ from lmae_sdk.pipeline import CompletionSettings, ModelInputs, finish, graph_inp
 from lmae_sdk.routing import mask_plan
 
 from .amp import check_bf16_autocast
-from .data import CompletionTrainSet, SampleSpec, ValSet, collate, load_pairs
+from .data import CompletionTrainSet, SampleSpec, ValSet, collate, load_pairs, train_loader
 from .loss import class_frequencies, class_weights, completion_loss
 
 
@@ -171,10 +169,7 @@ def train(tc: TrainConfig) -> Path:
                       mask_mix=tc.mask_mix, hole_mix=tc.hole_mix,
                       threshold=tc.threshold, background_index=info.background_index)
     trainset = CompletionTrainSet(train_data, cfg, spec, tc.batch_size, tc.seed, world, train_maps)
-    sampler = DistributedSampler(trainset, shuffle=False) if world > 1 else None
-    # order is shuffled inside each batch-ratio block by the dataset seed; keep batches aligned
-    loader = DataLoader(trainset, batch_size=tc.batch_size, sampler=sampler, shuffle=False, collate_fn=collate,
-                        num_workers=tc.workers, drop_last=True, persistent_workers=False)
+    loader, sampler = train_loader(trainset, tc.batch_size, tc.workers, world)
     eval_ratio = float(np.median(tc.mask_ratios))
     val_bg = ValSet(val_data, cfg, "background", eval_ratio, tc.label_resize, background_index=info.background_index,
                     boundary_maps=val_maps)
