@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 # what one val image costs (seconds of one core at 360x480, measured on a 2-core AMD EPYC): calibration
 # (2 thresholds x 2 kinds of hole, each finished by pixel fusion) and the card (6 kinds of hole through
@@ -91,6 +91,16 @@ class Plan:
         return {"stages": [asdict(s) for s in self.stages], "model_size": list(self.model_size), "cores": self.cores,
                 "device": self.device, "facts": asdict(self.facts), "notes": self.notes}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Plan":
+        facts = dict(d["facts"], image_size=tuple(d["facts"]["image_size"]))
+        return cls([Stage(**s) for s in d["stages"]], tuple(d["model_size"]), d["cores"], d["device"],
+                   DataFacts(**facts), list(d["notes"]))
+
+    def span(self, minutes: Callable[[Stage], float]) -> float:
+        """Wall minutes of the phases one after another, the stages of a phase side by side."""
+        return sum(max(minutes(s) for s in phase) for phase in self.phases())
+
     def describe(self) -> str:
         f = self.facts
         lines = [f"plan: {f.train} train / {f.val} val images, {f.num_classes} classes, images {f.image_size[0]}x"
@@ -100,8 +110,7 @@ class Plan:
             side = " (side by side)" if len(phase) > 1 else ""
             for s in phase:
                 lines.append(f"  {s.name:<11} {s.minutes:6.1f} min  {s.threads} thread(s){side}  {s.what}")
-        total = sum(max(s.minutes for s in phase) for phase in self.phases())
-        lines.append(f"  {'total':<11} {total:6.1f} min")
+        lines.append(f"  {'total':<11} {self.span(lambda s: s.minutes):6.1f} min")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 

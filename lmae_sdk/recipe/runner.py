@@ -169,8 +169,7 @@ def fit(options: FitOptions, out: str | os.PathLike, work: str | os.PathLike | N
     plan = make_plan(options, facts, device=device)
     resumed = work_folder.open(options.recorded(), fingerprint, plan.to_dict(), restart)
     if resumed:  # the plan stays the one the fit started with
-        plan = Plan([Stage(**s) for s in work_folder.plan["stages"]], tuple(work_folder.plan["model_size"]),
-                    work_folder.plan["cores"], work_folder.plan["device"], facts, work_folder.plan["notes"])
+        plan = Plan.from_dict(work_folder.plan)
         done = [s.name for s in plan.stages if work_folder.done(s.name)]
         echo(f"continuing the fit in {work_folder.path}: finished {', '.join(done) or 'nothing yet'}")
     echo(plan.describe())
@@ -183,8 +182,7 @@ def fit(options: FitOptions, out: str | os.PathLike, work: str | os.PathLike | N
     card = read_card(bundle)
     if card is not None:  # the card stage's own minutes and the total
         card["fit"]["stages"] = [{**s, "minutes": work_folder.spent(s["name"])} for s in card["fit"]["stages"]]
-        card["fit"]["total_min"] = round(sum(max(work_folder.spent(s.name) for s in phase)
-                                             for phase in plan.phases()), 2)  # side-by-side stages overlap
+        card["fit"]["total_min"] = round(plan.span(lambda s: work_folder.spent(s.name)), 2)
         card["fit"]["wall_min_this_run"] = round((time.time() - t0) / 60, 2)
         write_card(bundle, card)
     publish(bundle, out)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from lmae_sdk.labels import atomic_write_bytes
-from lmae_sdk.recipe.plan import REFERENCE_PIXELS, FitOptions, Stage
+from lmae_sdk.recipe.plan import REFERENCE_PIXELS, FitOptions, Plan
 from lmae_sdk.recipe.state import WorkFolder
 
 FIT_MASK_RATIOS = (0.25, 0.5, 0.75)
@@ -34,12 +34,10 @@ class StageContext:
 
     def __init__(self, work: Path, stage: str) -> None:
         self.started = time.time()
-        self.work = WorkFolder(work)
-        self.work.record = json.loads((work / "fit.json").read_text())
-        rec = self.work.record
-        self.options = FitOptions(**rec["options"])
-        self.plan = rec["plan"]
-        self.stage = Stage(**next(s for s in self.plan["stages"] if s["name"] == stage))
+        self.work = WorkFolder(work).load()
+        self.options = FitOptions(**self.work.record["options"])
+        self.plan = self.work.plan
+        self.stage = Plan.from_dict(self.plan).stage(stage)
         self.facts = self.plan["facts"]
         self.device = self.plan["device"]
         self.pixels = self.facts["image_size"][0] * self.facts["image_size"][1] / REFERENCE_PIXELS

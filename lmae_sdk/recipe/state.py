@@ -88,6 +88,11 @@ class WorkFolder:
         self._save()
         return False
 
+    def load(self) -> "WorkFolder":
+        """Read the record of the fit this folder holds (a stage's process: the runner opened it)."""
+        self.record = json.loads((self.path / RECORD).read_text())
+        return self
+
     def _save(self) -> None:
         atomic_write_bytes(self.path / RECORD, (json.dumps(self.record, indent=1) + "\n").encode())
 
