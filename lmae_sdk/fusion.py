@@ -30,10 +30,17 @@ geodesic copy and the model at 1/16 resolution both lose it):
   line_vertical   the class's share of the two nearest known pixels straight up and down
   line_horizontal the same to the left and right
 
+and (format 4) the decision of nearest-label fill, the baseline a completion must beat, so
+that the fusion can fall back on it where the model and the geodesic copy are unsure (thin
+unlabelled bands along class boundaries, as coarse polygon annotation leaves them):
+
+  is_closest      1 for the class of the nearest known pixel (Euclidean)
+  distance_gap    log of the class's distance beyond that nearest class's
+
 Near known pixels it learns to trust the copy, deep inside a hole or across strong edges
 the model.  ``lmae fit-fusion`` fits it on training images (benchmarks/RESULTS.md).  Format
 2 (the hole features without the line votes) was retired: such a fusion is refused with
-what to run to refit it.
+what to run to refit it.  Format 3 (without the nearest-fill features) is still read.
 The weights travel in the checkpoint and the bundle manifest as plain lists.
 """
 from __future__ import annotations
@@ -52,9 +59,11 @@ from .upsampling import resize_logits
 FUSION_FEATURES = ("log_prob", "path_cost", "path_cost_gap", "is_nearest", "class_distance", "known_distance")
 HOLE_FEATURES = ("border_share", "border_boundary", "hole_size", "pixel_boundary")
 LINE_FEATURES = ("line_vertical", "line_horizontal")
+NEAREST_FEATURES = ("is_closest", "distance_gap")
 # format version -> features; after the first six: the per-class ones, then the per-pixel ones
 # (format 2, FUSION_FEATURES + HOLE_FEATURES, was retired)
-FEATURES_BY_VERSION = {1: FUSION_FEATURES, 3: FUSION_FEATURES + HOLE_FEATURES[:1] + LINE_FEATURES + HOLE_FEATURES[1:]}
+FEATURES_BY_VERSION = {1: FUSION_FEATURES, 3: FUSION_FEATURES + HOLE_FEATURES[:1] + LINE_FEATURES + HOLE_FEATURES[1:],
+                       4: FUSION_FEATURES + HOLE_FEATURES[:1] + LINE_FEATURES + NEAREST_FEATURES + HOLE_FEATURES[1:]}
 _COST_CAP = 1e6  # costs above this (labels.NO_PATH included) read as "no path"
 _COST_SCALE = np.float32(1 / np.log1p(_COST_CAP))
 _DIST_SCALE = np.float32(1 / 6)  # log1p(400 px) ~ 6
@@ -163,14 +172,27 @@ def line_features(partial: np.ndarray, num_classes: int, idx: np.ndarray, unknow
     return votes
 
 
+def nearest_features(distances: np.ndarray) -> np.ndarray:
+    """:data:`NEAREST_FEATURES` from the (M, N) Euclidean class distances: (M, N, 2), 1 for
+    the class nearest-label fill copies, and the log distance beyond that class's."""
+    gap = distances - distances.min(1, keepdims=True)
+    return np.stack([gap == 0, np.log1p(gap) * _DIST_SCALE], 2).astype(np.float32)
+
+
 def extra_features(features: tuple[str, ...], partial: np.ndarray, boundary: np.ndarray | None, num_classes: int,
-                   idx: np.ndarray, unknown: int = UNKNOWN) -> tuple[np.ndarray, np.ndarray]:
+                   idx: np.ndarray, unknown: int = UNKNOWN, distances: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """The features after :data:`FUSION_FEATURES` at flat hole indices ``idx``: the per-class
-    ones (M, N, P) and the per-pixel ones (M, Q), in the order of ``features``."""
+    ones (M, N, P) and the per-pixel ones (M, Q), in the order of ``features``
+    (``distances``: :func:`class_distances`' per-class ones, computed here if not given)."""
     if len(features) == len(FUSION_FEATURES):
         return np.zeros((idx.size, num_classes, 0), np.float32), np.zeros((idx.size, 0), np.float32)
     share, others = hole_features(partial, boundary, num_classes, idx, unknown)
     per_class = [share[..., None], line_features(partial, num_classes, idx, unknown)]
+    if NEAREST_FEATURES[0] in features:
+        if distances is None:
+            distances = class_distances(partial, idx, num_classes, unknown)[0]
+        per_class.append(nearest_features(distances))
     return np.concatenate(per_class, 2), others
 
 
@@ -192,7 +214,7 @@ def features_at(log_probs: np.ndarray, partial: np.ndarray, class_costs: np.ndar
     per_class, known = class_distances(partial, idx, n, unknown)
     feats[..., 4] = np.log1p(per_class) * _DIST_SCALE
     feats[..., 5] = (np.log1p(known) * _DIST_SCALE)[:, None]
-    per_class, per_pixel = extra_features(features, partial, boundary, n, idx, unknown)
+    per_class, per_pixel = extra_features(features, partial, boundary, n, idx, unknown, distances=per_class)
     p = per_class.shape[2]
     feats[..., 6:6 + p] = per_class
     feats[..., 6 + p:] = per_pixel[:, None, :]
@@ -373,7 +395,8 @@ class PixelFusion:
             s -= s.max(1, keepdims=True)
             return s.argmax(1).astype(np.uint8), (1.0 / np.exp(s).sum(1)).astype(np.float32)
         per_class, known = class_distances(partial, idx, n, unknown)
-        class_extra, pixel_extra = extra_features(self.features, partial, boundary, n, idx, unknown)
+        class_extra, pixel_extra = extra_features(self.features, partial, boundary, n, idx, unknown,
+                                                  distances=per_class)
         (w1, b1), (w2, b2), (w3, b3) = self.layers
         pred = np.empty(idx.size, np.uint8)
         conf = np.empty(idx.size, np.float32)

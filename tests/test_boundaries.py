@@ -189,13 +189,13 @@ def test_fit_train_export_and_runtime(tmp_path, synth_root):
     assert weights_sha256(tk["boundary_net"]["state_dict"]) == weights_sha256(ck["boundary_net"]["state_dict"])
 
     # pixel fusion fitted on it reads the map too: the features of each pixel's hole and the
-    # straight-line votes (format 3)
+    # straight-line votes and nearest-label fill's decision (format 4)
     fit_args = ["fit-fusion", "--ckpt", str(tuned), "--data", str(synth_root), "--images", "6", "--per-image", "300",
                 "--steps", "20", "--threads", "1"]
     res = CliRunner().invoke(cli_main, fit_args)
     assert res.exit_code == 0, res.output
-    assert f"{len(FEATURES_BY_VERSION[3])} features" in res.output
-    assert load_checkpoint(tuned)["fusion"]["version"] == 3
+    assert f"{len(FEATURES_BY_VERSION[4])} features" in res.output
+    assert load_checkpoint(tuned)["fusion"]["version"] == 4
 
     tc = LMAECompleter.load(tuned, backend="torch", threads=1)
     assert tc.boundaries is not None and tc.fusion.needs_boundary

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from lmae_sdk.degrade import degrade
-from lmae_sdk.fusion import (FEATURES_BY_VERSION, FUSION_FEATURES, FusionError, PixelFusion, hole_features,
-                              line_features, pixel_features)
-from lmae_sdk.propagation import NO_PATH, geodesic_class_costs, geodesic_propagate, propagate
+from lmae_sdk.fusion import (FEATURES_BY_VERSION, FUSION_FEATURES, NEAREST_FEATURES, FusionError, PixelFusion,
+                              class_distances, extra_features, hole_features, line_features, pixel_features)
+from lmae_sdk.propagation import NO_PATH, geodesic_class_costs, geodesic_propagate, nearest_fill, propagate
 from lmae_sdk.upsampling import upsampled_prediction
 from lmae_sdk.pipeline import CompletionSettings, SettingsError, finish
 
@@ -224,3 +224,32 @@ def test_line_features_vote_with_the_nearest_known_pixel_in_each_straight_direct
     np.testing.assert_allclose(at[(4, 5)][:, 0], [0, 1, 0])
     np.testing.assert_allclose(at[(0, 6)][:, 0], [0, 0.5, 0])  # nothing above row 0: only below votes
     np.testing.assert_allclose(at[(0, 6)][:, 1], [0, 0.5, 0])  # class 1 to the left, the image edge right
+
+
+def test_nearest_features_carry_nearest_label_fill():
+    """A band between class 0 (left) and class 1 (right): ``is_closest`` marks the class
+    nearest-label fill copies, ``distance_gap`` grows with the distance beyond it, and both
+    come out of ``extra_features`` in format 4's order whether or not the distances are given."""
+    image, _, partial = _scene(5)
+    partial[:, :30], partial[:, 30:] = 0, 1
+    partial[:, 24:33] = 255
+    partial[:, :5] = 2
+    idx = np.flatnonzero(partial.reshape(-1) == 255)
+    distances, _ = class_distances(partial, idx, 4)
+    rng = np.random.default_rng(0)
+    boundary = rng.random((2, *partial.shape)).astype(np.float32)
+    features = FEATURES_BY_VERSION[4]
+    given, pixel = extra_features(features, partial, boundary, 4, idx, distances=distances)
+    computed, _ = extra_features(features, partial, boundary, 4, idx)
+    np.testing.assert_array_equal(given, computed)
+    first = features.index(NEAREST_FEATURES[0]) - len(FUSION_FEATURES)
+    closest, gap = given[..., first], given[..., first + 1]
+    filled = nearest_fill(image, partial).reshape(-1)[idx]
+    np.testing.assert_array_equal(closest.argmax(1), filled)
+    assert set(np.unique(filled)) == {0, 1}
+    np.testing.assert_array_equal(gap[closest == 1], 0)
+    assert (gap[closest == 0] > 0).all()
+    column = idx % partial.shape[1]
+    assert (np.diff(gap[column == 24, 1]) == 0).all() and gap[column == 24, 1].min() > gap[column == 27, 1].max()
+    assert (gap[:, 3] > gap[:, 2]).all()  # class 3 has no known pixel
+    assert pixel.shape == (idx.size, len(features) - len(FUSION_FEATURES) - given.shape[2])

@@ -2,8 +2,8 @@
 in a checkpoint, with the step-cost weights tuned on that split.
 
 The net learns, per pixel, whether the right / lower neighbour has another class (BCE on
-random crops, boundaries weighted up: they are ~5% of pixel pairs).  The weights and the
-power of the step cost ``1 + colour_weight * |colour change| + boundary_weight *
+batches of four random crops, boundaries weighted up: they are ~5% of pixel pairs).  The
+weights and the power of the step cost ``1 + colour_weight * |colour change| + boundary_weight *
 p(boundary) ** power`` are then chosen by the geodesic fill's PA-mIoU on the split's first
 images at 50% random holes (train by default: val stays for calibrate and the benchmarks).  The model's prior changes
 with them, so the checkpoint's pixel fusion is dropped (refit it: ``lmae fit-fusion``), and
@@ -87,7 +87,7 @@ def fill_score(pairs: list, partials: list, maps: list, colour_weight: float, bo
 
 
 def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | None = None, split: str = "train",
-                   minutes: float = 40.0, max_steps: int = 0, width: int = 16, crop: int = 256, batch_size: int = 8,
+                   minutes: float = 40.0, max_steps: int = 0, width: int = 16, crop: int = 256, batch_size: int = 4,
                    lr: float = 3e-3, tune_images: int = 80, weight_grid=DEFAULT_WEIGHT_GRID, seed: int = 0,
                    threads: int = 0, bf16: bool | None = None, continue_net: bool = False, flip_average: bool = False,
                    augment: bool = False, resume_path: str | Path | None = None, log=print) -> dict:

@@ -127,7 +127,8 @@ def calibrate(ckpt: str, data: str, out: str | None, thresholds: str, setting: s
 @click.option("--steps", default=0, type=int, help="train this many steps instead of --minutes")
 @click.option("--width", default=16, show_default=True, type=int, help="the UNet's base width")
 @click.option("--crop", default=256, show_default=True, type=int)
-@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--batch-size", default=4, show_default=True, type=int,
+              help="crops per step (4 learned faster per minute than 8 or 2: benchmarks/RESULTS.md)")
 @click.option("--lr", default=3e-3, show_default=True, type=float, help="peak learning rate (cosine to 0)")
 @click.option("--continue-net", is_flag=True,
               help="start from the checkpoint's boundary net: a second cycle (--minutes 0: retune the weights only)")
@@ -176,13 +177,13 @@ def fit_boundaries(ckpt: str, data: str, split: str, out: str | None, minutes: f
               help="degrade STRATEGY:RATIO[,...]; image i gets setting i mod count")
 @click.option("--images", default=0, type=int, help="first N pairs of the split (0 = all)")
 @click.option("--per-image", default=6000, show_default=True, type=int, help="hole pixels sampled per image")
-@click.option("--hidden", default=32, show_default=True, type=int, help="the MLP's width")
+@click.option("--hidden", default=64, show_default=True, type=int, help="the MLP's width")
 @click.option("--steps", default=4000, show_default=True, type=int)
 @click.option("--class-weight-power", default=0.25, show_default=True, type=float,
               help="class weights (total / count) ** power: rare classes count more as it grows")
 @click.option("--hole-features/--no-hole-features", default=None,
-              help="features of the pixel's hole and straight-line votes (default: when the checkpoint has a "
-                   "boundary net)")
+              help="features of the pixel's hole, straight-line votes and nearest-label fill's decision (default: "
+                   "when the checkpoint has a boundary net)")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", default=0, type=int)
 @reports_checkpoint_errors

@@ -26,8 +26,8 @@ from typing import Any, Callable
 # what one val image costs (seconds of one core at 360x480, measured on a 2-core AMD EPYC): calibration
 # (2 thresholds x 2 kinds of hole, each finished by pixel fusion) and the card (6 kinds of hole through
 # the bundle, and the two fills)
-CALIBRATE_S_PER_IMAGE = 3.0
-CARD_S_PER_IMAGE = 2.5
+CALIBRATE_S_PER_IMAGE = 3.8
+CARD_S_PER_IMAGE = 3.0
 REFERENCE_PIXELS = 360 * 480
 MODEL_PIXELS = 224 * 288  # the model input's area: the default preset's, at CamVid's aspect ratio
 
