@@ -211,10 +211,10 @@ def features_at(log_probs: np.ndarray, partial: np.ndarray, class_costs: np.ndar
     feats[..., 1] = np.log1p(np.minimum(cost, _COST_CAP)) * _COST_SCALE
     feats[..., 2] = np.log1p(np.minimum(cost - best, _COST_CAP)) * _COST_SCALE
     feats[..., 3] = cost == best
-    per_class, known = class_distances(partial, idx, n, unknown)
-    feats[..., 4] = np.log1p(per_class) * _DIST_SCALE
+    distances, known = class_distances(partial, idx, n, unknown)
+    feats[..., 4] = np.log1p(distances) * _DIST_SCALE
     feats[..., 5] = (np.log1p(known) * _DIST_SCALE)[:, None]
-    per_class, per_pixel = extra_features(features, partial, boundary, n, idx, unknown, distances=per_class)
+    per_class, per_pixel = extra_features(features, partial, boundary, n, idx, unknown, distances=distances)
     p = per_class.shape[2]
     feats[..., 6:6 + p] = per_class
     feats[..., 6 + p:] = per_pixel[:, None, :]
@@ -394,13 +394,13 @@ class PixelFusion:
             s[~_candidates(lp, class_costs.reshape(-1, n)[idx], self.min_log_prob)] = -np.inf
             s -= s.max(1, keepdims=True)
             return s.argmax(1).astype(np.uint8), (1.0 / np.exp(s).sum(1)).astype(np.float32)
-        per_class, known = class_distances(partial, idx, n, unknown)
+        distances, known = class_distances(partial, idx, n, unknown)
         class_extra, pixel_extra = extra_features(self.features, partial, boundary, n, idx, unknown,
-                                                  distances=per_class)
+                                                  distances=distances)
         (w1, b1), (w2, b2), (w3, b3) = self.layers
         pred = np.empty(idx.size, np.uint8)
         conf = np.empty(idx.size, np.float32)
-        compiled(np.ascontiguousarray(lp), np.ascontiguousarray(class_costs.reshape(-1, n)[idx]), per_class, known,
+        compiled(np.ascontiguousarray(lp), np.ascontiguousarray(class_costs.reshape(-1, n)[idx]), distances, known,
                  np.ascontiguousarray(class_extra), np.ascontiguousarray(pixel_extra), w1, b1, w2, b2,
                  np.ascontiguousarray(w3[:, 0]), np.float32(b3[0]), self.class_bias,
                  np.float32(self.min_log_prob), np.float32(_COST_CAP), _COST_SCALE, _DIST_SCALE, pred, conf)
