@@ -53,6 +53,17 @@ def test_two_cores_train_the_model_and_the_boundary_net_side_by_side():
     assert "side by side" in two.describe() and "side by side" not in one.describe()
 
 
+def test_pixel_fusion_has_time_to_sample_every_train_image_at_any_budget():
+    from lmae_sdk.recipe.plan import FUSION_SAMPLE_S_PER_IMAGE
+
+    every_image_min = CAMVID_LIKE.train * FUSION_SAMPLE_S_PER_IMAGE / 60 / 2  # two lanes, CamVid's image size
+    for budget in (20, 30, 120, 600):
+        fusion = make_plan(FitOptions("d", budget_min=budget), CAMVID_LIKE, cores=2).stage("fusion").minutes
+        assert fusion >= 2 * every_image_min - 1e-9
+        assert fusion >= 0.08 * budget - 1e-9
+    assert make_plan(FitOptions("d", budget_min=600), CAMVID_LIKE, cores=2).stage("fusion").minutes == pytest.approx(48)
+
+
 def test_a_budget_too_small_for_the_later_stages_is_said():
     plan = make_plan(FitOptions("d", budget_min=3), CAMVID_LIKE, cores=2)
     assert plan.notes and "overruns" in plan.notes[0]

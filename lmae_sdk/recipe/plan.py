@@ -5,7 +5,8 @@ The budget rule (the README's "Fitting a completer" repeats it):
 1. The stages after training get what they need, estimated from the dataset:
    export 1.5 min; the bundle check 0.5 min; calibration and the model card per val image
    (at most 100 and 200 images), scaled by the image's pixels; pixel fusion 8% of the
-   budget (at least 0.4 min).
+   budget, and at least the time to sample every train image (at most 400) and fit its MLP
+   as long again.
 2. The rest trains, and at least a quarter of the budget does (a budget too small for the
    stages after training then overruns, and the plan says so).  With two or more CPU cores (or a GPU), 55% of it trains the model and,
    side by side on its own core, the boundary net (it needs only images and labels); the
@@ -28,6 +29,10 @@ from typing import Any, Callable
 # the bundle, and the two fills)
 CALIBRATE_S_PER_IMAGE = 3.8
 CARD_S_PER_IMAGE = 3.0
+# pixel fusion samples one train image's hole pixels through the fine-tuned model in about this many
+# seconds of one core at 360x480 (107 s for CamVid's 367 on two threads of the same machine)
+FUSION_SAMPLE_S_PER_IMAGE = 0.6
+FUSION_MAX_SAMPLED_IMAGES = 400
 REFERENCE_PIXELS = 360 * 480
 MODEL_PIXELS = 224 * 288  # the model input's area: the default preset's, at CamVid's aspect ratio
 
@@ -138,7 +143,9 @@ def make_plan(options: FitOptions, facts: DataFacts, cores: int | None = None, d
     budget = float(options.budget_min)
     calibrate = max(0.5, min(facts.val, 100) * CALIBRATE_S_PER_IMAGE * pixels / 60 / per_core)
     card = max(0.5, min(facts.val, 200) * CARD_S_PER_IMAGE * pixels / 60 / per_core)
-    fusion = max(0.4, 0.08 * budget)
+    sampled = min(facts.train, FUSION_MAX_SAMPLED_IMAGES)
+    sample_every_image = sampled * FUSION_SAMPLE_S_PER_IMAGE * pixels / 60 / per_core
+    fusion = max(0.4, 0.08 * budget, 2 * sample_every_image)
     tail = {"fusion": fusion, "calibrate": calibrate, "export": 1.5, "verify": 0.5, "card": card}
     training = budget - sum(tail.values())
     notes = []

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from lmae_sdk.labels import atomic_write_bytes
-from lmae_sdk.recipe.plan import REFERENCE_PIXELS, FitOptions, Plan
+from lmae_sdk.recipe.plan import FUSION_SAMPLE_S_PER_IMAGE, REFERENCE_PIXELS, FitOptions, Plan
 from lmae_sdk.recipe.state import WorkFolder
 
 FIT_MASK_RATIOS = (0.25, 0.5, 0.75)
@@ -123,8 +123,8 @@ def _boundaries(ctx: StageContext) -> dict[str, Any]:
 def _fusion(ctx: StageContext) -> dict[str, Any]:
     from lmae_sdk.training.fusion_fit import fit_fusion
 
-    # half the share samples pixels (about 0.3 s per 360x480 image on 2 threads), half fits the MLP
-    per_image_s = 0.6 * ctx.pixels / min(ctx.stage.threads, 2)
+    # half the share samples pixels, half fits the MLP
+    per_image_s = FUSION_SAMPLE_S_PER_IMAGE * ctx.pixels / min(ctx.stage.threads, 2)
     images = int(min(ctx.facts["train"], max(24, 0.5 * ctx.stage.minutes * 60 / per_image_s)))
     info = fit_fusion(ctx.work.artifact("finetune"), ctx.options.data, ctx.work.artifact("fusion"), images=images,
                       minutes=0.95 * ctx.stage.minutes, seed=ctx.options.seed, threads=ctx.stage.threads, log=_log)
