@@ -1,5 +1,6 @@
 """Pixel fusion: per-class geodesic costs, the fused decision, fitting, checkpoint and bundle."""
 import json
+import time
 
 import numpy as np
 import pytest
@@ -115,6 +116,12 @@ def test_fit_fusion_calibrate_export_and_runtime(tmp_path, synth_root):
     fusion = PixelFusion.from_dict(ck["fusion"])
     assert fusion.num_classes == ck["config"]["num_classes"]
     assert "fusion" not in load_checkpoint(best)  # the input checkpoint is untouched
+
+    # lmae fit gives the MLP a step cap it does not reach: the time share ends the fit
+    t0 = time.time()
+    timed = fit_fusion(best, synth_root, tmp_path / "timed.pt", images=10, per_image=400, steps=10**9,
+                       minutes=0.05, log=lambda s: None)
+    assert 0 < timed["steps"] < 10**9 and time.time() - t0 < 30
 
     r = calibrate(fused, synth_root, thresholds=(0.5, 0.75), log=lambda s: None)
     assert [row["finishing_rule"] for row in r["rows"]] == ["pixel fusion"] * 2

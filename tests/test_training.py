@@ -92,6 +92,26 @@ def test_seed_is_deterministic_and_resume_continues(tmp_path, synth_root):
     assert [r["epoch"] for r in log] == [1, 2, 3]
 
 
+def test_a_budget_that_ends_between_epochs_adds_no_empty_epoch(tmp_path, synth_root, monkeypatch, capsys):
+    import lmae_sdk.training.train as train_module
+
+    tc = _tc(synth_root, tmp_path / "t.pt", epochs=5, stop_at=1e12)
+    real_evaluate, calls = train_module.evaluate, []
+
+    def evaluate_then_run_out_of_time(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # epoch 1's validation is done: the budget ends before epoch 2 starts
+            tc.stop_at = 1.0
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", evaluate_then_run_out_of_time)
+    train(tc)
+    log = json.loads((tmp_path / "t.log.json").read_text())
+    assert [r["epoch"] for r in log] == [1] and np.isfinite(log[0]["train_loss"])
+    assert len(calls) == 3  # no second validation of the same weights
+    assert "time budget reached after epoch 1" in capsys.readouterr().out
+
+
 def test_range_model_trains_over_several_ratios(tmp_path, synth_root):
     best = train(_tc(synth_root, tmp_path / "r.pt", epochs=1, mask_ratios=(0.4, 0.6)))
     assert torch.load(best, weights_only=True)["mask_ratios"] == [0.4, 0.6]

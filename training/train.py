@@ -284,6 +284,11 @@ def train(tc: TrainConfig) -> Path:
             if step_sched is not None:
                 step_sched.step()
             losses.append(float(loss.detach()))
+        if not losses and epoch > start_epoch and out_of_time_now():
+            # the budget ended between epochs (during the last one's validation): nothing new to score
+            if rank == 0:
+                print(f"time budget reached after epoch {epoch} ({(time.time() - t0) / 60:.1f} min)", flush=True)
+            break
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                "lr": opt.param_groups[0]["lr"], "epoch_s": time.time() - te, "elapsed_s": time.time() - t0}
         out_of_time = out_of_time_now()

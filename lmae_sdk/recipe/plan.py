@@ -14,8 +14,8 @@ The budget rule (the README's "Fitting a completer" repeats it):
    the model 40%, the boundary net 20%, the fine-tune 40%, one after another.
 3. A training stage stops at its share (inside an epoch if need be), keeping the best of
    its checkpoints on val; pixel fusion samples as many train images as half its share
-   allows and trains its MLP for the rest.  So a larger budget trains every stage longer
-   and changes nothing else, and the checkpoint kept is chosen on val.
+   allows and trains its MLP for the rest (at most 20000 steps).  So a larger budget trains
+   every stage longer and changes nothing else, and the checkpoint kept is chosen on val.
 """
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ CARD_S_PER_IMAGE = 3.0
 # seconds of one core at 360x480 (107 s for CamVid's 367 on two threads of the same machine)
 FUSION_SAMPLE_S_PER_IMAGE = 0.6
 FUSION_MAX_SAMPLED_IMAGES = 400
+# the fusion MLP trains for the rest of its share, up to this many steps (about 15 min of 2 cores)
+FUSION_MAX_MLP_STEPS = 20000
 REFERENCE_PIXELS = 360 * 480
 MODEL_PIXELS = 224 * 288  # the model input's area: the default preset's, at CamVid's aspect ratio
 

@@ -5,7 +5,8 @@ A stage reads the fit's options and plan from the work folder's record, does its
 the expert commands' functions (``lmae train``, ``fit-boundaries``, ``fit-fusion``,
 ``calibrate``, ``lmae-export``), writes its artifact into the work folder and its result
 as ``<stage>.result.json``.  Its time share comes from the plan; the training stages
-checkpoint as they go and continue from there when run again.
+checkpoint as they go and continue from there when run again, and the others start over
+with their whole share.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from lmae_sdk.labels import atomic_write_bytes
-from lmae_sdk.recipe.plan import FUSION_SAMPLE_S_PER_IMAGE, REFERENCE_PIXELS, FitOptions, Plan
+from lmae_sdk.recipe.plan import FUSION_MAX_MLP_STEPS, FUSION_SAMPLE_S_PER_IMAGE, REFERENCE_PIXELS, FitOptions, Plan
 from lmae_sdk.recipe.state import WorkFolder
 
 FIT_MASK_RATIOS = (0.25, 0.5, 0.75)
@@ -123,11 +124,12 @@ def _boundaries(ctx: StageContext) -> dict[str, Any]:
 def _fusion(ctx: StageContext) -> dict[str, Any]:
     from lmae_sdk.training.fusion_fit import fit_fusion
 
-    # half the share samples pixels, half fits the MLP
+    # about half the share samples pixels; the MLP trains for the rest of it
     per_image_s = FUSION_SAMPLE_S_PER_IMAGE * ctx.pixels / min(ctx.stage.threads, 2)
     images = int(min(ctx.facts["train"], max(24, 0.5 * ctx.stage.minutes * 60 / per_image_s)))
     info = fit_fusion(ctx.work.artifact("finetune"), ctx.options.data, ctx.work.artifact("fusion"), images=images,
-                      minutes=0.95 * ctx.stage.minutes, seed=ctx.options.seed, threads=ctx.stage.threads, log=_log)
+                      steps=FUSION_MAX_MLP_STEPS, minutes=0.95 * ctx.stage.minutes, seed=ctx.options.seed,
+                      threads=ctx.stage.threads, log=_log)
     return {"images": images, "pixels": info["pixels"], "steps": info["steps"], "fit_loss": info["fit_loss"],
             "fit_pixel_acc": info["fit_pixel_acc"]}
 
