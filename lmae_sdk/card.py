@@ -84,8 +84,7 @@ def render_markdown(card: dict[str, Any]) -> str:
                 "PA-mIoU = mIoU over the pixels that were unknown in the partial label. The three methods "
                 "complete the same partial labels.", "",
                 "| hole protocol | L-MAE completer | nearest-label fill | geodesic fill |", "|---|---|---|---|"]
-        out += [f"| {r['protocol']} | **{_fmt(r['completer'])}** | {_fmt(r['nearest'])} | {_fmt(r['geodesic'])} |"
-                for r in val["protocols"]]
+        out += [_protocol_row(r) for r in val["protocols"]]
         per = val.get("per_class_iou")
         if per:
             out += ["", f"Per-class IoU at {per['protocol']} holes (completer / nearest fill):", "",
@@ -95,3 +94,12 @@ def render_markdown(card: dict[str, Any]) -> str:
     if speed:
         out += ["", "## Speed", "", f"{speed['seconds_per_image']:.3f} s per image ({speed['setting']})."]
     return "\n".join(out) + "\n"
+
+
+def _protocol_row(row: dict) -> str:
+    """One hole protocol's table row, the best of the three methods in bold."""
+    methods = ("completer", "nearest", "geodesic")
+    scores = [row.get(m) for m in methods]
+    best = max((v for v in scores if v is not None), default=None)
+    cells = [f"**{_fmt(v)}**" if v is not None and v == best else _fmt(v) for v in scores]
+    return f"| {row['protocol']} | " + " | ".join(cells) + " |"

@@ -80,7 +80,8 @@ def test_the_bundle_has_its_model_card(fitted):
     assert card["dataset"]["classes"] == ["background", "disc", "box", "bar"]
     assert (card["dataset"]["train"], card["dataset"]["val"]) == (24, 8)
     rows = {r["protocol"]: r for r in card["val"]["protocols"]}
-    assert set(rows) == {"random 0.3", "random 0.5", "random 0.7", "blocks 0.5", "objects 0.5", "bands 0.3"}
+    assert set(rows) == {"random 0.3", "random 0.5", "random 0.7", "blocks 0.5", "objects 0.5", "bands 0.3",
+                         "bands 0.1"}
     assert rows["random 0.5"]["completer"] > rows["random 0.5"]["nearest"]
     assert set(card["val"]["per_class_iou"]["classes"]) == set(card["dataset"]["classes"])
     assert card["speed"]["seconds_per_image"] > 0

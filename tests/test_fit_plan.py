@@ -130,7 +130,9 @@ def test_card_renders_and_reads_back(tmp_path):
             "fit": {"budget_min": 30, "machine": "cpu", "cores": 2, "device": "cpu", "total_min": 29.5,
                     "stages": [{"name": "model", "planned_min": 10.0, "minutes": 9.8}]},
             "val": {"images": 8, "protocols": [{"protocol": "random 0.5", "completer": 80.0, "nearest": 60.0,
-                                                "geodesic": 70.0}],
+                                                "geodesic": 70.0},
+                                               {"protocol": "bands 0.1", "completer": 69.0, "nearest": 75.0,
+                                                "geodesic": 67.0}],
                     "per_class_iou": {"protocol": "random 0.5", "classes": {"a": {"completer": 90.0, "nearest": None}}}},
             "speed": {"seconds_per_image": 0.08, "setting": "2 lanes"}}
     write_card(tmp_path, card)
@@ -140,6 +142,7 @@ def test_card_renders_and_reads_back(tmp_path):
     assert "toy, 2 classes" in line and "80.00 at random 0.5" in line and "nearest fill 60.00" in line
     md = (tmp_path / "card.md").read_text()
     assert md == render_markdown(back) and "| random 0.5 | **80.00** | 60.00 | 70.00 |" in md
+    assert "| bands 0.1 | 69.00 | **75.00** | 67.00 |" in md  # the best method in bold, not always the completer
     result = CliRunner().invoke(main, ["info", str(tmp_path)])
     assert result.exit_code == 0 and "| model | 10.0 | 9.80 |" in result.output
     as_json = CliRunner().invoke(main, ["info", str(tmp_path), "--json"])
@@ -147,3 +150,10 @@ def test_card_renders_and_reads_back(tmp_path):
     (tmp_path / "card.json").write_text("{broken")
     bad = CliRunner().invoke(main, ["info", str(tmp_path)])
     assert bad.exit_code == 1 and "unreadable model card" in bad.output and "Traceback" not in bad.output
+
+
+def test_pixel_fusion_is_fitted_on_every_kind_of_hole_the_card_scores():
+    from lmae_sdk.recipe.card_eval import CARD_PROTOCOLS
+    from lmae_sdk.training.fusion_fit import DEFAULT_FIT_SETTINGS
+
+    assert set(CARD_PROTOCOLS) <= set(DEFAULT_FIT_SETTINGS)

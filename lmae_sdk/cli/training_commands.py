@@ -172,9 +172,9 @@ def fit_boundaries(ckpt: str, data: str, split: str, out: str | None, minutes: f
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="dataset root")
 @click.option("--split", default="train", show_default=True, help="the split whose labels are degraded and completed")
 @click.option("--out", default=None, help="write the checkpoint with pixel fusion here (default: in place, atomically)")
-@click.option("--setting", default="random:0.5,objects:0.5,blocks:0.5,random:0.3,bands:0.3,random:0.7",
-              show_default=True,
-              help="degrade STRATEGY:RATIO[,...]; image i gets setting i mod count")
+@click.option("--setting", default=None,
+              help="degrade STRATEGY:RATIO[,...]; image i gets setting i mod count (default: every kind of "
+                   "hole that the model card scores, at its unknown share)")
 @click.option("--images", default=0, type=int, help="first N pairs of the split (0 = all)")
 @click.option("--per-image", default=6000, show_default=True, type=int, help="hole pixels sampled per image")
 @click.option("--hidden", default=64, show_default=True, type=int, help="the MLP's width")
@@ -187,12 +187,13 @@ def fit_boundaries(ckpt: str, data: str, split: str, out: str | None, minutes: f
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", default=0, type=int)
 @reports_checkpoint_errors
-def fit_fusion(ckpt: str, data: str, split: str, out: str | None, setting: str, images: int, per_image: int,
+def fit_fusion(ckpt: str, data: str, split: str, out: str | None, setting: str | None, images: int, per_image: int,
                hidden: int, steps: int, class_weight_power: float, hole_features: bool | None, seed: int,
                threads: int) -> None:
     """Fit pixel fusion (model probability x per-class geodesic cost, per hole pixel) and
     store it in the checkpoint; run before calibrate and export."""
-    from lmae_sdk.training.fusion_fit import fit_fusion as run
+    from lmae_sdk.training.fusion_fit import DEFAULT_FIT_SETTINGS, fit_fusion as run
 
-    run(ckpt, data, out, split, parse_settings(setting), images, per_image, hidden, steps, class_weight_power,
+    settings = parse_settings(setting) if setting else DEFAULT_FIT_SETTINGS
+    run(ckpt, data, out, split, settings, images, per_image, hidden, steps, class_weight_power,
         seed=seed, threads=threads, hole_features=hole_features, log=click.echo)

@@ -22,9 +22,9 @@ from lmae_sdk.metrics import CompletionMeter
 from lmae_sdk.propagation import geodesic_fill, nearest_fill
 
 # (strategy, unknown share): small and large random holes, large blocks, whole objects removed,
-# and the thin bands along class boundaries that coarse polygon annotation leaves
+# and the bands along class boundaries that coarse polygon annotation leaves, wide and thin
 CARD_PROTOCOLS = (("random", 0.3), ("random", 0.5), ("random", 0.7), ("blocks", 0.5), ("objects", 0.5),
-                  ("bands", 0.3))
+                  ("bands", 0.3), ("bands", 0.1))
 CARD_MAX_IMAGES = 200
 
 
