@@ -246,11 +246,14 @@ def _fusion_loops(lp: np.ndarray, cost: np.ndarray, per_class: np.ndarray, known
                 second, best = best, v
             elif v < second:
                 second = v
+        closest = per_class[i, 0]
+        for c in range(1, n):
+            closest = min(closest, per_class[i, c])
         kd = np.log1p(known[i]) * dist_scale
         top = np.float32(-np.inf)
         arg = 0
         for c in range(n):
-            if lp[i, c] < min_log_prob and cost[i, c] > second:
+            if lp[i, c] < min_log_prob and cost[i, c] > second and per_class[i, c] > closest:
                 score[c] = -np.inf
                 continue
             x[0] = lp[i, c]
@@ -294,13 +297,14 @@ def _compiled_fusion():
     return numba_compiled(_fusion_loops, fastmath={"reassoc", "contract"})
 
 
-def _candidates(log_probs: np.ndarray, cost: np.ndarray, min_log_prob: float) -> np.ndarray:
+def _candidates(log_probs: np.ndarray, cost: np.ndarray, distances: np.ndarray, min_log_prob: float) -> np.ndarray:
     """(M, N) bool: the classes fusion scores at a pixel, those the model gives at least
-    exp(min_log_prob) and the two cheapest to copy.  A speed rule: in a probe on CamVid val
-    the others did not change fusion's PA-mIoU at 5% in any kind of hole, and scoring them
-    was most of its cost."""
+    exp(min_log_prob), the two cheapest to copy and the one nearest-label fill copies (the
+    Euclidean ``distances``' nearest).  A speed rule: in a probe on CamVid val the others did
+    not change fusion's PA-mIoU at 5% in any kind of hole, and scoring them was most of its
+    cost."""
     second = np.partition(cost, 1, axis=1)[:, 1:2] if cost.shape[1] > 1 else cost
-    return (log_probs >= min_log_prob) | (cost <= second)
+    return (log_probs >= min_log_prob) | (cost <= second) | (distances <= distances.min(1, keepdims=True))
 
 
 @dataclass
@@ -362,7 +366,9 @@ class PixelFusion:
         Where the model's argmax is the propagated label and the model gives it at least
         ``agree_skip_prob``, that label stands without scoring: a speed rule (at 0.8 fusion
         chose that label there anyway in a probe on CamVid val, and it skips most pixels of
-        small random holes)."""
+        small random holes).  A fusion that reads nearest-label fill's decision (format 4)
+        needs that fill to copy the label too: in thin bands along class boundaries model
+        and propagation agree, sure and wrong, where the nearest known pixel is right."""
         out = partial.copy()
         conf = np.ones(partial.shape, np.float32)
         idx = np.flatnonzero((partial == unknown).reshape(-1))
@@ -375,26 +381,31 @@ class PixelFusion:
         lp = hole_log_probs(logits, partial.shape, idx)  # (M, N)
         model = lp.argmax(1)
         p_model = np.exp(np.take_along_axis(lp, model[:, None], 1)[:, 0])
-        nearest = class_costs.reshape(-1, n)[idx].argmin(1)
+        distances, known = class_distances(partial, idx, n, unknown)
+        sure = (model == class_costs.reshape(-1, n)[idx].argmin(1)) & (p_model >= self.agree_skip_prob)
+        if NEAREST_FEATURES[0] in self.features:
+            sure &= model == distances.argmin(1)
         pred, p = model.astype(np.uint8), p_model.astype(np.float32)
-        run = np.flatnonzero((model != nearest) | (p_model < self.agree_skip_prob))
+        run = np.flatnonzero(~sure)
         if run.size:
-            pred[run], p[run] = self._decide(lp[run], partial, class_costs, idx[run], unknown, boundary)
+            pred[run], p[run] = self._decide(lp[run], partial, class_costs, idx[run], distances[run], known[run],
+                                             unknown, boundary)
         out.reshape(-1)[idx] = pred
         conf.reshape(-1)[idx] = p
         return out, conf
 
     def _decide(self, lp: np.ndarray, partial: np.ndarray, class_costs: np.ndarray, idx: np.ndarray,
-                unknown: int, boundary: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """(class (M,), softmax share (M,)) over the candidate classes of pixels ``idx``."""
+                distances: np.ndarray, known: np.ndarray, unknown: int, boundary: np.ndarray | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(class (M,), softmax share (M,)) over the candidate classes of pixels ``idx``
+        (``distances``, ``known``: :func:`class_distances` at them)."""
         n = self.num_classes
         compiled = _compiled_fusion() if len(self.layers) == 3 else None
         if compiled is None:  # numpy: every class scored, non-candidates dropped
             s = self.scores(features_at(lp, partial, class_costs, idx, unknown, boundary, self.features))
-            s[~_candidates(lp, class_costs.reshape(-1, n)[idx], self.min_log_prob)] = -np.inf
+            s[~_candidates(lp, class_costs.reshape(-1, n)[idx], distances, self.min_log_prob)] = -np.inf
             s -= s.max(1, keepdims=True)
             return s.argmax(1).astype(np.uint8), (1.0 / np.exp(s).sum(1)).astype(np.float32)
-        distances, known = class_distances(partial, idx, n, unknown)
         class_extra, pixel_extra = extra_features(self.features, partial, boundary, n, idx, unknown,
                                                   distances=distances)
         (w1, b1), (w2, b2), (w3, b3) = self.layers

@@ -42,14 +42,16 @@ def test_class_costs_min_and_argmin_are_geodesic_propagation(seed):
     np.testing.assert_array_equal(prop.ids, np.where(hole, ids, partial))
 
 
-def _pass_through(feature: int, sign: float, hidden: int = 4) -> PixelFusion:
+def _pass_through(feature: int, sign: float, hidden: int = 4, features: tuple[str, ...] = FUSION_FEATURES
+                  ) -> PixelFusion:
     """A fusion whose score is sign * feature (relu(sign * f) carried through two layers)."""
-    w1 = np.zeros((len(FUSION_FEATURES), hidden), np.float32)
+    w1 = np.zeros((len(features), hidden), np.float32)
     w1[feature, 0] = sign
     w2 = np.eye(hidden, dtype=np.float32)
     w3 = np.zeros((hidden, 1), np.float32)
     w3[0, 0] = sign
-    return PixelFusion([(w1, np.zeros(hidden)), (w2, np.zeros(hidden)), (w3, np.zeros(1))], np.zeros(5))
+    return PixelFusion([(w1, np.zeros(hidden)), (w2, np.zeros(hidden)), (w3, np.zeros(1))], np.zeros(5),
+                       features=features)
 
 
 def _settings(fusion: PixelFusion | None) -> CompletionSettings:
@@ -180,8 +182,38 @@ def test_compiled_and_numpy_fusion_agree_and_confident_agreement_is_kept(monkeyp
     # where the model's argmax is the copied label and the model is sure, that label stands
     model, p_model = upsampled_prediction(logits, partial.shape)
     sure = hole & (model == costs.argmin(-1)) & (p_model >= fusion.agree_skip_prob)
+    if NEAREST_FEATURES[0] in features:  # ... and nearest-label fill copies it too
+        sure &= model == nearest_fill(image, partial)
     assert sure.any()
     np.testing.assert_array_equal(slow[sure], model[sure])
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_speed_rules_never_take_away_nearest_label_fill(monkeypatch, compiled):
+    """A thin band between class 0 (left) and class 1 (right), where the model is sure of
+    class 0 and geodesic propagation copies class 0 with class 2 next cheapest: a fusion
+    that follows ``is_closest`` gives nearest-label fill's answer at every band pixel.
+    Neither the agreement of model and copy nor the candidate classes may keep class 1
+    from the pixels whose nearest known pixel is class 1."""
+    import lmae_sdk.fusion as fusion_module
+
+    if not compiled:
+        monkeypatch.setattr(fusion_module, "_compiled_fusion", lambda: None)
+    partial = np.zeros((20, 40), np.uint8)
+    partial[:, 22:] = 1
+    partial[:, 18:22] = 255  # columns 18, 19 nearest class 0; 20, 21 nearest class 1
+    partial[:2, :2] = 2
+    costs = np.full((20, 40, 5), NO_PATH, np.float32)
+    costs[..., 0], costs[..., 2], costs[..., 1] = 1.0, 2.0, 5.0
+    logits = np.zeros((5, 2, 3), np.float32)
+    logits[0] = 12.0  # the model gives class 0 ~1 and class 1 ~6e-6
+    features = FEATURES_BY_VERSION[4]
+    fusion = _pass_through(features.index(NEAREST_FEATURES[0]), 1.0, features=features)
+    boundary = np.zeros((2, *partial.shape), np.float32)
+    out, _ = fusion.complete(logits, partial, costs, boundary=boundary)
+    hole = partial == 255
+    np.testing.assert_array_equal(out[hole], nearest_fill(None, partial)[hole])
+    np.testing.assert_array_equal(out[:, 18:22], np.repeat([[0, 0, 1, 1]], 20, 0))
 
 
 def test_hole_features_describe_each_hole_region():
