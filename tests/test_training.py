@@ -112,6 +112,26 @@ def test_a_budget_that_ends_between_epochs_adds_no_empty_epoch(tmp_path, synth_r
     assert "time budget reached after epoch 1" in capsys.readouterr().out
 
 
+def test_a_budget_that_ends_after_an_unvalidated_epoch_still_gives_a_best_checkpoint(tmp_path, synth_root,
+                                                                                      monkeypatch):
+    import lmae_sdk.training.train as train_module
+
+    tc = _tc(synth_root, tmp_path / "t.pt", epochs=5, val_every=10, stop_at=1e12)
+    real_save = train_module.save_checkpoint
+
+    def save_then_run_out_of_time(ck, path):
+        real_save(ck, path)
+        if str(path).endswith(".last.pt"):  # epoch 1 is saved, unvalidated: the budget ends before epoch 2
+            tc.stop_at = 1.0
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_run_out_of_time)
+    best = train(tc)
+    assert best.is_file()
+    assert load_checkpoint(best)["metrics"]["epoch"] == 1
+    log = json.loads((tmp_path / "t.log.json").read_text())
+    assert [r["epoch"] for r in log] == [1] and "val_pa_miou_random" in log[0]
+
+
 def test_range_model_trains_over_several_ratios(tmp_path, synth_root):
     best = train(_tc(synth_root, tmp_path / "r.pt", epochs=1, mask_ratios=(0.4, 0.6)))
     assert torch.load(best, weights_only=True)["mask_ratios"] == [0.4, 0.6]

@@ -257,6 +257,31 @@ def train(tc: TrainConfig) -> Path:
                  background_index=info.background_index)
     extra = {"boundary_net": boundary_entry} if boundary_entry else {}
     metrics: dict = {}
+
+    def validate(row: dict) -> dict:
+        """Score the model on val into its epoch's ``row``; keep it as the best checkpoint when it is."""
+        nonlocal best
+        settings = CompletionSettings(info.class_names, label_resize=tc.label_resize,
+                                      unknown_threshold=tc.threshold, background_index=info.background_index)
+        m_bg, m_rand, m_obj = (evaluate(model, v, eval_ratio, settings, device) for v in (val_bg, val_rand, val_obj))
+        row.update({"val_pa_miou_background": m_bg["pa_miou"], "val_global_miou_background": m_bg["global_miou"],
+                    "val_pa_miou_random": m_rand["pa_miou"], "val_global_miou_random": m_rand["global_miou"],
+                    "val_pa_acc_random": m_rand["pa_pixel_acc"], "val_pa_miou_objects": m_obj["pa_miou"]})
+        # the best checkpoint serves both kinds of hole (as lmae calibrate's objective)
+        score = (m_rand["pa_miou"] + m_obj["pa_miou"]) / 2
+        if plateau is not None:
+            plateau.step(score)
+        metrics = {"epoch": row["epoch"], "val_random": m_rand, "val_background": m_bg, "val_objects": m_obj}
+        if score > best:
+            best = score
+            save_checkpoint({**make_checkpoint(model, metrics=metrics, **ck_kw), **extra}, paths["best"])
+        print(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  val PA-mIoU random {m_rand['pa_miou']:.2f} "
+              f"(acc {m_rand['pa_pixel_acc']:.1f})  background-first {m_bg['pa_miou']:.2f}  "
+              f"objects {m_obj['pa_miou']:.2f}  "
+              f"global {m_rand['global_miou']:.2f}  [{row['epoch_s']:.0f}s, {row['elapsed_s'] / 60:.1f} min]",
+              flush=True)
+        return metrics
+
     for epoch in range(start_epoch, tc.epochs):
         trainset.epoch = epoch
         if sampler is not None:
@@ -284,8 +309,12 @@ def train(tc: TrainConfig) -> Path:
             if step_sched is not None:
                 step_sched.step()
             losses.append(float(loss.detach()))
-        if not losses and epoch > start_epoch and out_of_time_now():
-            # the budget ended between epochs (during the last one's validation): nothing new to score
+        if not losses and (epoch > start_epoch or history) and out_of_time_now():
+            # the budget ended between epochs (or before a resumed run's first): nothing new to train; the
+            # last epoch is scored if it was not
+            if rank == 0 and history and "val_pa_miou_random" not in history[-1]:
+                metrics = validate(history[-1])
+                _write_logs(history, paths)
             if rank == 0:
                 print(f"time budget reached after epoch {epoch} ({(time.time() - t0) / 60:.1f} min)", flush=True)
             break
@@ -294,26 +323,8 @@ def train(tc: TrainConfig) -> Path:
         out_of_time = out_of_time_now()
         do_val = ((epoch + 1) % tc.val_every == 0) or epoch + 1 == tc.epochs or out_of_time
         if rank == 0 and do_val:
-            settings = CompletionSettings(info.class_names, label_resize=tc.label_resize,
-                                          unknown_threshold=tc.threshold, background_index=info.background_index)
-            m_bg, m_rand, m_obj = (evaluate(model, v, eval_ratio, settings, device) for v in (val_bg, val_rand, val_obj))
-            row.update({"val_pa_miou_background": m_bg["pa_miou"], "val_global_miou_background": m_bg["global_miou"],
-                        "val_pa_miou_random": m_rand["pa_miou"], "val_global_miou_random": m_rand["global_miou"],
-                        "val_pa_acc_random": m_rand["pa_pixel_acc"], "val_pa_miou_objects": m_obj["pa_miou"]})
-            # the best checkpoint serves both kinds of hole (as lmae calibrate's objective)
-            score = (m_rand["pa_miou"] + m_obj["pa_miou"]) / 2
-            if plateau is not None:
-                plateau.step(score)
-            metrics = {"epoch": epoch + 1, "val_random": m_rand, "val_background": m_bg, "val_objects": m_obj}
-            if score > best:
-                best = score
-                save_checkpoint({**make_checkpoint(model, metrics=metrics, **ck_kw), **extra}, paths["best"])
+            metrics = validate(row)
             history.append(row)
-            print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  val PA-mIoU random {m_rand['pa_miou']:.2f} "
-                  f"(acc {m_rand['pa_pixel_acc']:.1f})  background-first {m_bg['pa_miou']:.2f}  "
-                  f"objects {m_obj['pa_miou']:.2f}  "
-                  f"global {m_rand['global_miou']:.2f}  [{row['epoch_s']:.0f}s, {row['elapsed_s'] / 60:.1f} min]",
-                  flush=True)
         elif rank == 0:
             history.append(row)
             print(f"epoch {epoch + 1}: loss {row['train_loss']:.4f} [{row['epoch_s']:.0f}s]", flush=True)
