@@ -17,6 +17,7 @@ CASES = {
     "quality": COMMON | {"results", "random_walker_beta", "target_checks", "dataset"},
     "ablations": COMMON | {"runs", "summary", "paper_note"},
     "label_augmentation": COMMON | {"results", "completion_on_train_holes", "dataset"},
+    "hole_kinds": COMMON | {"results", "bundle", "dataset", "images"},
 }
 ROW_KEYS = {
     "throughput": {"preset", "backend", "batch_size", "e2e_ips", "engine_ips", "e2e_latency_ms_p50",
@@ -25,6 +26,7 @@ ROW_KEYS = {
     "quality": {"method", "setting", "pa_miou", "pa_pixel_acc", "global_miou", "seconds_per_image"},
     "ablations": {"arm", "pa_miou", "delta", "paper_delta", "status"},
     "label_augmentation": {"model", "variant", "val_miou"},
+    "hole_kinds": {"protocol", "completer", "nearest", "geodesic", "completer_pixel_acc"},
 }
 
 
@@ -92,3 +94,19 @@ def test_throughput_times_a_given_checkpoint_with_its_pixel_fusion(tmp_path):
     assert data["checkpoint"] == {"path": str(ck_path), "pixel_fusion": True}
     assert data["results"] and all(r["e2e_ips"] > 0 for r in data["results"])
     assert data["stage_profile"]["tiny/torch"]["seconds_per_image"]["finish"] > 0
+
+
+def test_hole_kinds_names_a_bad_kind_and_a_missing_bundle(tmp_path):
+    script = str(REPO / "benchmarks" / "hole_kinds.py")
+    bad_kind = subprocess.run([sys.executable, script, "--bundle", str(tmp_path), "--data", str(tmp_path),
+                               "--kinds", "random:0.5,holes:0.5"], capture_output=True, text=True, timeout=60)
+    assert bad_kind.returncode == 2 and "'holes:0.5'" in bad_kind.stderr, bad_kind.stderr
+    assert "Traceback" not in bad_kind.stderr
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "-c", "import sys; from lmae_sdk.synthetic import make_synthetic_dataset; "
+                    "make_synthetic_dataset(sys.argv[1], n_train=2, n_val=2, size=(32, 48))", str(data)],
+                   check=True, timeout=60)
+    no_bundle = subprocess.run([sys.executable, script, "--bundle", str(tmp_path / "nowhere"), "--data", str(data)],
+                               capture_output=True, text=True, timeout=60)
+    assert no_bundle.returncode == 2 and str(tmp_path / "nowhere") in no_bundle.stderr, no_bundle.stderr
+    assert "Traceback" not in no_bundle.stderr

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import platform
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -39,12 +39,14 @@ def machine_name() -> str:
 
 
 def score_protocols(completer, data: list[tuple[str, np.ndarray, np.ndarray]], class_names: list[str], lanes: int,
-                    seed: int = 0, log: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], dict, float]:
-    """Per protocol: PA-mIoU of the completer and of both fills; the per-class IoU at the
-    headline protocol; the completer's wall seconds per image there (``lanes`` lanes)."""
+                    seed: int = 0, log: Callable[[str], None] = print,
+                    protocols: Sequence[tuple[str, float]] = CARD_PROTOCOLS) -> tuple[list[dict[str, Any]], dict, float]:
+    """Per protocol (the card's by default): PA-mIoU of the completer and of both fills; the
+    per-class IoU at the headline protocol; the completer's wall seconds per image there
+    (``lanes`` lanes)."""
     n = len(class_names)
     rows, per_class, seconds = [], {}, float("nan")
-    for strategy, ratio in CARD_PROTOCOLS:
+    for strategy, ratio in protocols:
         name = f"{strategy} {ratio:g}"
         partials = [degrade(lab, ratio, strategy, rng_for_name(seed, stem)) for stem, _, lab in data]
         meters = {k: CompletionMeter(n) for k in ("completer", "nearest", "geodesic")}
@@ -69,26 +71,39 @@ def score_protocols(completer, data: list[tuple[str, np.ndarray, np.ndarray]], c
     return rows, per_class, seconds
 
 
+def load_val_images(root, layout: str = "auto", limit: int = CARD_MAX_IMAGES
+                    ) -> tuple[Any, list[tuple[str, np.ndarray, np.ndarray]]]:
+    """The dataset's facts and its first ``limit`` val (name, image, label) triples, as the card
+    scores them."""
+    info = load_dataset(root, ("train", "val"), layout)
+    data = [(img_path.stem, read_image(img_path), read_label(lab_path)[0])
+            for img_path, lab_path in info.pairs["val"][:limit]]
+    return info, data
+
+
+def load_warm_completer(bundle, data: list[tuple[str, np.ndarray, np.ndarray]]):
+    """The bundle as ``lmae complete`` runs it on a CPU (ONNX Runtime, one-thread engines), run
+    once on two of ``data``'s images so that numba's first compile and ONNX Runtime's first run
+    stay outside the clock."""
+    from lmae_sdk.runtime import LMAECompleter
+
+    completer = LMAECompleter.load(bundle, backend="onnxruntime", threads=1)
+    list(completer.complete_batch([(img, lab) for _, img, lab in data[:2]], batch_size=2, lanes=1,
+                                  confidence=False))
+    return completer
+
+
 def _round(v: float | None) -> float | None:
     return None if v is None else round(v, 2)
 
 
 def score_bundle(ctx, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Score the work folder's bundle and write its card (``ctx``: the stage's context)."""
-    from lmae_sdk.runtime import LMAECompleter
-
     opts, work = ctx.options, ctx.work
-    info = load_dataset(opts.data, ("train", "val"), opts.layout)
-    pairs = info.pairs["val"][:CARD_MAX_IMAGES]
-    data = []
-    for img_path, lab_path in pairs:
-        data.append((img_path.stem, read_image(img_path), read_label(lab_path)[0]))
+    info, data = load_val_images(opts.data, opts.layout)
     bundle = work.artifact("export")
     lanes = max(1, ctx.plan["cores"])
-    completer = LMAECompleter.load(bundle, backend="onnxruntime", threads=1)
-    # warm-up outside the clock: numba's first compile, ONNX Runtime's first run
-    list(completer.complete_batch([(img, lab) for _, img, lab in data[:2]], batch_size=2, lanes=1,
-                                  confidence=False))
+    completer = load_warm_completer(bundle, data)
     log(f"scoring {len(data)} val images per hole protocol ({lanes} lane(s) of one-thread ONNX Runtime engines)")
     rows, per_class, seconds = score_protocols(completer, data, info.class_names, lanes, opts.seed, log)
     cfg = completer.cfg
