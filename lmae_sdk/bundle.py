@@ -19,12 +19,14 @@ import dataclasses
 import hashlib
 import json
 import math
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import LMAEConfig
+from .inputs import unknown_index_problem
 from .labels import IMAGENET_MEAN, IMAGENET_STD, LABEL_RESIZE_MODES, atomic_write_bytes
 
 BUNDLE_FORMAT = "lmae-bundle"
@@ -226,9 +228,19 @@ def check_model(man: Manifest, config: dict[str, Any], where: str,
 
 def check_contract(man: Manifest) -> None:
     """The runtime's check of a bundle before it loads anything: every engine entry agrees
-    with the shared settings (:func:`check_model`) and with itself (L, K), and the shared
+    with the shared settings (:func:`check_model`) and with itself (L, K), no two entries
+    claim the same engine (name, or mask ratio, backend and precision), and the shared
     settings the runtime applies on the host make sense for the engines' classes."""
     path, d = man.root / MANIFEST, man.data
+    seen: dict[Any, str] = {}
+    for e in man.engines:
+        for key, what in ((("name", e["name"]), "the name"),
+                          ((round(float(e["mask_ratio"]), 6), e["backend"], e["precision"]),
+                           f"mask ratio {float(e['mask_ratio']):g} for {e['backend']} {e['precision']}")):
+            if key in seen:
+                raise BundleError(f"{path}: engines {seen[key]!r} and {e['name']!r} both have {what}; "
+                                  f"the runtime would pick one of them silently: keep one")
+            seen[key] = e["name"]
     for e in man.engines:
         where = f"engine {e['name']!r} ({e['encoder']['file']})"
         cfg = check_model(man, e["model_config"], where)
@@ -239,9 +251,8 @@ def check_contract(man: Manifest) -> None:
                               f"(num_patches {cfg.num_patches}, K = {k})")
     n = len(d["class_names"])
     u = d["unknown_index"]
-    if isinstance(u, bool) or not isinstance(u, int) or not n <= u <= 255:
-        problem = ("collides with the class ids 0..%d" % (n - 1) if isinstance(u, int) and 0 <= u < n
-                   else "is not a label value in %d..255 (labels are 8-bit; class ids are 0..%d)" % (n, n - 1))
+    problem = unknown_index_problem(u, n)
+    if problem:
         raise BundleError(f"{path}: manifest unknown_index {u!r} {problem}")
     b = d.get("background_index")
     if b is not None and (isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < n):
@@ -275,3 +286,99 @@ def check_graph(man: Manifest, engine: dict[str, Any], part: str, metadata: dict
         if f"lmae.{key}" in metadata and not _close(float(metadata[f"lmae.{key}"]), float(entry_value)):
             raise BundleError(f"{where} was exported with {key} {metadata[f'lmae.{key}']}; the manifest entry "
                               f"says {entry_value!r}")
+
+
+def check_bundle(root: str | os.PathLike) -> Manifest:
+    """Every check that loading a bundle makes and that needs no backend, in one call (what
+    ``lmae info`` runs): the manifest's keys and files with their sha256
+    (:func:`read_manifest`), the contract between its top level and its engine entries
+    (:func:`check_contract`), each ONNX Runtime engine's graphs against their entries
+    (:func:`check_graph`, read from the graph files themselves), and the completion settings
+    and boundary net spec the runtime would apply."""
+    from .boundary_map import BoundaryError, BoundarySpec
+    from .pipeline import CompletionSettings, SettingsError
+
+    man = read_manifest(root)
+    check_contract(man)
+    for e in man.engines:
+        if e["backend"] != "onnxruntime":  # TensorRT plans hold no ONNX metadata
+            continue
+        for part in ("encoder", "decoder"):
+            metadata, inputs = onnx_graph_header(man.file(e, part))
+            check_graph(man, e, part, metadata, inputs)
+    where = str(man.root / MANIFEST)
+    try:
+        CompletionSettings.from_dict(man.data, where)
+        if man.data.get("boundary"):
+            BoundarySpec.from_dict(man.data["boundary"], where)
+    except (SettingsError, BoundaryError) as e:
+        raise BundleError(str(e)) from None
+    return man
+
+
+# --------------------------------------------------------------------------------------
+# an ONNX graph's metadata and inputs, read from the protobuf without onnx or onnxruntime
+# --------------------------------------------------------------------------------------
+_MODEL_GRAPH, _MODEL_METADATA = 7, 14  # ModelProto fields
+_GRAPH_INITIALIZER, _GRAPH_INPUT = 5, 11  # GraphProto fields
+_NAME_OF = {_GRAPH_INPUT: 1, _GRAPH_INITIALIZER: 8}  # ValueInfoProto.name, TensorProto.name
+
+
+def _varint(buf: Any, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, i
+        shift += 7
+
+
+def _fields(buf: Any, start: int, end: int):
+    """(field number, (start, end)) of each length-delimited field of the protobuf message in
+    ``buf[start:end]`` (numbers and fixed-size fields are skipped)."""
+    i = start
+    while i < end:
+        key, i = _varint(buf, i)
+        wire = key & 7
+        if wire == 0:
+            i = _varint(buf, i)[1]
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            yield key >> 3, (i, i + n)
+            i += n
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+    if i != end:
+        raise ValueError("a field runs past its message")
+
+
+def _string(buf: Any, span: tuple[int, int], field: int) -> str:
+    """The string ``field`` of the message at ``span`` ('' when absent)."""
+    return next((bytes(buf[a:b]).decode() for f, (a, b) in _fields(buf, *span) if f == field), "")
+
+
+def onnx_graph_header(path: str | os.PathLike) -> tuple[dict[str, str], list[str]]:
+    """(``metadata_props``, the names of the graph's inputs that are not initializers: what
+    ONNX Runtime lists as its inputs) of an ONNX file; a BundleError when it is not one."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            metadata: dict[str, str] = {}
+            names: dict[int, list[str]] = {_GRAPH_INPUT: [], _GRAPH_INITIALIZER: []}
+            for field, span in _fields(buf, 0, len(buf)):
+                if field == _MODEL_METADATA:
+                    metadata[_string(buf, span, 1)] = _string(buf, span, 2)
+                elif field == _MODEL_GRAPH:
+                    for sub, sub_span in _fields(buf, *span):
+                        if sub in names:
+                            names[sub].append(_string(buf, sub_span, _NAME_OF[sub]))
+    except (OSError, ValueError, IndexError) as e:  # ValueError: mmap of an empty file, bad UTF-8 too
+        raise BundleError(f"{p}: not a readable ONNX graph ({type(e).__name__}: {e})") from None
+    initializers = set(names[_GRAPH_INITIALIZER])
+    return metadata, [n for n in names[_GRAPH_INPUT] if n not in initializers]

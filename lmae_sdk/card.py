@@ -3,10 +3,12 @@ rendering ``card.md``.  ``lmae info BUNDLE`` prints it; ``lmae complete`` names 
 summary when it starts.  Torch-free: the runtime reads it.
 
 ``card.json`` holds: the dataset (name, layout, classes, train / val counts, image size),
-the model (preset, input size, mask ratios, finishing rule, routing threshold), the fit
-(budget, each stage with its planned and spent minutes, the machine), val PA-mIoU per hole
-protocol beside nearest-label fill and the geodesic fill on the same partial labels,
-per-class IoU at 50% random holes, and the completer's seconds per image.
+the model (preset, input size, mask ratios, finishing rule and why it was chosen, routing
+threshold), the fit (budget, each stage with its planned and spent minutes and what it handed
+on, the machine), val PA-mIoU per hole protocol beside nearest-label fill and the geodesic fill
+on the same partial labels, per-class IoU at 50% random holes, the completer's seconds per
+image, and the fit's final gate: whether the completer beats nearest-label fill at the
+headline kind of hole (:func:`card_warning` is what ``lmae complete`` prints when it does not).
 """
 from __future__ import annotations
 
@@ -65,20 +67,51 @@ def card_line(card: dict[str, Any]) -> str:
     return f"model card: {d['name']}, {len(d['classes'])} classes{score}{made} ({card.get('created', '')[:10]})"
 
 
+def card_warning(card: dict[str, Any]) -> str | None:
+    """A warning for a bundle that failed its fit's final gate (None when it passed, or has no gate)."""
+    gate = card.get("gate")
+    if not gate or gate.get("passed", True):
+        return None
+    lost = (f"{_fmt(gate.get('completer'))} against {_fmt(gate.get('nearest'))} PA-mIoU" if "completer" in gate
+            else gate.get("why", ""))
+    return (f"warning: this bundle's completer does not beat nearest-label fill at {gate['protocol']} holes on its "
+            f"val split ({lost}); its labels may be worse than the simplest fill. Refit it with a larger "
+            f"lmae fit --budget")
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     d, m, fit, val = card["dataset"], card["model"], card.get("fit", {}), card.get("val", {})
-    out = [f"# Model card: {d['name']}", "", card_line(card), "", "## Dataset", "",
+    warning = card_warning(card)
+    out = [f"# Model card: {d['name']}", "", card_line(card), ""] + ([f"**{warning}**", ""] if warning else []) + [
+           "## Dataset", "",
            f"- root: `{d['root']}` (layout {d['layout']})",
            f"- {d['train']} train / {d['val']} val images, commonest size {d['image_size'][0]}x{d['image_size'][1]}",
-           f"- {len(d['classes'])} classes: {', '.join(d['classes'])}", "", "## Model", "",
-           f"- preset `{m['preset']}`, {m['parameters_m']:.2f}M parameters, input {m['input'][0]}x{m['input'][1]}",
-           f"- engines at mask ratios {', '.join(f'{r:g}' for r in m['mask_ratios'])}; finishing rule "
-           f"{m['finishing_rule']}; routing threshold {m['unknown_threshold']:g}"]
+           f"- {len(d['classes'])} classes: {', '.join(d['classes'])}"]
+    known = d.get("known_share") or {}
+    if known:
+        out.append("- known pixels: " + ", ".join(f"{split} {100 * v:.1f}%" for split, v in known.items()))
+    if known.get("val", 1.0) < 0.999:
+        out.append("- the val labels are partial: each kind of hole below hides that share of their known pixels, "
+                   "and only the hidden known pixels are scored")
+    out += ["", "## Model", "",
+            f"- preset `{m['preset']}`, {m['parameters_m']:.2f}M parameters, input {m['input'][0]}x{m['input'][1]}",
+            f"- engines at mask ratios {', '.join(f'{r:g}' for r in m['mask_ratios'])}; finishing rule "
+            f"{m['finishing_rule']}; routing threshold {m['unknown_threshold']:g}"]
+    if m.get("finishing_rule_why"):
+        out.append(f"- finishing rule: {m['finishing_rule_why']}")
     if fit:
         out += ["", "## Fit", "", f"`lmae fit --budget {fit['budget_min']:g}m` on {fit['machine']} "
-                f"({fit['cores']} CPU core(s), device {fit['device']}): {fit.get('total_min', 0):.1f} min in all.", "",
-                "| stage | planned min | spent min |", "|---|---|---|"]
+                f"({fit['cores']} CPU core(s), device {fit['device']}): {fit.get('total_min', 0):.1f} min in all."]
+        by = card.get("fitted_by")
+        if by:
+            out += ["", f"Fitted by lmae-sdk {by.get('version') or '(unknown version)'}"
+                    + (f", commit {by['commit']}." if by.get("commit") else ".")]
+        out += ["", "| stage | planned min | spent min |", "|---|---|---|"]
         out += [f"| {s['name']} | {s['planned_min']:.1f} | {_fmt(s.get('minutes'))} |" for s in fit["stages"]]
+        verdicts = fit.get("stage_verdicts", {})
+        if verdicts:
+            out += ["", "What each checked stage handed on:", ""] + [f"- {name}: {why}" for name, why in
+                                                                     verdicts.items()]
     if val:
         out += ["", f"## Val PA-mIoU ({val['images']} images)", "",
                 "PA-mIoU = mIoU over the pixels that were unknown in the partial label. The three methods "

@@ -62,11 +62,20 @@ def detect_layout(root: Path) -> str:
 
 
 def pair_folder(images_dir: Path, labels_dir: Path) -> list[tuple[Path, Path]]:
-    """Pairs by stem; unpaired files are an error that lists a few of them."""
+    """Pairs by stem; unpaired files, and a stem that two images (or labels) share, are an
+    error that names them."""
+    from .inputs import ambiguous_stems, stem_clash
+
     if not images_dir.is_dir():
         raise DatasetError(f"{images_dir}: missing images folder")
     if not labels_dir.is_dir():
         raise DatasetError(f"{labels_dir}: missing labels folder")
+    for folder, exts, what in ((images_dir, IMAGE_EXTS, "images"), (labels_dir, (".png",), "labels")):
+        clashes = ambiguous_stems(folder, exts)
+        if clashes:
+            stem, files = next(iter(clashes.items()))
+            more = f" ({len(clashes) - 1} more stems like it)" if len(clashes) > 1 else ""
+            raise DatasetError(f"{folder}: {stem_clash(stem, files, what)}{more}")
     imgs = {p.stem: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
     labs = {p.stem: p for p in sorted(labels_dir.iterdir()) if p.suffix.lower() == ".png"}
     no_label = sorted(set(imgs) - set(labs))
@@ -80,6 +89,29 @@ def pair_folder(images_dir: Path, labels_dir: Path) -> list[tuple[Path, Path]]:
     return [(imgs[s], labs[s]) for s in sorted(imgs)]
 
 
+def read_classes_json(path: Path) -> tuple[list[str], list[list[int]] | None]:
+    """A folder dataset's ``classes.json``: its class names and palette (None without one)."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: unreadable ({e})") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{path}: expected a JSON object with a 'classes' list, found a {type(meta).__name__}")
+    names, palette = meta.get("classes"), meta.get("palette")
+    if names is None:
+        raise DatasetError(f"{path}: no 'classes' list (the class names, in id order)")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DatasetError(f"{path}: 'classes' must be a list of class names (strings), got {str(names)[:80]}")
+    if palette is not None and not (isinstance(palette, list) and all(
+            isinstance(c, list) and len(c) == 3 and all(type(v) is int and 0 <= v <= 255 for v in c)
+            for c in palette)):
+        raise DatasetError(f"{path}: 'palette' must be a list of [r, g, b] colours (integers 0..255), "
+                           f"got {str(palette)[:80]}")
+    return names, palette
+
+
 def load_dataset(root: str | Path, splits: tuple[str, ...] = ("train", "val"), layout: str = "auto") -> DatasetInfo:
     root = Path(root)
     if not root.is_dir():
@@ -89,8 +121,7 @@ def load_dataset(root: str | Path, splits: tuple[str, ...] = ("train", "val"), l
         names, palette = None, None
         cj = root / "classes.json"
         if cj.is_file():
-            meta = json.loads(cj.read_text())
-            names, palette = meta.get("classes"), meta.get("palette")
+            names, palette = read_classes_json(cj)
         info = DatasetInfo(root, layout, names or [], palette)
         for s in splits:
             if not (root / s).is_dir():

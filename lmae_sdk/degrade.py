@@ -1,5 +1,7 @@
 """Make partial labels from full ones (unknown = 255): the experiments' input and the
-training signal.  Pure functions of (label, ratio, rng); inputs are never modified."""
+training signal.  Pure functions of (label, ratio, rng); inputs are never modified.  Every
+strategy's work grows with the label's pixels only (never with the patch size or the number
+of objects times the pixels)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,6 +12,11 @@ import numpy as np
 from .labels import UNKNOWN
 
 DEGRADE_STRATEGIES = ("random", "background", "label", "blocks", "objects", "bands")
+PATCH_STRATEGIES = ("random", "background", "label", "blocks")  # the strategies that read ``patch``
+
+
+class DegradeError(ValueError):
+    """Options that cannot make a partial label of this label (names the option and why)."""
 
 
 def rng_for_name(seed: int, name: str) -> np.random.Generator:
@@ -20,6 +27,27 @@ def rng_for_name(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
 
 
+def check_patch(patch: object, shape: tuple[int, int] | None = None) -> int:
+    """``patch`` as a whole number of pixels >= 1 that (with ``shape``, a label's (H, W))
+    fits in the label; else a :class:`DegradeError` saying why.  :func:`degrade` checks the
+    number only (a larger patch makes the whole label one cell); ``lmae degrade`` refuses a
+    label smaller than its patch."""
+    if isinstance(patch, (bool, np.bool_)) or not isinstance(patch, (int, np.integer)) or patch < 1:
+        raise DegradeError(f"patch must be a whole number of pixels >= 1, got {patch!r}")
+    if shape is None:
+        return int(patch)
+    h, w = shape
+    if patch > min(h, w):
+        raise DegradeError(f"patch {patch} px is larger than the label ({h}x{w} pixels, HxW); "
+                           f"use a patch of at most {min(h, w)} px")
+    return int(patch)
+
+
+def _cell_index(h: int, w: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel row's and column's grid cell."""
+    return np.arange(h) // patch, np.arange(w) // patch
+
+
 def _grid_scores_mask(label: np.ndarray, ratio: float, patch: int, scores: np.ndarray) -> np.ndarray:
     h, w = label.shape
     gh, gw = -(-h // patch), -(-w // patch)
@@ -27,18 +55,18 @@ def _grid_scores_mask(label: np.ndarray, ratio: float, patch: int, scores: np.nd
     order = np.argsort(-scores.reshape(-1), kind="stable")[:n]
     cell = np.zeros(gh * gw, bool)
     cell[order] = True
-    return np.kron(cell.reshape(gh, gw), np.ones((patch, patch), bool))[:h, :w]
+    rows, cols = _cell_index(h, w, patch)
+    return cell.reshape(gh, gw)[rows[:, None], cols[None, :]]
 
 
-def _cell_class_share(label: np.ndarray, patch: int, cls: int | None) -> np.ndarray:
+def _cell_share(label: np.ndarray, patch: int, pixels: np.ndarray) -> np.ndarray:
+    """(gh, gw): the share of each grid cell's patch x patch pixels where ``pixels`` is True
+    (cells cut off by the label's edge count their missing pixels as False)."""
     h, w = label.shape
     gh, gw = -(-h // patch), -(-w // patch)
-    pad = np.full((gh * patch, gw * patch), UNKNOWN, np.uint8)
-    pad[:h, :w] = label
-    cells = pad.reshape(gh, patch, gw, patch)
-    if cls is None:  # share of known, non-background pixels is computed by the caller
-        return cells
-    return (cells == cls).mean(axis=(1, 3))
+    rows, cols = _cell_index(h, w, patch)
+    cell = (rows[:, None] * gw + cols[None, :])[pixels]
+    return np.bincount(cell, minlength=gh * gw).reshape(gh, gw) / (patch * patch)
 
 
 def _most_frequent(label: np.ndarray) -> int:
@@ -55,9 +83,15 @@ def degrade(label: np.ndarray, ratio: float, strategy: str = "random", rng: np.r
     connected objects removed until the ratio is reached (propagation cannot recover them);
     bands: coarse polygon annotation, unlabelled bands of varying width along the class
     boundaries (small objects vanish inside them), :func:`boundary_bands`.
+
+    Raises :class:`DegradeError` for a ratio outside [0, 1], and, for the strategies of grid
+    patches (random, background, label, blocks: the patch is their cell or smallest block), a
+    patch that is not a whole number >= 1 (a patch larger than the label makes it one cell).
     """
     if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+        raise DegradeError(f"ratio must be in [0, 1], got {ratio}")
+    if strategy in PATCH_STRATEGIES:
+        patch = check_patch(patch)
     rng = rng or np.random.default_rng(0)
     out = label.copy()
     h, w = label.shape
@@ -66,46 +100,65 @@ def degrade(label: np.ndarray, ratio: float, strategy: str = "random", rng: np.r
         hole = _grid_scores_mask(label, ratio, patch, rng.random(gh * gw))
     elif strategy in ("background", "label"):
         bg = background_index if background_index is not None else _most_frequent(label)
-        share_bg = _cell_class_share(label, patch, bg)
-        cells = _cell_class_share(label, patch, None)
-        known = (cells != UNKNOWN).mean(axis=(1, 3))
+        share_bg = _cell_share(label, patch, label == bg)
+        known = _cell_share(label, patch, label != UNKNOWN)
         score = share_bg if strategy == "background" else known - share_bg
         score = score + rng.random(score.shape) * 1e-3
         hole = _grid_scores_mask(label, ratio, patch, score)
     elif strategy == "blocks":
         hole = np.zeros((h, w), bool)
         target = ratio * h * w
+        filled = 0  # hole.sum(), kept up to date block by block
         for _ in range(200):
-            if hole.sum() >= target:
+            if filled >= target:
                 break
-            area = min(target - hole.sum(), target) * rng.uniform(0.5, 1.0) + patch * patch
+            area = min(target - filled, target) * rng.uniform(0.5, 1.0) + patch * patch
             aspect = rng.uniform(0.5, 2.0)
             bh = int(np.clip(np.sqrt(area / aspect), patch, h))
             bw = int(np.clip(area / bh, patch, w))
             y, x = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
-            hole[y: y + bh, x: x + bw] = True
+            block = hole[y: y + bh, x: x + bw]
+            filled += block.size - int(np.count_nonzero(block))
+            block[...] = True
     elif strategy == "objects":
-        hole = np.zeros((h, w), bool)
-        comps = []
-        for c in np.unique(label):
-            if c == UNKNOWN:
-                continue
-            n, cc = cv2.connectedComponents((label == c).astype(np.uint8), connectivity=8)
-            for i in range(1, n):
-                comps.append(cc == i)
-        target = ratio * (label != UNKNOWN).sum()
-        for i in rng.permutation(len(comps)):
-            if hole.sum() >= target:
-                break
-            if hole.sum() + comps[i].sum() > 1.25 * target and hole.any():
-                continue  # skip an object that would overshoot by far (e.g. the road)
-            hole |= comps[i]
+        hole = _objects_hole(label, ratio, rng)
     elif strategy == "bands":
         hole = boundary_bands(label, ratio, rng)
     else:
-        raise ValueError(f"unknown degrade strategy {strategy!r}; choose from {DEGRADE_STRATEGIES}")
+        raise DegradeError(f"unknown degrade strategy {strategy!r}; choose from {DEGRADE_STRATEGIES}")
     out[hole] = UNKNOWN
     return out
+
+
+def _objects_hole(label: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
+    """Whole connected objects (8-connected, per class, in class order) in random order until
+    ``ratio`` of the known pixels is reached, skipping one that would overshoot by far (e.g.
+    the road).  Objects are numbered once over the whole label and chosen by their sizes, so
+    the work grows with the pixels, not with objects x pixels."""
+    h, w = label.shape
+    ids = np.zeros((h, w), np.int64)  # 0: unknown; object k (1-based, numbering of the classes in order)
+    sizes = [np.zeros(1, np.int64)]
+    count = 0
+    for c in np.unique(label):
+        if c == UNKNOWN:
+            continue
+        n, cc = cv2.connectedComponents((label == c).astype(np.uint8), connectivity=8)
+        inside = cc > 0
+        ids[inside] = cc[inside] + count
+        sizes.append(np.bincount(cc[inside], minlength=n)[1:])
+        count += n - 1
+    size = np.concatenate(sizes)  # size[k]: pixels of object k
+    target = ratio * (label != UNKNOWN).sum()
+    chosen = np.zeros(count + 1, bool)
+    taken = 0
+    for i in rng.permutation(count):
+        if taken >= target:
+            break
+        if taken + size[i + 1] > 1.25 * target and taken > 0:
+            continue  # skip an object that would overshoot by far (e.g. the road)
+        chosen[i + 1] = True
+        taken += size[i + 1]
+    return chosen[ids]
 
 
 def boundary_bands(label: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:

@@ -4,18 +4,21 @@ An image and a partial label (arrays or files) become an RGB ``(H, W, 3)`` uint8
 an ``(H, W)`` uint8 label, or an :class:`~lmae_sdk.labels.InputError` that names the file
 (when there is one) and the problem.  The options of a completion (channel order,
 ``min_confidence``, batch size, tile scale) are checked the same way: a ``ValueError``
-that names the parameter and the value it got.
+that names the parameter and the value it got.  Files paired by stem (an image and its
+label share the name before the extension) must leave no doubt which file is meant:
+:func:`ambiguous_stems` finds the stems that several files of a folder share.
 """
 from __future__ import annotations
 
 import math
 import os
 from numbers import Real
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .labels import InputError, check_label_ids, read_image, read_label
+from .labels import IMAGE_EXTS, InputError, check_label_ids, read_image, read_label
 
 CHANNEL_ORDERS = ("rgb", "bgr")
 _IMAGE_LAYOUTS = "(H, W, 3) RGB, (H, W, 4) RGBA or (H, W) grey"
@@ -48,6 +51,36 @@ def check_count(name: str, value: Any) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be >= 1, got {value!r}")
     return int(value)
+
+
+def unknown_index_problem(value: Any, num_classes: int) -> str | None:
+    """What is wrong with ``value`` as the label value of unknown pixels for a model of
+    ``num_classes`` classes, or None: it must be an integer in num_classes..255 (labels are
+    8-bit, class ids are 0..num_classes-1)."""
+    n = num_classes
+    whole = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if whole and n <= value <= 255:
+        return None
+    if whole and 0 <= value < n:
+        return f"collides with the class ids 0..{n - 1} (unknown pixels need a label value in {n}..255)"
+    return f"is not a label value in {n}..255 (labels are 8-bit; class ids are 0..{n - 1})"
+
+
+def ambiguous_stems(folder: str | os.PathLike, exts: tuple[str, ...] = IMAGE_EXTS) -> dict[str, list[Path]]:
+    """{stem: its files, sorted by name} for each stem that several files of ``folder`` with
+    one of the extensions ``exts`` share (e.g. ``a.png`` and ``a.jpg``): a pairing by stem
+    would pick one of them silently.  Hidden files are skipped, as the pairing skips them."""
+    by_stem: dict[str, list[Path]] = {}
+    for p in sorted(Path(folder).iterdir()):
+        if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."):
+            by_stem.setdefault(p.stem, []).append(p)
+    return {stem: files for stem, files in by_stem.items() if len(files) > 1}
+
+
+def stem_clash(stem: str, files: list[Path], what: str = "images") -> str:
+    """The problem of one stem that several files share, naming every one of them."""
+    return (f"{len(files)} {what} share the stem {stem!r}: {' and '.join(str(f) for f in files)}; "
+            f"keep one so that the pairing by name is not a guess")
 
 
 def as_rgb_image(image: Any, channels: str = "rgb", path: str | os.PathLike | None = None) -> np.ndarray:

@@ -41,19 +41,37 @@ def pixel_accuracy(conf: np.ndarray) -> float:
 
 @dataclass
 class CompletionMeter:
-    """Pools confusions over a split: PA (unknown pixels of the partial label) and global."""
+    """Pools confusions over a split: PA (unknown pixels of the partial label) and global.
+    :meth:`empty_reason` says why PA-mIoU is undefined, when it is."""
 
     num_classes: int
     pa: np.ndarray = field(init=False)
     glob: np.ndarray = field(init=False)
+    images: int = field(init=False, default=0)
+    holes: int = field(init=False, default=0)  # unknown pixels of the partial labels
 
     def __post_init__(self) -> None:
         self.pa = np.zeros((self.num_classes, self.num_classes), np.int64)
         self.glob = np.zeros_like(self.pa)
 
     def update(self, completed: np.ndarray, gt: np.ndarray, partial: np.ndarray, unknown: int = UNKNOWN) -> None:
-        self.pa += self._confusion(completed, gt, partial == unknown, unknown)
+        hole = partial == unknown
+        self.images += 1
+        self.holes += int(np.count_nonzero(hole))
+        self.pa += self._confusion(completed, gt, hole, unknown)
         self.glob += self._confusion(completed, gt, None, unknown)
+
+    def empty_reason(self) -> str | None:
+        """Why there is no PA score (PA-mIoU would be NaN), or None when there is one.  With a
+        PA score there is a global one too (a scored hole is a scored pixel)."""
+        if self.images == 0:
+            return "no images scored"
+        if self.holes == 0:
+            return "no unknown pixels in the partial labels: nothing was completed, so PA-mIoU is undefined"
+        if not self.pa.any():
+            return (f"the ground truth is void ({UNKNOWN}) at every unknown pixel of the partial labels "
+                    f"({self.holes} pixels): no completed pixel can be scored, so PA-mIoU is undefined")
+        return None
 
     def _confusion(self, completed: np.ndarray, gt: np.ndarray, where: np.ndarray | None, unknown: int) -> np.ndarray:
         # a pixel left unknown (min_confidence) counts as a miss, never silently skipped

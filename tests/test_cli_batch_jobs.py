@@ -2,6 +2,7 @@
 exit codes, one summary, clear messages for bad inputs and unwritable output folders."""
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -376,11 +377,13 @@ def test_evaluate_json_out_holds_the_run_and_is_not_overwritten_by_another_run(t
     assert run["command"] == "evaluate" and run["inputs"]["pred"] == str(pred.resolve())
     assert run["options"]["num_classes"] == len(SYNTH_CLASSES)
     assert _evaluate(pred, gt, part, "--json-out", scores).exit_code == 0  # the same run: rewritten
-    res = _evaluate(pred, gt, gt, "--json-out", scores)  # other inputs
+    other_partial = tmp_path / "partial2"  # other inputs: the same partial labels in another folder
+    shutil.copytree(part, other_partial)
+    res = _evaluate(pred, gt, other_partial, "--json-out", scores)
     _clean_exit(res)
     assert res.exit_code != 0 and "--overwrite" in res.output
     assert json.loads(scores.read_text())["run"]["inputs"]["partial"] == str(part.resolve())
-    assert _evaluate(pred, gt, gt, "--json-out", scores, "--overwrite").exit_code == 0
+    assert _evaluate(pred, gt, other_partial, "--json-out", scores, "--overwrite").exit_code == 0
     other = tmp_path / "notes.json"
     other.write_text('{"mine": 1}')
     res = _evaluate(pred, gt, part, "--json-out", other)

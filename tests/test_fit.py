@@ -1,11 +1,14 @@
 """``lmae fit`` end to end on a small generated dataset (grey images, 4 classes, 256x256):
-killed (SIGKILL) while its model trains, run again, it continues inside the stage and
-finishes; the bundle carries a model card that ``lmae info`` prints and ``lmae complete``
-names.  The fit's budget is 4 min, of which its training stages get 1 min."""
+a budget below what this machine needs is refused up front with the smallest that works;
+with that budget (at least 4 min), killed (SIGKILL) while its model trains and run again,
+the fit continues inside the stage and finishes; the bundle carries a model card that
+``lmae info`` prints and ``lmae complete`` names, and the fit's exit status is its final gate
+(the completer against nearest-label fill), whichever way a loaded machine makes it go."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -43,7 +46,14 @@ def fitted(tmp_path_factory):
     root = tmp_path_factory.mktemp("fit")
     data = make_synthetic_dataset(root / "data", n_train=24, n_val=8, size=(256, 256), classes=4, grey=True)
     work, out = root / "work", root / "bundle"
-    cmd = _lmae("fit", "--data", str(data), "--out", str(out), "--work", str(work), "--budget", "4m",
+    small = subprocess.run(_lmae("fit", "--data", str(data), "--out", str(out), "--work", str(work), "--budget", "1m",
+                                 "--preset", "tiny"), capture_output=True, text=True, timeout=300)
+    assert small.returncode == 1 and "Traceback" not in small.stderr, small.stderr
+    smallest = re.search(r"the smallest budget that works here is --budget (\d+)m", small.stderr)
+    assert smallest, small.stderr
+    assert not work.exists() and not out.exists()  # refused before anything ran
+    budget = f"{max(4, int(smallest.group(1)))}m"
+    cmd = _lmae("fit", "--data", str(data), "--out", str(out), "--work", str(work), "--budget", budget,
                 "--preset", "tiny")
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
@@ -60,13 +70,18 @@ def fitted(tmp_path_factory):
     time.sleep(2)
     left = _processes_mentioning(str(work))
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    return {"root": root, "data": data, "work": work, "out": out, "left": left, "second": second, "cmd": cmd}
+    return {"root": root, "data": data, "work": work, "out": out, "left": left, "second": second, "cmd": cmd,
+            "budget": budget}
 
 
 def test_a_killed_fit_leaves_no_stage_running_and_continues(fitted):
     assert fitted["left"] == []
     second = fitted["second"]
-    assert second.returncode == 0, second.stdout + second.stderr
+    passed = json.loads((fitted["out"] / "card.json").read_text())["gate"]["passed"]
+    assert second.returncode == (0 if passed else 1), second.stdout + second.stderr
+    if not passed:
+        assert "does not beat nearest-label fill at random 0.5 holes" in second.stderr
+    assert "Traceback" not in second.stderr
     assert "continuing the fit" in second.stdout
     model_log = (fitted["work"] / "logs" / "model.log").read_text()
     assert "resumed from" in model_log  # inside the stage, from its last checkpoint
@@ -82,7 +97,10 @@ def test_the_bundle_has_its_model_card(fitted):
     rows = {r["protocol"]: r for r in card["val"]["protocols"]}
     assert set(rows) == {"random 0.3", "random 0.5", "random 0.7", "blocks 0.5", "objects 0.5", "bands 0.3",
                          "bands 0.1"}
-    assert rows["random 0.5"]["completer"] > rows["random 0.5"]["nearest"]
+    gate = card["gate"]  # the fit's exit status says whether the completer beats nearest-label fill
+    assert gate["passed"] == (rows["random 0.5"]["completer"] > rows["random 0.5"]["nearest"])
+    assert (fitted["second"].returncode == 0) == gate["passed"]
+    assert card["model"]["finishing_rule_why"]
     assert set(card["val"]["per_class_iou"]["classes"]) == set(card["dataset"]["classes"])
     assert card["speed"]["seconds_per_image"] > 0
     assert [s["name"] for s in card["fit"]["stages"]][:2] == ["model", "boundaries"]
@@ -111,9 +129,10 @@ def test_the_bundle_completes_with_its_card_line(fitted):
 
 
 def test_a_changed_option_is_refused_unless_restarted(fitted):
-    cmd = [c if c != "4m" else "5m" for c in fitted["cmd"]]
+    budget = int(fitted["budget"][:-1])
+    cmd = [c if c != fitted["budget"] else f"{budget + 1}m" for c in fitted["cmd"]]
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1
-    assert "options.budget_min: 4.0 -> 5.0" in refused.stderr and "--restart" in refused.stderr
+    assert f"options.budget_min: {budget:.1f} -> {budget + 1:.1f}" in refused.stderr and "--restart" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert np.isfinite(json.loads((fitted["out"] / "card.json").read_text())["val"]["images"])

@@ -125,10 +125,13 @@ def test_fit_fusion_calibrate_export_and_runtime(tmp_path, synth_root):
                        minutes=0.05, log=lambda s: None)
     assert 0 < timed["steps"] < 10**9 and time.time() - t0 < 30
 
-    r = calibrate(fused, synth_root, thresholds=(0.5, 0.75), log=lambda s: None)
-    assert [row["finishing_rule"] for row in r["rows"]] == ["pixel fusion"] * 2
-    cal = load_checkpoint(fused)
-    assert cal["unknown_threshold"] == r["chosen"]["unknown_threshold"] and PixelFusion.from_dict(cal["fusion"])
+    r = calibrate(fused, synth_root, tmp_path / "cal.pt", thresholds=(0.5, 0.75), log=lambda s: None)
+    assert [row["finishing_rule"] for row in r["rows"]] == ["pixel fusion"] * 2 + ["argmax"] * 2
+    cal = load_checkpoint(tmp_path / "cal.pt")
+    assert cal["unknown_threshold"] == r["chosen"]["unknown_threshold"]
+    kept = r["finishing_rule"]["chosen"] == "pixel fusion"  # only when it beats the argmax on val
+    means = r["finishing_rule"]["mean_pa_miou"]
+    assert kept == (means["pixel fusion"] > means["argmax"]) and kept == bool(cal.get("fusion"))
 
     tc = LMAECompleter.load(fused, backend="torch", threads=1)
     assert tc.fusion is not None and "pixel fusion" in tc.describe()

@@ -53,10 +53,12 @@ def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("in")
     (root / "images").mkdir()
     (root / "labels").mkdir()
+    (root / "full").mkdir()
     rng = np.random.default_rng(1)
     for i in range(4):
         img, lab = synth_pair(rng, (70, 100))
         Image.fromarray(img).save(root / "images" / f"s{i}.png")
+        write_label(root / "full" / f"s{i}.png", lab)
         write_label(root / "labels" / f"s{i}.png", degrade(lab, 0.5, "random", np.random.default_rng(i), patch=16))
     return root
 
@@ -85,7 +87,7 @@ def test_complete_without_torch_gives_the_same_bytes(onnx_bundle, folder, tmp_pa
     names = sorted(p.name for p in (folder / "labels").iterdir())
     assert [(tmp_path / "lean" / n).read_bytes() for n in names] == [(tmp_path / "full" / n).read_bytes()
                                                                       for n in names]
-    for command in (["evaluate", "--pred", str(tmp_path / "lean"), "--gt", str(folder / "labels"),
+    for command in (["evaluate", "--pred", str(tmp_path / "lean"), "--gt", str(folder / "full"),
                      "--partial", str(folder / "labels"), "--num-classes", "5"],
                     ["degrade", "--labels", str(folder / "labels"), "--out", str(tmp_path / "deg")]):
         r = run_without_torch("lmae", *command)

@@ -57,8 +57,10 @@ class FusionMLP(torch.nn.Module):
 
 
 def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: int, per_image: int, seed: int,
-                   features: tuple[str, ...] = FUSION_FEATURES, log=print) -> tuple[np.ndarray, np.ndarray]:
-    """(features (P, N, F), true class (P,)) of pixels sampled from the holes."""
+                   features: tuple[str, ...] = FUSION_FEATURES, deadline: float | None = None,
+                   log=print) -> tuple[np.ndarray, np.ndarray, int]:
+    """(features (P, N, F), true class (P,), images read) of pixels sampled from the holes;
+    ``deadline`` (a ``time.time()``): no chunk of images starts after it, the first excepted."""
     model = model_from_checkpoint(ckpt)
     cfg = model.cfg
     boundaries = boundaries_from_checkpoint(ckpt)
@@ -70,8 +72,13 @@ def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: i
     rng = np.random.default_rng(seed)
     feats, targets = [], []
     t0 = time.time()
+    read = 0
     for start in range(0, len(pairs), 16):
+        if deadline is not None and start > 0 and time.time() >= deadline:
+            log(f"  the collection's time share ends after {start} images")
+            break
         chunk = load_pairs(pairs[start: start + 16], cfg.num_classes)
+        read += len(chunk)
         parts, props, inputs = [], [], []
         for i, (img, lab) in enumerate(chunk, start):
             strategy, ratio = settings[i % len(settings)]
@@ -94,13 +101,16 @@ def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: i
                                      boundary=prop.boundary, features=features))
             targets.append(truth[pick].astype(np.int64))
         log(f"  {min(start + 16, len(pairs))}/{len(pairs)} images ({time.time() - t0:.0f} s)")
-    return np.concatenate(feats), np.concatenate(targets)
+    if not feats:
+        raise ValueError(f"{data}: no hole pixel with a known class in the {split} images sampled")
+    return np.concatenate(feats), np.concatenate(targets), read
 
 
 def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None = None, split: str = "train",
                settings=DEFAULT_FIT_SETTINGS, images: int = 0, per_image: int = 6000, hidden: int = 64,
                steps: int = 4000, class_weight_power: float = 0.25, seed: int = 0, threads: int = 0,
-               hole_features: bool | None = None, minutes: float = 0.0, log=print) -> dict:
+               hole_features: bool | None = None, minutes: float = 0.0, collect_minutes: float = 0.0,
+               log=print) -> dict:
     """Fit pixel fusion on ``split`` and store it in the checkpoint (``out``, default in place).
 
     ``hole_features`` (default: when the checkpoint has a boundary net) adds the features of
@@ -118,6 +128,8 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
 
     ``minutes`` (0 = no limit): the MLP trains until ``steps`` or until that many minutes
     after the call started, its learning rate decaying to 0 by whichever comes first.
+    ``collect_minutes`` (0 = no limit): sampling pixels starts no new chunk of 16 images after
+    that many minutes, so a loaded machine samples fewer images instead of eating the MLP's time.
     """
     started = time.time()
     if threads:
@@ -132,7 +144,8 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
     features = FEATURES_BY_VERSION[4 if hole_features else 1]
     log(f"collecting hole pixels from {split} ({', '.join(f'{s}:{r:g}' for s, r in settings)}; "
         f"{len(features)} features)")
-    x, y = collect_pixels(ck, data, split, settings, images, per_image, seed, features, log)
+    x, y, read = collect_pixels(ck, data, split, settings, images, per_image, seed, features,
+                                started + 60 * collect_minutes if collect_minutes else None, log)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     counts = torch.bincount(y, minlength=n).double() + 1
     weight = ((counts.sum() / counts) ** class_weight_power).float()
@@ -168,7 +181,7 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
             correct += float((logits.argmax(1) == yb).sum())
         full_loss = loss_sum / float(weight[y].sum())
         acc = correct / len(y)
-    info = {"split": split, "settings": [f"{s}:{r:g}" for s, r in settings], "pixels": int(len(y)),
+    info = {"split": split, "settings": [f"{s}:{r:g}" for s, r in settings], "images": read, "pixels": int(len(y)),
             "features": list(features), "hidden": hidden, "steps": done,
             "class_weight_power": class_weight_power,
             "seed": seed, "fit_loss": full_loss, "fit_pixel_acc": acc}

@@ -318,7 +318,8 @@ def train(tc: TrainConfig) -> Path:
             if rank == 0:
                 print(f"time budget reached after epoch {epoch} ({(time.time() - t0) / 60:.1f} min)", flush=True)
             break
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+        row = {"epoch": epoch + 1, "steps": len(losses),
+               "train_loss": float(np.mean(losses)) if losses else float("nan"),
                "lr": opt.param_groups[0]["lr"], "epoch_s": time.time() - te, "elapsed_s": time.time() - t0}
         out_of_time = out_of_time_now()
         do_val = ((epoch + 1) % tc.val_every == 0) or epoch + 1 == tc.epochs or out_of_time

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import click
 
-from lmae_sdk.card import CardError, card_line, read_card
+from lmae_sdk.card import CardError, card_line, card_warning, read_card
 from lmae_sdk.cli.batch import BatchSummary, pair_folders, start_run, writable_folder
+from lmae_sdk.cli.options import fraction, refuse_out_inside
+from lmae_sdk.inputs import ambiguous_stems, stem_clash, unknown_index_problem
 from lmae_sdk.run_record import RunRecord, Start, remove_stray_temps
 from lmae_sdk.runtime.backends import BACKENDS
 
@@ -33,6 +35,24 @@ def auto_lanes(backend: str, device: str | None, threads: int) -> tuple[int, int
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = threads or 1
     return max(1, cores // threads), threads
+
+
+def check_unknown_index(model_path: Path, unknown_index: int) -> None:
+    """``--unknown-index`` must be no class id of the model: a bundle's classes are read from
+    its manifest, before any engine loads (a checkpoint's once the loader has read it, which
+    then refuses the value, still before any file is completed)."""
+    from lmae_sdk.bundle import BundleError, read_manifest
+
+    if not model_path.is_dir():
+        return
+    try:
+        n = read_manifest(model_path, verify_files=False).num_classes
+    except (BundleError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    problem = unknown_index_problem(unknown_index, n)
+    if problem:
+        raise click.BadParameter(f"{unknown_index} {problem}; the model {model_path} has {n} classes",
+                                 param_hint="--unknown-index")
 
 
 def run_record(completer, model_path: Path, inputs: dict[str, str], min_confidence: float, tile: bool,
@@ -70,26 +90,33 @@ def run_record(completer, model_path: Path, inputs: dict[str, str], min_confiden
 @click.option("--lanes", default=0, show_default=True, type=int,
               help="batches completed side by side, each on its own thread from reading to writing (0 = auto: "
                    "one per core with one engine thread each on a CPU, 1 with a GPU)")
-@click.option("--unknown-index", default=255, show_default=True, type=int)
+@click.option("--unknown-index", default=255, show_default=True, type=click.IntRange(0, 255),
+              help="the label value of unknown pixels (8-bit, no class id of the model)")
 @click.option("--confidence-dir", default=None, type=click.Path(file_okay=False),
               help="also write per-pixel confidence (8-bit PNG, 255 = 1.0)")
-@click.option("--min-confidence", default=0.0, show_default=True, type=float,
-              help="leave filled pixels below this confidence unknown")
+@click.option("--min-confidence", default=0.0, show_default=True, type=float, callback=fraction,
+              help="leave filled pixels below this confidence (0..1) unknown")
 @click.option("--mask-ratios", default=None, help="use only these engines, e.g. 0.5,0.7 (a .pt: run it at these ratios)")
 @click.option("--tile", is_flag=True, help="overlapping model-size windows for large images")
 @click.option("--no-fusion", is_flag=True, help="ignore the model's pixel fusion (faster host work, lower quality)")
+@click.option("--review", is_flag=True,
+              help="also rank the images by how uncertain their filled pixels are, most uncertain first: "
+                   "review.csv / review.json in --out")
+@click.option("--review-below", default=0.5, show_default=True, type=float, callback=fraction,
+              help="--review: a filled pixel below this confidence (0..1) counts as uncertain")
 @click.option("--overwrite", is_flag=True,
               help="redo every file in --out (another model's or options' outputs too) and rewrite its run record")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def complete(model_path: str, images: str, labels_dir: str, out: str, backend: str, device: str | None,
              precision: str | None, batch_size: int, threads: int, workers: int, lanes: int, unknown_index: int,
              confidence_dir: str | None, min_confidence: float, mask_ratios: str | None, tile: bool, no_fusion: bool,
-             overwrite: bool, quiet: bool) -> None:
+             review: bool, review_below: float, overwrite: bool, quiet: bool) -> None:
     """Fill the unknown pixels of every partial label in --labels; one PNG each in --out.
 
     --out keeps a run record (.lmae-run.json: inputs, model sha256, the options that change
     the labels): a rerun resumes only the same run (only missing labels are made) and refuses
-    another model's or options' outputs unless --overwrite."""
+    another model's or options' outputs unless --overwrite.  --review also writes the review
+    queue (lmae_sdk/review.py) over every image of the run, earlier runs' included."""
     import logging
     import time
     from collections import Counter
@@ -106,8 +133,12 @@ def complete(model_path: str, images: str, labels_dir: str, out: str, backend: s
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     src_img, src_lab, dst = Path(images).resolve(), Path(labels_dir).resolve(), Path(out).resolve()
     conf_dst = Path(confidence_dir).resolve() if confidence_dir else None
-    if dst in (src_img, src_lab) or (conf_dst is not None and conf_dst in (src_img, src_lab, dst)):
-        raise click.UsageError("--out / --confidence-dir must differ from the inputs (inputs are never modified)")
+    refuse_out_inside(dst, {"--images": src_img, "--labels": src_lab})
+    if conf_dst is not None:
+        refuse_out_inside(conf_dst, {"--images": src_img, "--labels": src_lab}, "--confidence-dir")
+        if conf_dst == dst:
+            raise click.BadParameter(f"{conf_dst} is the --out folder too; the confidence maps need their own",
+                                     param_hint="--confidence-dir")
     if lanes < 0:
         raise click.BadParameter("must be >= 0", param_hint="--lanes")
     try:
@@ -115,9 +146,15 @@ def complete(model_path: str, images: str, labels_dir: str, out: str, backend: s
     except ValueError:
         raise click.BadParameter(f"{mask_ratios!r}: expected ratios like 0.5,0.7", param_hint="--mask-ratios") \
             from None
+    check_unknown_index(Path(model_path), unknown_index)
     inputs = pair_folders(src_img, src_lab)
     if not inputs.pairs and not inputs.labels_without_image:
         raise click.ClickException(f"no partial labels (*.png) in {src_lab}")
+    # a stem that two images (or two labels, a.png and a.PNG) share: which file is meant is a guess
+    clashes = {stem: stem_clash(stem, files, "images") for stem, files in ambiguous_stems(src_img).items()}
+    clashes.update({stem: stem_clash(stem, files, "partial labels")
+                    for stem, files in ambiguous_stems(src_lab, (".png",)).items()})
+    pairs = [p for p in inputs.pairs if p[2] not in clashes]
     writable_folder(dst, "--out")
     if conf_dst is not None:
         writable_folder(conf_dst, "--confidence-dir")
@@ -126,11 +163,14 @@ def complete(model_path: str, images: str, labels_dir: str, out: str, backend: s
     for lab in inputs.labels_without_image:
         summary.fail(lab.name, f"{lab}: no image named {lab.stem}.* in {src_img}")
     summary.quiet_failures |= {lab.name for lab in inputs.labels_without_image}  # the note names them
+    for _, lab, stem in inputs.pairs:
+        if stem in clashes:
+            summary.fail(lab.name, f"{lab}: {clashes[stem]}")
     summary.note_unmatched(inputs.labels_without_image, f"labels without an image in {src_img}",
                            f"label without an image in {src_img}")
     summary.note_unmatched(inputs.images_without_label, f"images without a partial label in {src_lab}",
                            f"image without a partial label in {src_lab}")
-    if not inputs.pairs:  # nothing to complete: no model to load
+    if not pairs:  # nothing to complete: no model to load
         summary.echo()
         sys.exit(1)
 
@@ -150,15 +190,28 @@ def complete(model_path: str, images: str, labels_dir: str, out: str, backend: s
     else:
         if card is not None:
             click.echo(card_line(card), err=True)
+            warning = card_warning(card)  # its fit's final gate failed
+            if warning:
+                click.echo(warning, err=True)
     record = run_record(completer, Path(model_path).resolve(), {"images": str(src_img), "labels": str(src_lab)},
                         min_confidence, tile, conf_dst)
     folders = [dst] + ([conf_dst] if conf_dst is not None else [])
-    start = start_run(folders, record, overwrite, bookkeeping=(REPORT,))
+    from lmae_sdk.review import RECORDS, REVIEW_CSV, REVIEW_JSON, QueueSettings, ReviewRecords, run_key
+
+    start = start_run(folders, record, overwrite, bookkeeping=(REPORT, REVIEW_CSV, REVIEW_JSON, RECORDS))
+    reviews = None
+    if review:  # a record per image, then the queue over every image of the run
+        reviews = ReviewRecords(dst, run_key(record), QueueSettings(
+            review_below, completer.class_names, completer.settings.palette, record.model_path, record.model_sha256,
+            {"images": str(src_img), "labels": str(src_lab), "out": str(dst),
+             "confidence_dir": str(conf_dst) if conf_dst else None}, unknown_index))
+        partial_files = {stem: lab for _, lab, stem in pairs}
     stray = sum(remove_stray_temps(f) for f in folders)
 
     todo = []
-    for img, lab, stem in inputs.pairs:
+    for img, lab, stem in pairs:
         done = (dst / f"{stem}.png").is_file() and (conf_dst is None or (conf_dst / f"{stem}.png").is_file())
+        done = done and (reviews is None or reviews.read(stem) is not None)  # else completed again
         if done and start is Start.RESUME:
             summary.skipped += 1
         else:
@@ -172,11 +225,13 @@ def complete(model_path: str, images: str, labels_dir: str, out: str, backend: s
     def save(r) -> None:  # on the worker threads, while the model runs the next images
         if conf_dst is not None:  # the label is written last: its presence marks the file finished
             atomic_write_bytes(conf_dst / f"{r.name}.png", confidence_png(r.confidence))
+        if reviews is not None:
+            reviews.add(r.name, partial_files[r.name], r.label, r.confidence)
         write_label(dst / f"{r.name}.png", r.label, r.palette)
 
     for r in completer.complete_batch(todo, batch_size=batch_size, min_confidence=min_confidence, tile=tile,
                                       workers=workers, on_error="return", on_result=save, lanes=lanes,
-                                      confidence=conf_dst is not None):
+                                      confidence=conf_dst is not None or review):
         bar.update(1)
         if not r.ok:
             summary.fail(f"{r.name}.png", str(r.error))
@@ -200,6 +255,13 @@ def complete(model_path: str, images: str, labels_dir: str, out: str, backend: s
         "labels_without_image": [p.name for p in inputs.labels_without_image],
         "images_without_label": [p.name for p in inputs.images_without_label], "run": record.to_dict(),
     }
+    if reviews is not None:
+        try:
+            queued = reviews.write_queue(pairs, summary.failures)
+            report["review"] = str(dst / REVIEW_JSON)
+            click.echo(f"review queue: {queued} images, most uncertain first, in {dst / REVIEW_CSV}", err=True)
+        except OSError as e:
+            summary.fail(REVIEW_JSON, f"{dst / REVIEW_JSON}: cannot write ({e.strerror or e})")
     try:
         atomic_write_bytes(dst / REPORT, (json.dumps(report, indent=1) + "\n").encode())
     except OSError as e:

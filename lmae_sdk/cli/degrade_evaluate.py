@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from lmae_sdk.cli.batch import BatchSummary, label_files, start_run, writable_folder
+from lmae_sdk.cli.options import refuse_out_inside
 from lmae_sdk.degrade import DEGRADE_STRATEGIES
 from lmae_sdk.run_record import RunRecord, RunRecordError, Start, remove_stray_temps
 
@@ -21,19 +22,20 @@ SEEDING = "seed + sha256(file stem)"
 @click.option("--ratio", default=0.5, show_default=True, type=click.FloatRange(0.0, 1.0),
               help="share of each label made unknown")
 @click.option("--strategy", default="random", show_default=True, type=click.Choice(DEGRADE_STRATEGIES))
-@click.option("--patch", default=32, show_default=True, type=click.IntRange(min=1), help="grid patch size in pixels")
+@click.option("--patch", default=32, show_default=True, type=click.IntRange(min=1),
+              help="grid patch size in pixels (random, background, label, blocks); a label smaller than the "
+                   "patch fails")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--overwrite", is_flag=True, help="redo every file in --out (another run's outputs too)")
 def degrade(labels_dir: str, out: str, ratio: float, strategy: str, patch: int, seed: int, overwrite: bool) -> None:
     """Write partial labels (unknown = 255); the inputs are never touched.  A rerun into the
     same --out resumes only a run with the same labels and options (.lmae-run.json)."""
+    from lmae_sdk.degrade import PATCH_STRATEGIES, DegradeError, check_patch, rng_for_name
     from lmae_sdk.degrade import degrade as make_partial
-    from lmae_sdk.degrade import rng_for_name
     from lmae_sdk.labels import InputError, read_label, write_label
 
     src, dst = Path(labels_dir).resolve(), Path(out).resolve()
-    if src == dst:
-        raise click.UsageError("--out must differ from --labels (inputs are never modified)")
+    refuse_out_inside(dst, {"--labels": src})
     files = label_files(src)
     if not files:
         raise click.ClickException(f"no label PNGs in {src}")
@@ -50,9 +52,14 @@ def degrade(labels_dir: str, out: str, ratio: float, strategy: str, patch: int, 
             continue
         try:
             lab, palette = read_label(f)
+            if strategy in PATCH_STRATEGIES:
+                check_patch(patch, lab.shape)  # a patch larger than the label would make it one cell
             partial = make_partial(lab, ratio, strategy, rng_for_name(seed, f.stem), patch=patch)
         except InputError as e:
             summary.fail(f.name, str(e))
+            continue
+        except DegradeError as e:  # e.g. a label smaller than the patch
+            summary.fail(f.name, f"{f}: {e}")
             continue
         try:
             write_label(target, partial, palette)
@@ -100,7 +107,8 @@ def evaluate(pred: str, gt: str, partial: str, classes_json: str | None, num_cla
              json_out: str | None, overwrite: bool) -> None:
     """PA-mIoU (pixels unknown in the partial label), global mIoU, per-class IoU.  A missing,
     unreadable or wrong-size file is reported by name and the others are still scored; the
-    exit code is 1 when any failed."""
+    exit code is 1 when any failed, or when nothing can be scored (no unknown pixels in the
+    partial labels, or void ground truth at every one of them: the message says which)."""
     from lmae_sdk.labels import InputError, atomic_write_bytes, check_label_ids, read_label
     from lmae_sdk.metrics import CompletionMeter
 
@@ -157,7 +165,8 @@ def evaluate(pred: str, gt: str, partial: str, classes_json: str | None, num_cla
     summary.note_unmatched([p for p in label_files(pred_dir) if p.name not in gt_names],
                            f"predictions without a ground-truth label in {gt_dir} (not scored)",
                            f"prediction without a ground-truth label in {gt_dir} (not scored)")
-    if summary.done:
+    empty = meter.empty_reason() if summary.done else None  # files were read, yet nothing to score
+    if summary.done and empty is None:
         s = meter.summary(names)
         click.echo(f"images {summary.done}  PA-mIoU {s['pa_miou']:.2f}  PA pixel acc {s['pa_pixel_acc']:.2f}  "
                    f"global mIoU {s['global_miou']:.2f}")
@@ -169,4 +178,6 @@ def evaluate(pred: str, gt: str, partial: str, classes_json: str | None, num_cla
     elif json_path is not None:
         click.echo(f"no scores: {json_path} not written", err=True)
     summary.echo(report=str(json_path) if json_path else None)
+    if empty is not None:
+        raise click.ClickException(f"no scores: {empty} (partial labels: {part_dir})")
     summary.exit()

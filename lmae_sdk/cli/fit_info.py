@@ -38,22 +38,28 @@ def parse_budget(value: str) -> float:
               help="auto: a CUDA GPU when torch sees one (training with bf16 autocast)")
 def fit(data: str, out: str, budget: str, work: str | None, restart: bool, preset: str, layout: str, seed: int,
         threads: int, device: str) -> None:
-    """Fit a completer to a dataset within a time budget: train the model and the boundary
-    net (side by side), fine-tune, fit pixel fusion, calibrate, export, verify the bundle and
-    write its model card.  Rerun the same command to continue an interrupted fit."""
+    """Fit a completer to a dataset within a time budget: check the data, measure this machine,
+    train the model and the boundary net (side by side), fine-tune, fit pixel fusion,
+    calibrate, export, verify the bundle and write its model card.  Rerun the same command to
+    continue an interrupted fit.  Exits 1 when the completer does not beat nearest-label fill
+    on val (the bundle is written all the same, marked so on its card)."""
     require_torch("lmae fit")
     from lmae_sdk.checkpoint import CheckpointError
+    from lmae_sdk.cli.options import refuse_out_inside
     from lmae_sdk.datasets import DatasetError
     from lmae_sdk.labels import InputError
     from lmae_sdk.recipe.plan import FitOptions
-    from lmae_sdk.recipe.runner import FitError, fit as run
+    from lmae_sdk.recipe.runner import FitError, FitGateError, fit as run
     from lmae_sdk.recipe.state import FitStateError
 
+    refuse_out_inside(out, {"--data": data})
+    if work:
+        refuse_out_inside(work, {"--data": data}, option="--work")
     options = FitOptions(data=data, budget_min=parse_budget(budget), preset=preset, layout=layout, seed=seed,
                          threads=threads, device=device)
     try:
         run(options, out, work, restart, echo=click.echo)
-    except (FitStateError, FitError, DatasetError, InputError, CheckpointError) as e:
+    except (FitStateError, FitError, FitGateError, DatasetError, InputError, CheckpointError) as e:
         raise click.ClickException(str(e)) from None
 
 
@@ -61,12 +67,24 @@ def fit(data: str, out: str, budget: str, work: str | None, restart: bool, prese
 @click.argument("bundle", type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="print card.json instead of its Markdown rendering")
 def info(bundle: str, as_json: bool) -> None:
-    """Print a bundle's model card (or, without one, its manifest's summary)."""
+    """Print a bundle's model card (or, without one, its manifest's summary), after the checks
+    loading the bundle makes (files, sha256, the manifest against its engines and graphs): a
+    bundle that fails them is refused with the problem, card or not."""
     import json
+    from pathlib import Path
 
-    from lmae_sdk.bundle import BundleError, read_manifest
+    from lmae_sdk.bundle import MANIFEST, BundleError, check_bundle
     from lmae_sdk.card import CardError, read_card, render_markdown
 
+    man = None
+    if (Path(bundle) / MANIFEST).is_file():  # a folder with a card but no manifest is only a card
+        try:
+            man = check_bundle(bundle)
+        except (BundleError, OSError) as e:
+            raise click.ClickException(f"{bundle}: not a usable bundle: {e}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # keys of the wrong type
+            raise click.ClickException(f"{bundle}: not a usable bundle: malformed {MANIFEST} "
+                                       f"({type(e).__name__}: {e})") from None
     try:
         card = read_card(bundle)
     except CardError as e:
@@ -74,11 +92,8 @@ def info(bundle: str, as_json: bool) -> None:
     if card is not None:
         click.echo(json.dumps(card, indent=1) if as_json else render_markdown(card))
         return
-    try:
-        man = read_manifest(bundle, verify_files=False)
-    except (BundleError, OSError) as e:
-        raise click.ClickException(f"{bundle}: neither a bundle with a model card nor a readable bundle ({e})") \
-            from None
+    if man is None:
+        raise click.ClickException(f"{bundle}: not a bundle (no {MANIFEST}) and no model card")
     d = man.data
     click.echo(f"{bundle}: a bundle without a model card (not written by lmae fit)")
     click.echo(f"  classes ({len(d['class_names'])}): {', '.join(d['class_names'])}")

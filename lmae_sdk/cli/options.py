@@ -1,6 +1,10 @@
-"""Parsers for the commands' option values (click raises BadParameter with the reason), and
-the check that a command's extra is installed."""
+"""Parsers for the commands' option values (click raises BadParameter with the reason), the
+check that an output folder lies outside the input folders, and the check that a command's
+extra is installed."""
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import click
 import numpy as np
@@ -16,6 +20,18 @@ def parse_size(s: str | None) -> tuple[int, int] | None:
     except ValueError:
         raise click.BadParameter(f"{s!r}: expected HxW, e.g. 224x288") from None
     return h, w
+
+
+def fraction(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A click callback: the option's value must be a number in [0, 1] (NaN is refused too)."""
+    from lmae_sdk.inputs import check_fraction
+
+    if value is None:
+        return None
+    try:
+        return check_fraction(param.name or "value", value)
+    except ValueError:
+        raise click.BadParameter(f"{value}: expected a number in [0, 1]") from None
 
 
 def parse_ratios(s: str) -> list[tuple[float, ...]]:
@@ -78,3 +94,16 @@ def require_torch(what: str) -> None:
         check(what)
     except MissingExtra as e:
         raise click.ClickException(str(e)) from None
+
+
+def refuse_out_inside(out: str | os.PathLike, inputs: dict[str, str | os.PathLike], option: str = "--out") -> None:
+    """A click.BadParameter (``option``) naming both folders when the output folder ``out`` is
+    one of the ``inputs`` ({option name: folder}, e.g. ``{"--labels": labels}``) or lies
+    inside one: inputs are never modified.  Links are resolved first."""
+    target = Path(out).resolve()
+    for name, folder in inputs.items():
+        source = Path(folder).resolve()
+        if target == source or source in target.parents:
+            where = "is" if target == source else "is inside"
+            raise click.BadParameter(f"{target} {where} the {name} folder {source}; inputs are never modified: "
+                                     f"choose a folder outside it", param_hint=option)

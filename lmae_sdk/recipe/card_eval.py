@@ -9,7 +9,9 @@ file name, so ``lmae degrade --seed 0`` makes the same ones.
 from __future__ import annotations
 
 import platform
+import subprocess
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -93,6 +95,29 @@ def load_warm_completer(bundle, data: list[tuple[str, np.ndarray, np.ndarray]]):
     return completer
 
 
+def fitted_by() -> dict[str, Any]:
+    """The lmae-sdk that fitted the bundle: its version, and its git commit where it runs from a
+    checkout (with ``+changes`` when the checkout has uncommitted changes)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        sdk_version = version("lmae-sdk")
+    except PackageNotFoundError:
+        sdk_version = None
+    root = Path(__file__).resolve().parents[2]
+    commit = None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10)
+            commit = head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"version": sdk_version, "commit": commit}
+
+
 def _round(v: float | None) -> float | None:
     return None if v is None else round(v, 2)
 
@@ -111,14 +136,17 @@ def score_bundle(ctx, log: Callable[[str], None] = print) -> dict[str, Any]:
 
     ck = load_checkpoint(work.artifact("calibrate"))
     params = sum(int(np.prod(v.shape)) for v in ck["state_dict"].values())
+    rule = ck.get("metrics", {}).get("calibration", {}).get("finishing_rule")
+    rule_why = rule["why"] if rule else "no pixel fusion was fitted: the argmax of the model's logits"
     card = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "dataset": {"name": info.root.name, "root": str(info.root), "layout": info.layout,
                     "classes": info.class_names, "train": len(info.pairs["train"]), "val": len(info.pairs["val"]),
-                    "image_size": ctx.facts["image_size"]},
+                    "image_size": ctx.facts["image_size"], "known_share": ctx.facts.get("known_share", {})},
+        "fitted_by": fitted_by(),
         "model": {"preset": opts.preset, "parameters_m": params / 1e6, "input": list(cfg.img_size),
                   "mask_ratios": completer.mask_ratios, "finishing_rule": completer.settings.finishing_rule,
-                  "unknown_threshold": completer.settings.unknown_threshold},
+                  "finishing_rule_why": rule_why, "unknown_threshold": completer.settings.unknown_threshold},
         "fit": {"budget_min": opts.budget_min, "machine": machine_name(), "cores": ctx.plan["cores"],
                 "device": ctx.device, "stages": [
                     {"name": s["name"], "planned_min": s["minutes"], "minutes": work.spent(s["name"]) or None}

@@ -1,5 +1,8 @@
-"""``lmae fit``: run the plan's stages in order (side by side where the plan says so), each
-in its own process, with progress and an ETA; then copy the finished bundle to ``--out``.
+"""``lmae fit``: check the data, measure this machine, plan; run the plan's stages in order
+(side by side where the plan says so), each in its own process, with progress and an ETA;
+copy the finished bundle to ``--out``; then the final gate: a bundle whose completer does not
+beat nearest-label fill on its card's headline kind of hole is written, marked on its card,
+and the fit fails with what to do.
 
 A stage's process dies with the runner (Linux: the parent-death signal), so a killed fit
 leaves no stage running; the next run continues after the last finished stage.
@@ -9,20 +12,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from lmae_sdk.card import read_card, write_card
+from lmae_sdk.card import HEADLINE_PROTOCOL, read_card, write_card
 from lmae_sdk.datasets import load_dataset
-from lmae_sdk.labels import read_label
-from lmae_sdk.recipe.plan import DataFacts, FitOptions, Plan, Stage, make_plan
+from lmae_sdk.recipe.data_check import check_dataset
+from lmae_sdk.recipe.plan import DataFacts, FitOptions, Plan, PlanError, Stage, make_plan, stage_threads, train_batch
+from lmae_sdk.recipe.probe import ProbeError, ProbeRequest, run_probe
+from lmae_sdk.recipe.guards import STAGE_FAILED
 from lmae_sdk.recipe.state import FitStateError, WorkFolder, data_fingerprint
 
 PROGRESS_EVERY_S = 60.0
@@ -32,12 +35,16 @@ class FitError(RuntimeError):
     """A stage failed; the message names it and its log."""
 
 
+class FitGateError(RuntimeError):
+    """The bundle was written but loses to nearest-label fill; the message says by how much and what to do."""
+
+
 def dataset_facts(options: FitOptions) -> tuple[DataFacts, str]:
+    """The plan's facts and the dataset's fingerprint, after the data check (every pair of both
+    splits; a DatasetError lists every problem found, before anything trains)."""
     info = load_dataset(options.data, ("train", "val"), options.layout)
-    sizes = Counter(read_label(lab)[0].shape for _, lab in info.pairs["train"][:50])
-    facts = DataFacts(info.num_classes, len(info.pairs["train"]), len(info.pairs["val"]),
-                      tuple(sizes.most_common(1)[0][0]))
-    return facts, data_fingerprint(info.pairs, info.root)
+    report = check_dataset(info)
+    return report.facts(), data_fingerprint(info.pairs, info.root)
 
 
 def resolve_device(device: str) -> str:
@@ -48,15 +55,6 @@ def resolve_device(device: str) -> str:
     except ImportError:
         return "cpu"
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _die_with_parent() -> None:  # runs in the child before exec
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def _stage_command(stage: Stage, work: Path, device: str) -> list[str]:
@@ -77,9 +75,12 @@ class _Running:
         logs = work.path / "logs"
         logs.mkdir(exist_ok=True)
         self.log_path = logs / f"{stage.name}.log"
+        command = _stage_command(stage, work.path, device)
         env = {**os.environ, "OMP_NUM_THREADS": str(stage.threads), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(_stage_command(stage, work.path, device), stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=_die_with_parent)
+        if "torch.distributed.run" not in command:  # the stage dies with this process (stages.die_with_parent)
+            env["LMAE_FIT_RUNNER"] = str(os.getpid())
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self.last_line = ""
         self.reader = threading.Thread(target=self._pump, args=(echo,), daemon=True)
         self.reader.start()
 
@@ -88,6 +89,8 @@ class _Running:
             for line in self.proc.stdout:  # type: ignore[union-attr]
                 log.write(line)
                 log.flush()
+                if line.strip():
+                    self.last_line = line.strip()
                 if line.strip() and not line.startswith(" " * 4):
                     echo(f"[{self.stage.name}] {line.rstrip()}")
 
@@ -119,6 +122,9 @@ def run_phase(phase: list[Stage], plan: Plan, work: WorkFolder, echo: Callable[[
                 r.reader.join()
                 r.count_time()
                 running.remove(r)
+                if r.proc.returncode == STAGE_FAILED:
+                    raise FitError(f"{r.last_line.removeprefix('stage failed: ')} (stage {r.stage.name}; its log: "
+                                   f"{r.log_path})")
                 if r.proc.returncode != 0:
                     raise FitError(f"stage {r.stage.name} failed (exit {r.proc.returncode}); its log: {r.log_path}")
                 result_path = work.path / f"{r.stage.name}.result.json"
@@ -158,18 +164,54 @@ def publish(bundle: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
+def measure_and_plan(options: FitOptions, facts: DataFacts, device: str, started: float,
+                     echo: Callable[[str], None]) -> Plan:
+    """Measure what the work costs here (:mod:`lmae_sdk.recipe.probe`), then plan the budget
+    that is left; a budget too small is a :class:`PlanError` naming the smallest that works."""
+    from lmae_sdk.recipe.plan import available_cores, model_size_for
+
+    cores = options.threads or available_cores()
+    _, model_threads = stage_threads(cores, device)
+    echo(f"measuring this machine: {model_threads}-thread training steps and one image's completion ...")
+    request = ProbeRequest(options.data, options.layout, options.preset, model_size_for(facts.image_size),
+                           train_batch(facts), model_threads, device)
+    try:
+        timings = run_probe(request, env={**os.environ, "OMP_NUM_THREADS": str(model_threads)})
+    except ProbeError as e:
+        raise FitError(str(e)) from None
+    spent = (time.time() - started) / 60 + PUBLISH_MIN
+    return make_plan(options, facts, timings, cores=cores, device=device, spent_min=spent)
+
+
+PUBLISH_MIN = 0.1  # copying the bundle to --out, the runner's own start and end
+
+
+def final_gate(card: dict) -> dict:
+    """Whether the completer beats nearest-label fill at the card's headline kind of hole."""
+    row = next((r for r in card.get("val", {}).get("protocols", []) if r["protocol"] == HEADLINE_PROTOCOL), None)
+    if row is None:
+        return {"protocol": HEADLINE_PROTOCOL, "passed": False, "why": "the card has no score at this kind of hole"}
+    margin = row["completer"] - row["nearest"]
+    return {"protocol": HEADLINE_PROTOCOL, "completer": row["completer"], "nearest": row["nearest"],
+            "margin": round(margin, 2), "passed": bool(margin > 0)}
+
+
 def fit(options: FitOptions, out: str | os.PathLike, work: str | os.PathLike | None = None, restart: bool = False,
         echo: Callable[[str], None] = print) -> Path:
-    """Run (or continue) the fit; returns the bundle's path (``out``)."""
+    """Run (or continue) the fit; returns the bundle's path (``out``).  A bundle that fails the
+    final gate is written all the same, then :class:`FitGateError` says so."""
     out = Path(out)
     work_folder = WorkFolder(Path(work) if work else out.with_name(f"{out.name}.work"))
     t0 = time.time()
     facts, fingerprint = dataset_facts(options)
     device = resolve_device(options.device)
-    plan = make_plan(options, facts, device=device)
-    resumed = work_folder.open(options.recorded(), fingerprint, plan.to_dict(), restart)
-    if resumed:  # the plan stays the one the fit started with
-        plan = Plan.from_dict(work_folder.plan)
+    try:  # a new fit measures and plans; one that continues keeps the plan it started with
+        resumed = work_folder.open(options.recorded(), fingerprint,
+                                   lambda: measure_and_plan(options, facts, device, t0, echo).to_dict(), restart)
+    except PlanError as e:
+        raise FitStateError(str(e)) from None
+    plan = Plan.from_dict(work_folder.plan)
+    if resumed:
         done = [s.name for s in plan.stages if work_folder.done(s.name)]
         echo(f"continuing the fit in {work_folder.path}: finished {', '.join(done) or 'nothing yet'}")
     echo(plan.describe())
@@ -180,11 +222,22 @@ def fit(options: FitOptions, out: str | os.PathLike, work: str | os.PathLike | N
         run_phase(phase, plan, work_folder, echo)
     bundle = work_folder.artifact("export")
     card = read_card(bundle)
-    if card is not None:  # the card stage's own minutes and the total
+    gate = None
+    if card is not None:  # the card stage's own minutes, the total, the final gate
         card["fit"]["stages"] = [{**s, "minutes": work_folder.spent(s["name"])} for s in card["fit"]["stages"]]
         card["fit"]["total_min"] = round(plan.span(lambda s: work_folder.spent(s.name)), 2)
         card["fit"]["wall_min_this_run"] = round((time.time() - t0) / 60, 2)
+        card["fit"]["stage_verdicts"] = {
+            s.name: f"{'kept' if r['adopted'] else 'not used'}: {r['why']}" for s in plan.stages
+            if "why" in (r := work_folder.result(s.name))}
+        gate = card["gate"] = final_gate(card)
         write_card(bundle, card)
     publish(bundle, out)
     echo(f"bundle: {out} (model card: {out / 'card.md'}); this run took {(time.time() - t0) / 60:.1f} min")
+    if gate is not None and not gate["passed"]:
+        lost = (f"{gate['completer']:.2f} against {gate['nearest']:.2f} PA-mIoU ({gate['margin']:+.2f})"
+                if "margin" in gate else gate["why"])
+        raise FitGateError(f"the completer does not beat nearest-label fill at {gate['protocol']} holes on val: "
+                           f"{lost}; the bundle in {out} is marked so on its card. Refit with a larger budget "
+                           f"(--budget {2 * options.budget_min:g}m or more, --restart)")
     return out

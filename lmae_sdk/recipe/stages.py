@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -21,27 +22,40 @@ from typing import Any, Callable
 import numpy as np
 
 from lmae_sdk.labels import atomic_write_bytes
-from lmae_sdk.recipe.plan import FUSION_MAX_MLP_STEPS, FUSION_SAMPLE_S_PER_IMAGE, REFERENCE_PIXELS, FitOptions, Plan
+from lmae_sdk.recipe.definition import RECIPE, definition
+from lmae_sdk.recipe.guards import (STAGE_FAILED, StageError, Verdict, judge_boundaries, judge_fusion, judge_training,
+                                    keep_previous, selection_score, training_log)
+from lmae_sdk.recipe.plan import (CALIBRATE_IMAGES, CALIBRATE_THRESHOLDS, FUSION_MAX_MLP_STEPS, RULE_IMAGES,
+                                  VAL_IMAGES_WHILE_TRAINING, FitOptions, Plan, last_validation_s, train_batch)
 from lmae_sdk.recipe.state import WorkFolder
 
 FIT_MASK_RATIOS = (0.25, 0.5, 0.75)
 FINETUNE_LR = 5e-4  # half the first training's peak: the fine-tune starts from a trained model
-VAL_IMAGES_WHILE_TRAINING = 40  # model selection during training; the card scores all of val
 TUNE_IMAGES = 80  # images that choose the boundary net's step cost
 
 
 class StageContext:
-    """What every stage reads: the options, the plan's entry for the stage, the work folder."""
+    """What every stage reads: the options, the plan's entry for the stage, its share in minutes
+    (an elastic stage's adjusted by what the phases before it left unspent), the work folder."""
 
     def __init__(self, work: Path, stage: str) -> None:
         self.started = time.time()
         self.work = WorkFolder(work).load()
         self.options = FitOptions(**self.work.record["options"])
         self.plan = self.work.plan
-        self.stage = Plan.from_dict(self.plan).stage(stage)
+        plan = Plan.from_dict(self.plan)
+        self.stage = plan.stage(stage)
+        self.timings = plan.timings
         self.facts = self.plan["facts"]
         self.device = self.plan["device"]
-        self.pixels = self.facts["image_size"][0] * self.facts["image_size"][1] / REFERENCE_PIXELS
+        self.minutes = self.stage.minutes
+        if definition(stage).elastic:  # takes what earlier phases left unspent, gives back overruns
+            unspent = sum(max(s.minutes for s in phase) - max(self.work.spent(s.name) for s in phase)
+                          for phase in plan.phases() if phase[0].phase < self.stage.phase)
+            self.minutes = max(0.0, self.stage.minutes + unspent)
+            _log(f"share {self.minutes:.1f} min: planned {self.stage.minutes:.1f}, "
+                 f"{'+' if unspent >= 0 else '-'}{abs(unspent):.1f} the stages before it left unspent"
+                 f"{'' if unspent >= 0 else ' (overran)'}")
 
     def amp(self) -> str:
         if self.device == "cuda":
@@ -57,11 +71,11 @@ def _train_config(ctx: StageContext, out: Path, **extra: Any):
     from lmae_sdk.training.train import TrainConfig
 
     train = int(ctx.facts["train"])
-    batch = max(1, min(8, train))
+    batch = train_batch(Plan.from_dict(ctx.plan).facts)
     steps_per_epoch = max(1, train // batch)
     val = min(int(ctx.facts["val"]), VAL_IMAGES_WHILE_TRAINING)
-    last_val_s = 5 + val * 3 * 0.2 * ctx.pixels / ctx.stage.threads  # 3 protocols, ~0.2 s per 360x480 image
-    stop_at = ctx.started + 60 * (ctx.stage.minutes - ctx.work.spent(ctx.stage.name)) - last_val_s
+    last_val_s = last_validation_s(ctx.facts, ctx.timings, ctx.stage.threads)
+    stop_at = ctx.started + 60 * (ctx.minutes - ctx.work.spent(ctx.stage.name)) - last_val_s
     return TrainConfig(data=ctx.options.data, out=str(out), mask_ratios=FIT_MASK_RATIOS, preset=ctx.options.preset,
                        image_size=tuple(ctx.plan["model_size"]), epochs=100_000, batch_size=batch,
                        threads=ctx.stage.threads, workers=0, seed=ctx.options.seed, layout=ctx.options.layout,
@@ -72,27 +86,40 @@ def _train_config(ctx: StageContext, out: Path, **extra: Any):
 def _model(ctx: StageContext) -> dict[str, Any]:
     from lmae_sdk.training.train import train
 
-    return _train_result(train(_train_config(ctx, ctx.work.artifact("model"))))
+    result, verdict = _train_result(train(_train_config(ctx, ctx.work.artifact("model"))))
+    if not verdict.adopted:  # nothing before it to keep
+        raise StageError(f"the model stage made no usable model: {verdict.why} ({ctx.stage.minutes:.1f} min); "
+                         f"give the fit a larger --budget")
+    return result
 
 
 def _finetune(ctx: StageContext) -> dict[str, Any]:
+    from lmae_sdk.checkpoint import load_checkpoint
     from lmae_sdk.training.train import train
 
-    model, edges = ctx.work.artifact("model"), ctx.work.artifact("boundaries")
-    return _train_result(train(_train_config(ctx, ctx.work.artifact("finetune"), lr=FINETUNE_LR,
-                                             init_from=str(model), boundaries_from=str(edges))))
+    model, edges, tuned = ctx.work.artifact("model"), ctx.work.artifact("boundaries"), ctx.work.artifact("finetune")
+    use_edges = ctx.work.result("boundaries").get("adopted", True)
+    baseline = selection_score(load_checkpoint(model).get("metrics", {}))
+    result, verdict = _train_result(train(_train_config(ctx, tuned, lr=FINETUNE_LR, init_from=str(model),
+                                                        boundaries_from=str(edges) if use_edges else None)),
+                                    baseline, "model")
+    if not verdict.adopted:
+        keep_previous(model, tuned)
+        _log(f"the fine-tune is not kept: {verdict.why}; the bundle carries the model stage's model")
+    return result
 
 
-def _train_result(best: Path) -> dict[str, Any]:
+def _train_result(best: Path, baseline: float | None = None, baseline_name: str = "") -> tuple[dict[str, Any],
+                                                                                                 Verdict]:
     from lmae_sdk.checkpoint import load_checkpoint
 
-    ck = load_checkpoint(best)
-    m = ck.get("metrics", {})
-    history = json.loads(Path(str(best.with_suffix("")) + ".log.json").read_text())
-    return {"best_epoch": m.get("epoch"), "epochs": len(history),
+    m = load_checkpoint(best).get("metrics", {})
+    history = training_log(best)
+    verdict = judge_training(history, selection_score(m), baseline, baseline_name)
+    return {"best_epoch": m.get("epoch"), "epochs": len(history), "steps": sum(r.get("steps", 0) for r in history),
             "val_pa_miou_random": m.get("val_random", {}).get("pa_miou"),
             "val_pa_miou_objects": m.get("val_objects", {}).get("pa_miou"),
-            "val_images": VAL_IMAGES_WHILE_TRAINING}
+            "val_images": VAL_IMAGES_WHILE_TRAINING, **verdict.record()}, verdict
 
 
 def _boundaries(ctx: StageContext) -> dict[str, Any]:
@@ -101,7 +128,7 @@ def _boundaries(ctx: StageContext) -> dict[str, Any]:
     from lmae_sdk.checkpoint import make_checkpoint, save_checkpoint
     from lmae_sdk.datasets import load_dataset
     from lmae_sdk.model import LMAE, make_config
-    from lmae_sdk.training.boundary_fit import fit_boundaries
+    from lmae_sdk.training.boundary_fit import DEFAULT_WEIGHT_GRID, fit_boundaries
 
     stub = ctx.work.file("boundaries.stub.pt")  # carries the configuration the net is fitted for
     if not stub.is_file():
@@ -113,34 +140,48 @@ def _boundaries(ctx: StageContext) -> dict[str, Any]:
                                         unknown_threshold=0.5, background_index=info.background_index), stub)
     tune = min(TUNE_IMAGES, int(ctx.facts["train"]))
     # the step-cost grid after training: 14 geodesic fills and one flip-averaged map per tuning image
-    tune_min = tune * 0.4 * ctx.pixels / 60
+    tune_min = tune * (ctx.timings.boundary_s + len(DEFAULT_WEIGHT_GRID) * ctx.timings.prepare_s) / 60
     minutes = max(0.25, 0.98 * ctx.stage.minutes - tune_min - (time.time() - ctx.started) / 60)
     fit = fit_boundaries(stub, ctx.options.data, ctx.work.artifact("boundaries"), minutes=minutes,
                          tune_images=tune, seed=ctx.options.seed, threads=ctx.stage.threads, flip_average=True,
                          resume_path=ctx.work.file("boundaries.state.pt"), log=_log)
-    return {k: fit[k] for k in ("steps", "train_seconds", "fill_colour_only", "fill_with_boundaries")}
+    verdict = judge_boundaries(fit)
+    if not verdict.adopted:
+        _log(f"the boundary net is not used: {verdict.why}; the fine-tune goes on without it")
+    return {**{k: fit[k] for k in ("steps", "train_seconds", "fill_colour_only", "fill_with_boundaries")},
+            **verdict.record()}
 
 
 def _fusion(ctx: StageContext) -> dict[str, Any]:
     from lmae_sdk.training.fusion_fit import fit_fusion
 
-    # about half the share samples pixels; the MLP trains for the rest of it
-    per_image_s = FUSION_SAMPLE_S_PER_IMAGE * ctx.pixels / min(ctx.stage.threads, 2)
-    images = int(min(ctx.facts["train"], max(24, 0.5 * ctx.stage.minutes * 60 / per_image_s)))
-    info = fit_fusion(ctx.work.artifact("finetune"), ctx.options.data, ctx.work.artifact("fusion"), images=images,
-                      steps=FUSION_MAX_MLP_STEPS, minutes=0.95 * ctx.stage.minutes, seed=ctx.options.seed,
-                      threads=ctx.stage.threads, log=_log)
-    return {"images": images, "pixels": info["pixels"], "steps": info["steps"], "fit_loss": info["fit_loss"],
-            "fit_pixel_acc": info["fit_pixel_acc"]}
+    # at most half the share samples pixels (the time as measured before the plan, and a deadline
+    # besides); the MLP trains for the rest of it
+    images = int(min(ctx.facts["train"], max(16, 0.5 * ctx.minutes * 60 / ctx.timings.collect_s)))
+    tuned, fused = ctx.work.artifact("finetune"), ctx.work.artifact("fusion")
+    info = fit_fusion(tuned, ctx.options.data, fused, images=images, steps=FUSION_MAX_MLP_STEPS,
+                      minutes=max(0.95 * ctx.minutes, 1e-3), collect_minutes=max(0.5 * ctx.minutes, 1e-3),
+                      seed=ctx.options.seed, threads=ctx.stage.threads, log=_log)
+    verdict = judge_fusion(info)
+    if not verdict.adopted:
+        keep_previous(tuned, fused)
+        _log(f"pixel fusion is not stored: {verdict.why}; the bundle finishes with the argmax")
+    return {"images": info["images"], "pixels": info["pixels"], "steps": info["steps"], "fit_loss": info["fit_loss"],
+            "fit_pixel_acc": info["fit_pixel_acc"], **verdict.record()}
 
 
 def _calibrate(ctx: StageContext) -> dict[str, Any]:
     from lmae_sdk.training.calibrate import calibrate
 
+    from lmae_sdk.recipe.card_eval import CARD_PROTOCOLS
+
     out = calibrate(ctx.work.artifact("fusion"), ctx.options.data, ctx.work.artifact("calibrate"),
-                    thresholds=(0.5, 0.75), limit=min(int(ctx.facts["val"]), 100), threads=ctx.stage.threads,
-                    log=_log)
-    return {"unknown_threshold": out["chosen"]["unknown_threshold"], "val_pa_miou": out["chosen"]["pa_miou"]}
+                    thresholds=CALIBRATE_THRESHOLDS, limit=min(int(ctx.facts["val"]), CALIBRATE_IMAGES),
+                    rule_settings=CARD_PROTOCOLS, rule_limit=RULE_IMAGES, threads=ctx.stage.threads, log=_log)
+    rule = out["finishing_rule"]
+    return {"unknown_threshold": out["chosen"]["unknown_threshold"], "val_pa_miou": out["chosen"]["pa_miou"],
+            "finishing_rule": out["chosen"]["finishing_rule"], "finishing_rule_why": rule["why"] if rule else
+            "no pixel fusion to compare: the argmax"}
 
 
 def _export(ctx: StageContext) -> dict[str, Any]:
@@ -191,9 +232,7 @@ def _card(ctx: StageContext) -> dict[str, Any]:
     return score_bundle(ctx, log=_log)
 
 
-STAGES: dict[str, Callable[[StageContext], dict[str, Any]]] = {
-    "model": _model, "boundaries": _boundaries, "finetune": _finetune, "fusion": _fusion,
-    "calibrate": _calibrate, "export": _export, "verify": _verify, "card": _card}
+STAGES: dict[str, Callable[[StageContext], dict[str, Any]]] = {d.name: globals()[d.function] for d in RECIPE}
 
 
 def _log(msg: str) -> None:
@@ -209,5 +248,24 @@ def run_stage(stage: str, work: str | Path) -> dict[str, Any]:
     return result
 
 
+def die_with_parent(parent: int) -> None:
+    """Linux: this process gets SIGKILL when the runner that started it dies (set here, in the
+    child, not by a ``preexec_fn`` in the runner, which is unsafe once the runner has threads)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the runner died before the signal was set
+        os._exit(1)
+
+
 if __name__ == "__main__":
-    run_stage(sys.argv[1], sys.argv[2])
+    if os.environ.get("LMAE_FIT_RUNNER"):
+        die_with_parent(int(os.environ["LMAE_FIT_RUNNER"]))
+    try:
+        run_stage(sys.argv[1], sys.argv[2])
+    except StageError as e:
+        print(f"stage failed: {e}", flush=True)
+        sys.exit(STAGE_FAILED)

@@ -13,17 +13,15 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lmae_sdk.labels import atomic_write_bytes
+from lmae_sdk.recipe.definition import definition
 
 RECORD = "fit.json"
 FORMAT = "lmae-fit"
-VERSION = 1
+VERSION = 2  # 2: the plan records the timings measured before it
 
-# each stage's artifact in the work folder (a folder for the bundle)
-ARTIFACTS = {"model": "model.pt", "boundaries": "boundaries.pt", "finetune": "tuned.pt", "fusion": "fused.pt",
-             "calibrate": "calibrated.pt", "export": "bundle", "verify": "verify.json", "card": "bundle/card.json"}
 
 
 class FitStateError(ValueError):
@@ -47,15 +45,16 @@ class WorkFolder:
         self.record: dict[str, Any] = {}
 
     def artifact(self, stage: str) -> Path:
-        return self.path / ARTIFACTS[stage]
+        return self.path / definition(stage).artifact
 
     def file(self, name: str) -> Path:
         return self.path / name
 
     # -------------------------------------------------------------------- record
-    def open(self, options: dict[str, Any], fingerprint: str, plan: dict[str, Any], restart: bool) -> bool:
+    def open(self, options: dict[str, Any], fingerprint: str, plan: Callable[[], dict[str, Any]] | dict[str, Any],
+             restart: bool) -> bool:
         """Start or continue the fit in this folder; True when it continues an earlier run
-        (the folder holds this fit's record)."""
+        (the folder holds this fit's record).  ``plan`` is called only to start a new fit."""
         record_path = self.path / RECORD
         if self.path.exists() and not self.path.is_dir():
             raise FitStateError(f"--work {self.path}: exists and is not a folder")
@@ -67,9 +66,11 @@ class WorkFolder:
         if record_path.is_file():
             try:
                 old = json.loads(record_path.read_text())
-                assert old.get("format") == FORMAT and old.get("version") == VERSION
-            except (OSError, ValueError, AssertionError):
-                raise FitStateError(f"{record_path}: not an lmae fit record; use another --work folder") from None
+            except (OSError, ValueError):
+                old = None
+            if not isinstance(old, dict) or old.get("format") != FORMAT or old.get("version") != VERSION:
+                raise FitStateError(f"{record_path}: not an lmae fit record of this lmae-sdk (format {FORMAT} "
+                                    f"version {VERSION}); use another --work folder, or --restart")
             diffs = [f"options.{k}: {old['options'].get(k, '(unset)')} -> {options.get(k, '(unset)')}"
                      for k in sorted(set(old["options"]) | set(options))
                      if old["options"].get(k, "(unset)") != options.get(k, "(unset)")]
@@ -82,6 +83,7 @@ class WorkFolder:
             return True
         if self.path.is_dir() and any(self.path.iterdir()):
             raise FitStateError(f"--work {self.path}: holds files but no {RECORD}; use an empty or new folder")
+        plan = plan() if callable(plan) else plan
         self.path.mkdir(parents=True, exist_ok=True)
         self.record = {"format": FORMAT, "version": VERSION, "options": options, "data_fingerprint": fingerprint,
                        "plan": plan, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stages": {}}
