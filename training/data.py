@@ -52,6 +52,24 @@ class SampleSpec:
     background_index: int | None = None
 
 
+MIN_HIDDEN_SHARE = 0.1  # of a partial label's known pixels, at least this share is hidden
+
+
+def known_share_to_hide(lab: np.ndarray, unknown_range: tuple[float, float], rng: np.random.Generator) -> float:
+    """The share of ``lab``'s known pixels to hide so that its unknown share, natural holes
+    included, is drawn uniformly from ``unknown_range`` (raised to the natural share plus
+    ``MIN_HIDDEN_SHARE`` of the rest where the label already lacks more).  A complete label
+    hides a uniform draw from the range; a label with half its pixels unknown is topped up to
+    the same range, so the model meets the unknown shares the runtime will, not half again
+    on top of its natural holes."""
+    natural = float(np.count_nonzero(lab == UNKNOWN)) / max(lab.size, 1)
+    if natural >= 1.0:
+        return 0.0
+    low = max(unknown_range[0], natural + MIN_HIDDEN_SHARE * (1 - natural))
+    total = float(rng.uniform(low, max(unknown_range[1], low)))
+    return (total - natural) / (1 - natural)
+
+
 def make_sample(img: np.ndarray, lab: np.ndarray, cfg: LMAEConfig, spec: SampleSpec, mask_ratio: float,
                 rng: np.random.Generator, boundary: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """``boundary``: the image's class-boundary map (2, H, W), cropped and flipped with it
@@ -76,7 +94,7 @@ def make_sample(img: np.ndarray, lab: np.ndarray, cfg: LMAEConfig, spec: SampleS
         p = np.asarray([mix[k] for k in kinds], np.float64)
         kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
         patch = int(rng.choice([12, 16, 24, 32, 48, 64]) * ch / h)
-        partial = degrade(lab, float(rng.uniform(*spec.hole_ratio)), kind, rng, patch=max(patch, 4),
+        partial = degrade(lab, known_share_to_hide(lab, spec.hole_ratio, rng), kind, rng, patch=max(patch, 4),
                           background_index=spec.background_index)
     else:
         partial = lab
