@@ -2,8 +2,10 @@
 
 Supported: folder pairs ``ROOT/{split}/{images,labels}`` (same stem, optional
 ``classes.json``), Pascal VOC (``JPEGImages``, ``SegmentationClass``,
-``ImageSets/Segmentation/{split}.txt``) and Cityscapes (``leftImg8bit/{split}``,
-``gtFine/{split}/*_labelTrainIds.png``).  255 = void / unknown everywhere.
+``ImageSets/Segmentation/{split}.txt``), Cityscapes (``leftImg8bit/{split}``,
+``gtFine/{split}/*_labelTrainIds.png``) and splits given as annotation-tool exports
+(``coco``, ``cvat``, ``labelstudio``: :mod:`lmae_sdk.formats.dataset`, converted once into
+label PNGs in a cache folder).  255 = void / unknown everywhere.
 """
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "
                       "bicycle"]
 
 
+LAYOUTS = ("folder", "voc", "cityscapes", "coco", "cvat", "labelstudio")  # --layout (and auto)
+
+
 class DatasetError(ValueError):
     pass
 
@@ -33,6 +38,7 @@ class DatasetInfo:
     palette: list[list[int]] | None = None
     background_index: int | None = None  # the class named background (VOC: 0), else None
     pairs: dict[str, list[tuple[Path, Path]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # rules a reader applied, e.g. "train: 3 unannotated"
 
     @property
     def num_classes(self) -> int:
@@ -112,11 +118,27 @@ def read_classes_json(path: Path) -> tuple[list[str], list[list[int]] | None]:
     return names, palette
 
 
-def load_dataset(root: str | Path, splits: tuple[str, ...] = ("train", "val"), layout: str = "auto") -> DatasetInfo:
+def dataset_layout(root: Path) -> str:
+    """``--layout auto``: an annotation export in ``ROOT/train`` (COCO or Label Studio JSON,
+    CVAT ``labelmap.txt``) names its format; otherwise :func:`detect_layout`."""
+    from .formats.dataset import split_format
+
+    return split_format(root / "train") or detect_layout(root)
+
+
+def load_dataset(root: str | Path, splits: tuple[str, ...] = ("train", "val"), layout: str = "auto",
+                 cache_dir: str | Path | None = None) -> DatasetInfo:
+    """The dataset at ``root`` in ``layout`` (auto: :func:`dataset_layout`).  ``cache_dir``:
+    where splits given as annotation exports are converted to label PNGs (default:
+    :func:`lmae_sdk.formats.dataset.default_cache_dir`)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder not found")
-    layout = detect_layout(root) if layout == "auto" else layout
+    layout = dataset_layout(root) if layout == "auto" else layout
+    if layout in ("coco", "cvat", "labelstudio"):
+        from .formats.dataset import load_export_dataset
+
+        return load_export_dataset(root, splits, layout, None if cache_dir is None else Path(cache_dir))
     if layout == "folder":
         names, palette = None, None
         cj = root / "classes.json"
@@ -162,4 +184,4 @@ def load_dataset(root: str | Path, splits: tuple[str, ...] = ("train", "val"), l
                 raise DatasetError(f"{idir}: no images")
             info.pairs[s] = pairs
         return info
-    raise DatasetError(f"unknown dataset layout {layout!r}")
+    raise DatasetError(f"unknown dataset layout {layout!r}; expected one of {list(LAYOUTS)} or 'auto'")

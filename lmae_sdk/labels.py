@@ -35,13 +35,36 @@ def label_files(folder: str | os.PathLike) -> list[Path]:
                   if p.is_file() and p.suffix.lower() == ".png" and not p.name.startswith("."))
 
 
+def images_by_stem(folder: str | os.PathLike) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """({stem: image path} of the stems that one image of ``folder`` has, {stem: its files}
+    of the stems that several images share, e.g. ``a.png`` and ``a.jpg``): a pairing by stem
+    must not pick one of those silently.  Hidden files (e.g. temp files) are not images."""
+    from .inputs import ambiguous_stems
+
+    shared = ambiguous_stems(folder, IMAGE_EXTS)
+    single = {p.stem: p for p in sorted(Path(folder).iterdir())
+              if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")
+              and p.stem not in shared}
+    return single, shared
+
+
+def clash_error(folder: str | os.PathLike, shared: dict[str, list[Path]], what: str) -> InputError:
+    """The error of stems that several files of ``folder`` share: the first stem with every
+    one of its files, and how many more stems are like it."""
+    from .inputs import stem_clash
+
+    stem, files = next(iter(shared.items()))
+    more = f" ({len(shared) - 1} more stems like it)" if len(shared) > 1 else ""
+    return InputError(folder, stem_clash(stem, files, what) + more)
+
+
 def image_files(folder: str | os.PathLike) -> dict[str, Path]:
-    """{stem: image path} of a folder's images; with several files of one stem, the first by name."""
-    by_stem: dict[str, Path] = {}
-    for p in sorted(Path(folder).iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."):
-            by_stem.setdefault(p.stem, p)
-    return by_stem
+    """{stem: image path} of a folder's images; an :class:`InputError` naming the files when
+    several images share a stem (which one a label means would be a guess)."""
+    single, shared = images_by_stem(folder)
+    if shared:
+        raise clash_error(folder, shared, "images")
+    return single
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

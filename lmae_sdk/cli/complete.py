@@ -10,8 +10,9 @@ import click
 
 from lmae_sdk.card import CardError, card_line, card_warning, read_card
 from lmae_sdk.cli.batch import BatchSummary, pair_folders, start_run, writable_folder
+from lmae_sdk.cli.complete_export import LABEL_FORMATS, complete_export, labels_format
 from lmae_sdk.cli.options import fraction, refuse_out_inside
-from lmae_sdk.inputs import ambiguous_stems, stem_clash, unknown_index_problem
+from lmae_sdk.inputs import unknown_index_problem
 from lmae_sdk.run_record import RunRecord, Start, remove_stray_temps
 from lmae_sdk.runtime.backends import BACKENDS
 
@@ -78,8 +79,11 @@ def run_record(completer, model_path: Path, inputs: dict[str, str], min_confiden
 @click.option("--model", "model_path", required=True, type=click.Path(exists=True),
               help="a bundle folder (manifest.json) or a .pt checkpoint")
 @click.option("--images", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--labels", "labels_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="partial labels (PNG, unknown = --unknown-index)")
+@click.option("--labels", "labels_dir", required=True, type=click.Path(exists=True),
+              help="partial labels: a folder of PNGs (unknown = --unknown-index), or an annotation export (COCO "
+                   "JSON, CVAT mask folder, Label Studio JSON)")
+@click.option("--format", "label_format", default="auto", show_default=True, type=click.Choice(LABEL_FORMATS),
+              help="of --labels (auto: a folder of PNGs is 'folder', else detected); --out gets the same format")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(BACKENDS))
 @click.option("--device", default=None, help="cpu | cuda | cuda:N (default: what the backend picks)")
@@ -107,11 +111,13 @@ def run_record(completer, model_path: Path, inputs: dict[str, str], min_confiden
 @click.option("--overwrite", is_flag=True,
               help="redo every file in --out (another model's or options' outputs too) and rewrite its run record")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def complete(model_path: str, images: str, labels_dir: str, out: str, backend: str, device: str | None,
-             precision: str | None, batch_size: int, threads: int, workers: int, lanes: int, unknown_index: int,
-             confidence_dir: str | None, min_confidence: float, mask_ratios: str | None, tile: bool, no_fusion: bool,
-             review: bool, review_below: float, overwrite: bool, quiet: bool) -> None:
-    """Fill the unknown pixels of every partial label in --labels; one PNG each in --out.
+def complete(model_path: str, images: str, labels_dir: str, label_format: str, out: str, backend: str,
+             device: str | None, precision: str | None, batch_size: int, threads: int, workers: int, lanes: int,
+             unknown_index: int, confidence_dir: str | None, min_confidence: float, mask_ratios: str | None,
+             tile: bool, no_fusion: bool, review: bool, review_below: float, overwrite: bool, quiet: bool) -> None:
+    """Fill the unknown pixels of every partial label in --labels; one PNG each in --out (for
+    an annotation export, the completions in its format: OUT/instances.json, the CVAT layout,
+    OUT/predictions.json; written once at the end, a rerun redoes an unfinished export).
 
     --out keeps a run record (.lmae-run.json: inputs, model sha256, the options that change
     the labels): a rerun resumes only the same run (only missing labels are made) and refuses
@@ -129,6 +135,9 @@ def complete(model_path: str, images: str, labels_dir: str, out: str, backend: s
     from lmae_sdk.runtime.backends import BackendError
     from lmae_sdk.runtime import LMAECompleter, keep_freed_memory
 
+    fmt = labels_format(Path(labels_dir), label_format)
+    if fmt != "folder":  # an annotation-tool export in and out: lmae_sdk/cli/complete_export.py
+        return complete_export(fmt, click.get_current_context().params)
     keep_freed_memory()  # this process only: freed multi-MB arrays are reused, not faulted in again
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     src_img, src_lab, dst = Path(images).resolve(), Path(labels_dir).resolve(), Path(out).resolve()
@@ -147,14 +156,11 @@ def complete(model_path: str, images: str, labels_dir: str, out: str, backend: s
         raise click.BadParameter(f"{mask_ratios!r}: expected ratios like 0.5,0.7", param_hint="--mask-ratios") \
             from None
     check_unknown_index(Path(model_path), unknown_index)
-    inputs = pair_folders(src_img, src_lab)
-    if not inputs.pairs and not inputs.labels_without_image:
+    # a stem that two images (or two labels, a.png and a.PNG) share: that label fails, naming the files
+    inputs = pair_folders(src_img, src_lab, clashes="report")
+    if not inputs.pairs and not inputs.labels_without_image and not inputs.clashes:
         raise click.ClickException(f"no partial labels (*.png) in {src_lab}")
-    # a stem that two images (or two labels, a.png and a.PNG) share: which file is meant is a guess
-    clashes = {stem: stem_clash(stem, files, "images") for stem, files in ambiguous_stems(src_img).items()}
-    clashes.update({stem: stem_clash(stem, files, "partial labels")
-                    for stem, files in ambiguous_stems(src_lab, (".png",)).items()})
-    pairs = [p for p in inputs.pairs if p[2] not in clashes]
+    pairs = inputs.pairs
     writable_folder(dst, "--out")
     if conf_dst is not None:
         writable_folder(conf_dst, "--confidence-dir")
@@ -163,9 +169,8 @@ def complete(model_path: str, images: str, labels_dir: str, out: str, backend: s
     for lab in inputs.labels_without_image:
         summary.fail(lab.name, f"{lab}: no image named {lab.stem}.* in {src_img}")
     summary.quiet_failures |= {lab.name for lab in inputs.labels_without_image}  # the note names them
-    for _, lab, stem in inputs.pairs:
-        if stem in clashes:
-            summary.fail(lab.name, f"{lab}: {clashes[stem]}")
+    for lab, why in inputs.clashes.items():
+        summary.fail(lab.name, f"{lab}: {why}")
     summary.note_unmatched(inputs.labels_without_image, f"labels without an image in {src_img}",
                            f"label without an image in {src_img}")
     summary.note_unmatched(inputs.images_without_label, f"images without a partial label in {src_lab}",
@@ -206,7 +211,7 @@ def complete(model_path: str, images: str, labels_dir: str, out: str, backend: s
             {"images": str(src_img), "labels": str(src_lab), "out": str(dst),
              "confidence_dir": str(conf_dst) if conf_dst else None}, unknown_index))
         partial_files = {stem: lab for _, lab, stem in pairs}
-    stray = sum(remove_stray_temps(f) for f in folders)
+    stray = sum(remove_stray_temps(f) for f in [*folders, dst / RECORDS])
 
     todo = []
     for img, lab, stem in pairs:

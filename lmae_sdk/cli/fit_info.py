@@ -7,6 +7,7 @@ import re
 import click
 
 from lmae_sdk.cli.options import require_torch
+from lmae_sdk.datasets import LAYOUTS
 
 
 def parse_budget(value: str) -> float:
@@ -31,7 +32,8 @@ def parse_budget(value: str) -> float:
 @click.option("--work", default=None, help="work folder for the stages' artifacts and logs (default: OUT.work)")
 @click.option("--restart", is_flag=True, help="empty the work folder and start over (needed after changing an option)")
 @click.option("--preset", default="small", show_default=True, type=click.Choice(["tiny", "small", "base"]))
-@click.option("--layout", default="auto", show_default=True, type=click.Choice(["auto", "folder", "voc", "cityscapes"]))
+@click.option("--layout", default="auto", show_default=True, type=click.Choice(["auto", *LAYOUTS]),
+              help="how --data is laid out (README: Dataset layouts); auto detects it")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", default=0, type=int, help="CPU cores to use (0 = every core this process may use)")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),

@@ -9,20 +9,23 @@ from typing import Callable
 import click
 
 from lmae_sdk.cli.options import parse_mix, parse_ratios, parse_settings, parse_size, require_torch
+from lmae_sdk.datasets import LAYOUTS
 from lmae_sdk.degrade import DEGRADE_STRATEGIES
 
 
 def reports_checkpoint_errors(command: Callable) -> Callable:
-    """Without torch, the command says which extra to install; a refused checkpoint ends it
-    with its one-line message (the file and why)."""
+    """Without torch, the command says which extra to install; a refused checkpoint or a
+    dataset that cannot be read (e.g. an export whose category is not a class) ends it with
+    its one-line message (the file and why)."""
     @functools.wraps(command)
     def run(*args, **kwargs):
         require_torch(f"lmae {command.__name__.replace('_', '-')}")
         from lmae_sdk.checkpoint import CheckpointError
+        from lmae_sdk.datasets import DatasetError
 
         try:
             return command(*args, **kwargs)
-        except CheckpointError as e:
+        except (CheckpointError, DatasetError) as e:
             raise click.ClickException(str(e)) from None
     return run
 
@@ -70,7 +73,8 @@ def reports_checkpoint_errors(command: Callable) -> Callable:
 @click.option("--val-limit", default=0, type=int, help="validate on the first N val pairs (0 = all)")
 @click.option("--val-every", default=1, type=int)
 @click.option("--resume", is_flag=True, help="continue from <out>.last.pt")
-@click.option("--layout", default="auto", type=click.Choice(["auto", "folder", "voc", "cityscapes"]))
+@click.option("--layout", default="auto", show_default=True, type=click.Choice(["auto", *LAYOUTS]),
+              help="how --data is laid out (README: Dataset layouts); auto detects it")
 @reports_checkpoint_errors
 def train(**kw) -> None:
     """Train one checkpoint per mask ratio (or one over a ratio range)."""

@@ -14,12 +14,18 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..labels import image_files, label_files
+from ..inputs import ambiguous_stems
+from ..labels import clash_error, image_files, label_files
 
 
 def folder_pairs(images: str | os.PathLike, labels: str | os.PathLike) -> list[tuple[Path | None, Path, str]]:
-    """(image path or None when missing, label path, stem) for every label PNG, sorted."""
+    """(image path or None when missing, label path, stem) for every label PNG, sorted.  Two
+    images (or two labels, ``a.png`` and ``a.PNG``) of one stem: an
+    :class:`~lmae_sdk.labels.InputError` naming them, before any pair is made."""
     by_stem = image_files(images)
+    shared_labels = ambiguous_stems(labels, (".png",))
+    if shared_labels:
+        raise clash_error(labels, shared_labels, "labels")
     return [(by_stem.get(lab.stem), lab, lab.stem) for lab in label_files(labels)]
 
 
