@@ -45,18 +45,20 @@ class DatasetInfo:
         return len(self.class_names)
 
 
+def voc_colour(index: int) -> list[int]:
+    """The Pascal VOC palette's colour of ``index`` (its bits spread over r, g and b)."""
+    r = g = b = 0
+    c = index
+    for j in range(8):
+        r |= ((c >> 0) & 1) << (7 - j)
+        g |= ((c >> 1) & 1) << (7 - j)
+        b |= ((c >> 2) & 1) << (7 - j)
+        c >>= 3
+    return [r, g, b]
+
+
 def _voc_palette(n: int = 256) -> list[list[int]]:
-    pal = []
-    for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal.append([r, g, b])
-    return pal
+    return [voc_colour(i) for i in range(n)]
 
 
 def detect_layout(root: Path) -> str:

@@ -49,10 +49,18 @@ def _cell_index(h: int, w: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _grid_scores_mask(label: np.ndarray, ratio: float, patch: int, scores: np.ndarray) -> np.ndarray:
+    """The ``ratio`` of the grid cells that hold a known pixel with the highest ``scores`` (a
+    complete label: of every cell; a partial one: cells that are unknown already are not
+    chosen again, so the ratio is of what is known)."""
     h, w = label.shape
     gh, gw = -(-h // patch), -(-w // patch)
+    scores = scores.reshape(-1)
     n = int(round(ratio * gh * gw))
-    order = np.argsort(-scores.reshape(-1), kind="stable")[:n]
+    if (label == UNKNOWN).any():
+        has_known = _cell_share(label, patch, label != UNKNOWN).reshape(-1) > 0
+        scores = np.where(has_known, scores, -np.inf)
+        n = int(round(ratio * int(has_known.sum())))
+    order = np.argsort(-scores, kind="stable")[:n]
     cell = np.zeros(gh * gw, bool)
     cell[order] = True
     rows, cols = _cell_index(h, w, patch)
@@ -76,7 +84,8 @@ def _most_frequent(label: np.ndarray) -> int:
 
 def degrade(label: np.ndarray, ratio: float, strategy: str = "random", rng: np.random.Generator | None = None,
             patch: int = 32, background_index: int | None = None) -> np.ndarray:
-    """Return a copy of ``label`` with about ``ratio`` of it set to unknown (255).
+    """Return a copy of ``label`` with about ``ratio`` of its known pixels set to unknown (255)
+    (of a complete label: of all of it; a partial label's holes are never chosen again).
 
     random: random grid patches; background / label: patches with most background /
     most non-background pixels first; blocks: a few large rectangles; objects: whole
@@ -107,8 +116,9 @@ def degrade(label: np.ndarray, ratio: float, strategy: str = "random", rng: np.r
         hole = _grid_scores_mask(label, ratio, patch, score)
     elif strategy == "blocks":
         hole = np.zeros((h, w), bool)
-        target = ratio * h * w
-        filled = 0  # hole.sum(), kept up to date block by block
+        known = label != UNKNOWN
+        target = ratio * int(np.count_nonzero(known))  # a share of the known pixels
+        filled = 0  # (hole & known).sum(), kept up to date block by block
         for _ in range(200):
             if filled >= target:
                 break
@@ -118,7 +128,7 @@ def degrade(label: np.ndarray, ratio: float, strategy: str = "random", rng: np.r
             bw = int(np.clip(area / bh, patch, w))
             y, x = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
             block = hole[y: y + bh, x: x + bw]
-            filled += block.size - int(np.count_nonzero(block))
+            filled += int(np.count_nonzero(known[y: y + bh, x: x + bw] & ~block))
             block[...] = True
     elif strategy == "objects":
         hole = _objects_hole(label, ratio, rng)

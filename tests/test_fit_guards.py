@@ -216,7 +216,7 @@ def test_a_bundle_that_loses_to_nearest_fill_is_written_marked_and_fails_the_fit
     assert "--budget 60m or more" in result.output and "Traceback" not in result.output
     card = read_card(out)  # written all the same, and marked
     assert card["gate"] == {"protocol": "random 0.5", "completer": 12.21, "nearest": 48.02, "margin": -35.81,
-                            "passed": False}
+                            "passed": False, "behind_nearest_fill": ["random 0.5"]}
     assert "does not beat nearest-label fill" in (out / "card.md").read_text()
 
 
@@ -270,3 +270,11 @@ def test_complete_warns_when_its_bundle_failed_the_gate(onnx_bundle, tmp_path, s
         assert result.exit_code == 0, result.output
         assert ("does not beat nearest-label fill at random 0.5 holes on its val split (20.00 against 48.00"
                 in result.output) == warned
+
+
+def test_a_card_without_a_score_fails_the_gate_saying_why():
+    from lmae_sdk.recipe.runner import final_gate
+
+    card = {"val": {"protocols": [{"protocol": "random 0.5", "completer": float("nan"), "nearest": float("nan")}]}}
+    gate = final_gate(card)
+    assert gate["passed"] is False and "no val pixel could be scored" in gate["why"]

@@ -20,7 +20,7 @@ SEEDING = "seed + sha256(file stem)"
 @click.option("--labels", "labels_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--ratio", default=0.5, show_default=True, type=click.FloatRange(0.0, 1.0),
-              help="share of each label made unknown")
+              help="share of each label's known pixels made unknown (of a complete label: of all of it)")
 @click.option("--strategy", default="random", show_default=True, type=click.Choice(DEGRADE_STRATEGIES))
 @click.option("--patch", default=32, show_default=True, type=click.IntRange(min=1),
               help="grid patch size in pixels (random, background, label, blocks); a label smaller than the "

@@ -34,6 +34,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from ..datasets import voc_colour
 from ..labels import UNKNOWN
 from .common import (AnnotationExport, Completion, ExportItem, FormatError, FormatWarning, ItemMeta, Written,
                      atomic_folder, check_completion, check_image_size, class_index, find_image,
@@ -204,17 +205,9 @@ def new_colour(class_id: int, taken: Iterable[Sequence[int]]) -> list[int]:
     """A colour no label has: the Pascal VOC colour of the first free index from ``class_id``."""
     taken_set = {tuple(t) for t in taken} | {(0, 0, 0)}
     i = class_id + 1
-    while True:
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        if (r, g, b) not in taken_set:
-            return [r, g, b]
+    while tuple(voc_colour(i)) in taken_set:
         i += 1
+    return voc_colour(i)
 
 
 def _png_rgb(rgb: np.ndarray) -> bytes:

@@ -10,6 +10,7 @@ leaves no stage running; the next run continues after the last finished stage.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -191,9 +192,13 @@ def final_gate(card: dict) -> dict:
     row = next((r for r in card.get("val", {}).get("protocols", []) if r["protocol"] == HEADLINE_PROTOCOL), None)
     if row is None:
         return {"protocol": HEADLINE_PROTOCOL, "passed": False, "why": "the card has no score at this kind of hole"}
+    if not all(isinstance(row[k], (int, float)) and math.isfinite(row[k]) for k in ("completer", "nearest")):
+        return {"protocol": HEADLINE_PROTOCOL, "passed": False,
+                "why": "no val pixel could be scored at this kind of hole (PA-mIoU is not a number)"}
     margin = row["completer"] - row["nearest"]
+    behind = [r["protocol"] for r in card["val"]["protocols"] if r["completer"] <= r["nearest"]]
     return {"protocol": HEADLINE_PROTOCOL, "completer": row["completer"], "nearest": row["nearest"],
-            "margin": round(margin, 2), "passed": bool(margin > 0)}
+            "margin": round(margin, 2), "passed": bool(margin > 0), "behind_nearest_fill": behind}
 
 
 def fit(options: FitOptions, out: str | os.PathLike, work: str | os.PathLike | None = None, restart: bool = False,
@@ -234,6 +239,9 @@ def fit(options: FitOptions, out: str | os.PathLike, work: str | os.PathLike | N
         write_card(bundle, card)
     publish(bundle, out)
     echo(f"bundle: {out} (model card: {out / 'card.md'}); this run took {(time.time() - t0) / 60:.1f} min")
+    if gate is not None and gate.get("behind_nearest_fill"):
+        echo(f"note: on {', '.join(gate['behind_nearest_fill'])} holes the completer does not beat nearest-label "
+             f"fill on val (the card's table); a larger --budget trains it longer")
     if gate is not None and not gate["passed"]:
         lost = (f"{gate['completer']:.2f} against {gate['nearest']:.2f} PA-mIoU ({gate['margin']:+.2f})"
                 if "margin" in gate else gate["why"])
