@@ -28,7 +28,7 @@ import numpy as np
 from ..extras import MissingExtra
 from . import coco_panoptic
 from .common import (AnnotationExport, ClassMasks, Completion, ExportItem, FormatError, FormatWarning, ItemMeta,
-                     Written, atomic_folder, check_completion, check_image_size, class_index, find_image,
+                     Written, atomic_folder, check_completion, check_image_size, class_index, export_file, find_image,
                      json_kind, json_ready, missing_images_error, note_overlap, region_score, write_file)
 
 COCO_OUTPUT = "instances.json"
@@ -178,11 +178,7 @@ def read_coco(annotations: str | os.PathLike, images_dir: str | os.PathLike | No
     folder, else the JSON's folder; ``class_names`` default to the categories' names in id
     order; ``masks_dir`` (panoptic) defaults to the JSON's path without ``.json``.  Every
     listed image must exist (one error names the missing ones)."""
-    path = Path(annotations)
-    if path.is_dir():
-        path = coco_json_in(path)
-    if not path.is_file():
-        raise FormatError(path, "COCO annotation file not found")
+    path = export_file(annotations, coco_json_in, "COCO annotation file")
     doc = _load(path)
     cats = sorted(doc["categories"], key=lambda c: c["id"])
     names = [c["name"] for c in cats]

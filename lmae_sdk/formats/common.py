@@ -13,7 +13,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image
@@ -199,6 +199,17 @@ def check_completion(c: Completion, num_classes: int, where: str) -> np.ndarray:
     if c.score is not None and np.ndim(c.score) != 0 and np.shape(c.score) != label.shape:
         raise FormatError(where, f"confidence {np.shape(c.score)} for image {c.meta.key}; expected {label.shape}")
     return label
+
+
+def export_file(path: str | os.PathLike, json_in: Callable[[Path], Path], what: str) -> Path:
+    """The export's JSON: ``path`` itself, or the one ``json_in`` finds in the folder ``path``;
+    a FormatError naming ``what`` when there is none."""
+    path = Path(path)
+    if path.is_dir():
+        path = json_in(path)
+    if not path.is_file():
+        raise FormatError(path, f"{what} not found")
+    return path
 
 
 def find_image(images_dir: Path, name: str) -> Path | None:

@@ -31,7 +31,7 @@ import numpy as np
 
 from .brush_rle import BrushRLEError, mask_to_rle, rle_to_mask
 from .common import (AnnotationExport, ClassMasks, Completion, ExportItem, FormatError, FormatWarning, ItemMeta,
-                     Written, atomic_folder, check_completion, check_image_size, class_index, find_image,
+                     Written, atomic_folder, check_completion, check_image_size, class_index, export_file, find_image,
                      image_size, json_kind, json_ready, missing_images_error, note_overlap, region_score, write_file)
 
 LS_OUTPUT = "predictions.json"
@@ -160,11 +160,7 @@ def read_labelstudio(export: str | os.PathLike, images_dir: str | os.PathLike | 
     """Read a Label Studio JSON export (the file, or a folder holding one); ``images_dir``
     defaults to the JSON's folder.  Every task's image must be found (one error names the
     missing ones)."""
-    path = Path(export)
-    if path.is_dir():
-        path = labelstudio_json_in(path)
-    if not path.is_file():
-        raise FormatError(path, "Label Studio export not found")
+    path = export_file(export, labelstudio_json_in, "Label Studio export")
     tasks = _load_tasks(path)
     out = LabelStudioExport("labelstudio", path, [])
     out.images_dir = Path(images_dir) if images_dir is not None else path.parent
