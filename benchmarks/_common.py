@@ -71,16 +71,14 @@ def _load_average() -> list[float] | None:
 
 def machine_info(threads: int | None = None) -> dict[str, Any]:
     """CPU model, cores, date, versions; ``load_average`` flags a busy machine."""
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count()
+    from lmae_sdk.cores import usable_cores
+
     return {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "host": platform.node(),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "cpu_affinity": affinity,
+        "cpu_affinity": usable_cores(),
         "threads": threads,
         "load_average_1_5_15": _load_average(),
         "gpu": _gpu(),
@@ -191,9 +189,12 @@ def out_paths(out: str | os.PathLike | None, name: str, smoke: bool) -> tuple[Pa
 def random_checkpoint(path: str | os.PathLike, preset: str = "tiny", num_classes: int = 5,
                       img_size: tuple[int, int] = (64, 96), mask_ratios: Iterable[float] = (0.5,),
                       class_names: list[str] | None = None, seed: int = 0,
-                      boundary_size: tuple[int, int] | None = None, **overrides: Any) -> Path:
+                      boundary_size: tuple[int, int] | None = None, boundary_width: int = 4,
+                      flip_average: bool = False, fusion: bool = False, **overrides: Any) -> Path:
     """A random-weight checkpoint (speed benchmarks and smoke runs need no training);
-    ``boundary_size``: with a random width-4 boundary net at that input size."""
+    ``boundary_size``: with a random boundary net (``boundary_width``, ``flip_average``) at
+    that input size; ``fusion``: with a random hole-aware pixel fusion (64 hidden, what
+    ``lmae fit`` fits): a bundle of this does per image the work of a fitted one."""
     import torch
 
     from lmae_sdk.boundaries import BoundaryNet, BoundarySpec
@@ -210,8 +211,18 @@ def random_checkpoint(path: str | os.PathLike, preset: str = "tiny", num_classes
     ck = make_checkpoint(model, class_names=names, palette=None, mask_ratios=list(mask_ratios),
                          label_resize="soft", unknown_threshold=0.5)
     if boundary_size:
-        ck["boundary_net"] = {**BoundarySpec(4, tuple(boundary_size)).to_dict(),
-                              "state_dict": BoundaryNet(4).state_dict()}
+        ck["boundary_net"] = {**BoundarySpec(boundary_width, tuple(boundary_size), flip_average).to_dict(),
+                              "state_dict": BoundaryNet(boundary_width).state_dict()}
+    if fusion:
+        from lmae_sdk.fusion import FEATURES_BY_VERSION, PixelFusion
+
+        rng = np.random.default_rng(seed)
+        features = FEATURES_BY_VERSION[4 if boundary_size else 1]
+        f = len(features)
+        ck["fusion"] = PixelFusion([(rng.normal(0, 0.5, (f, 64)), rng.normal(0, 0.1, 64)),
+                                    (rng.normal(0, 0.15, (64, 64)), rng.normal(0, 0.1, 64)),
+                                    (rng.normal(0, 0.3, (64, 1)), np.zeros(1))], rng.normal(0, 0.3, num_classes),
+                                   features=features).to_dict()
     save_checkpoint(ck, p)
     return p
 

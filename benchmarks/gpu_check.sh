@@ -5,20 +5,23 @@
 #
 # Install first (a fresh GPU machine):  pip install torch && pip install -e ".[gpu,train,trt,dev]"
 #
-# Four steps, each writing JSON into OUT_DIR:
+# Five steps, each writing JSON into OUT_DIR:
 #   1. export.json      lmae-export of a random-weight `small` checkpoint with --trt --fp16
 #                       (ONNX fp32 + fp16, TensorRT fp32 + fp16 engines, batch up to 64)
 #   2. parity.json      the parity of every engine against torch, from the bundle's manifest
 #   3. throughput.json  benchmarks/throughput.py: torch CUDA, ORT CUDA and TensorRT fp16,
 #                       batch 1 / 16 / 64, end-to-end and engine-only, side by side
 #   4. wiring.json      tests/test_tensorrt_real.py (real tensorrt) and tests/test_tensorrt_wiring.py (the double)
+#   5. bundle_speed_tensorrt.json, bundle_speed_onnxruntime.json: benchmarks/bundle_speed.py on a whole bundle as
+#                       lmae fit makes it (random weights, boundary net, pixel fusion, every graph on TensorRT):
+#                       e2e img/s, the per-stage profile, the host's share and each graph alone
 # On a machine without a CUDA GPU it says which steps it skips and why, and exits 0.
 # A failed step is reported and the others still run; the exit code is 1 when any failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=$(mkdir -p "${1:-benchmarks/results/gpu_check}" && cd "${1:-benchmarks/results/gpu_check}" && pwd)
 PY=${PYTHON:-python}
-STEPS="1 export small --trt --fp16; 2 parity; 3 throughput torch-cuda / ort-cuda / trt-fp16 at batch 1,16,64; 4 wiring test on the real tensorrt"
+STEPS="1 export small --trt --fp16; 2 parity; 3 throughput torch-cuda / ort-cuda / trt-fp16 at batch 1,16,64; 4 wiring test on the real tensorrt; 5 a whole bundle's e2e and profile on tensorrt and ort-cuda"
 
 why_not=$("$PY" - <<'EOF'
 import shutil, subprocess
@@ -34,7 +37,7 @@ else:
 EOF
 )
 if [ -n "$why_not" ]; then
-    echo "gpu_check: skipping all four steps ($STEPS): $why_not"
+    echo "gpu_check: skipping all five steps ($STEPS): $why_not"
     printf '{"skipped": true, "reason": "%s", "steps": "%s"}\n' "$why_not" "$STEPS" > "$OUT/gpu_check.json"
     exit 0
 fi
@@ -101,6 +104,26 @@ if (out / "wiring.xml").is_file():
     real = [r for r in rows if "real" in r["test"]]
     print("wiring on the real tensorrt:", ", ".join(f"{r['test']} {r['result']}" for r in real) or "no such test")
 EOF
+
+# 5. a whole bundle as lmae fit makes it (random weights: the same work per image), e2e, per stage and each
+#    graph, on TensorRT and on ONNX Runtime CUDA: what the host leaves a GPU (the host-bound ceiling)
+step make_recipe_checkpoint "$PY" -c "
+import sys; sys.path.insert(0, '.')
+from benchmarks._common import random_checkpoint
+from lmae_sdk.synthetic import make_synthetic_dataset
+random_checkpoint('$OUT/recipe.pt', preset='small', num_classes=11, img_size=(224, 288), mask_ratios=(0.5,),
+                  boundary_size=(360, 480), boundary_width=16, flip_average=True, fusion=True)
+make_synthetic_dataset('$OUT/recipe_data', n_train=1, n_val=64, size=(360, 480), seed=0)"
+rm -rf "$OUT/recipe_bundle"
+step export_recipe "$PY" -m lmae_sdk.export.cli --ckpt "$OUT/recipe.pt" --out "$OUT/recipe_bundle" --trt --no-verify
+step holes "$PY" -m lmae_sdk.cli degrade --labels "$OUT/recipe_data/val/labels" --out "$OUT/recipe_holes" \
+    --ratio 0.5 --strategy random --seed 0
+for backend in tensorrt "onnxruntime --device cuda"; do
+    name=bundle_speed_$(echo $backend | cut -d' ' -f1)
+    step "$name" "$PY" benchmarks/bundle_speed.py --bundle "$OUT/recipe_bundle" --images "$OUT/recipe_data/val/images" \
+        --labels "$OUT/recipe_holes" --backend $backend --out "$OUT/$name.json"
+    tail -n 16 "$OUT/$name.log"
+done
 
 echo "gpu_check: results in $OUT" $([ $failed = 1 ] && echo "(some steps FAILED)")
 exit $failed

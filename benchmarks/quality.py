@@ -295,6 +295,10 @@ def main(argv=None) -> dict[str, Any]:
         completers = {}
         for m in a.model:
             c = LMAECompleter.load(m, backend=a.backend, threads=max(1, a.threads // max(1, a.lanes)))
+            if c.backend_name == "torch":  # torch's threads are the process's: this benchmark sets them
+                from lmae_sdk.runtime.backends import set_torch_threads
+
+                set_torch_threads(max(1, a.threads // max(1, a.lanes)))
             if c.num_classes != n:
                 raise SystemExit(f"{m}: model has {c.num_classes} classes, the dataset {n}")
             label = Path(m).stem if Path(m).suffix == ".pt" else Path(m).name

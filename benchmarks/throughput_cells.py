@@ -259,7 +259,7 @@ def stage_profile(completer, pairs, out_dir: Path, mask_ratio: float, confidence
     t["engine"] += time.perf_counter() - t0
     for i, lab in enumerate(labs):
         t0 = time.perf_counter()
-        out, conf = finish(logits[i], lab, st, props[i], confidence=confidence)
+        out, conf = finish(logits[i], lab, st, props[i], confidence=confidence, scorer=completer.fusion_scorer)
         t1 = time.perf_counter()
         if confidence:
             atomic_write_bytes(out_dir / f"profile_conf_{i:04d}.png", confidence_png(conf))

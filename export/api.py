@@ -32,9 +32,11 @@ from lmae_sdk.masking import num_masked
 from lmae_sdk.model import LMAEConfig
 from lmae_sdk.pipeline import CompletionSettings, SettingsError
 
+from .aux_engines import build_aux_engine
+from .fusion_graph import export_fusion_graph
 from .graphs import decoder_input_names, encoder_input_names
 from .onnx_export import DEFAULT_OPSET, ExportError, export_boundary_onnx, export_onnx, external_files, op_list
-from .readiness import check_trt_readiness
+from .readiness import check_trt_readiness, write_checked_graph
 from .verify import ort_runners, trt_runners, verify_boundary, verify_engine
 
 PARTS = ("encoder", "decoder")
@@ -85,22 +87,14 @@ def _export_boundary(out: Path, ckpt: dict[str, Any], opset: int, legacy: bool, 
     torch); returns its manifest entry."""
     spec = BoundarySpec.from_dict(ckpt["boundary_net"])
     net = net_from_state(spec, ckpt["boundary_net"]["state_dict"])
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=out))
-    try:
-        f = tmp / BOUNDARY_FILE
+
+    def write(f: Path) -> None:
         log(f"exporting the boundary net ({spec.size[0]}x{spec.size[1]}) -> {f.name}")
         export_boundary_onnx(net, spec, f, opset=opset, dynamo=not legacy)
-        ready = check_trt_readiness(f, lint=lint)
-        if not ready.ok:
-            log(f"warning: {f.name} is not TensorRT-ready: {ready.problems}")
-        parity = verify_boundary(net, spec, f)
-        if not parity["passed"]:
-            raise ExportError(f"{f.name}: ONNX Runtime differs from torch by {parity['max_abs_diff']:.3g} "
-                              f"(> {parity['tolerance']:g})")
-        os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {**_file_entry(out / BOUNDARY_FILE), "inputs": ["image"], "outputs": ["boundary"],
+
+    ready, parity = write_checked_graph(out, BOUNDARY_FILE, write, lambda f: verify_boundary(net, spec, f), lint,
+                                        log, "torch")
+    return {**B.file_entry(out / BOUNDARY_FILE), "inputs": ["image"], "outputs": ["boundary"],
             "readiness": ready.to_dict(), "parity": parity}
 
 
@@ -112,10 +106,6 @@ def _producer(opset: int, legacy: bool, trt_version: str | None = None, gpu: str
         ort_v = None
     return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort_v, "opset": opset,
             "exporter": "legacy" if legacy else "dynamo", "tensorrt": trt_version, "gpu": gpu}
-
-
-def _file_entry(path: Path) -> dict[str, Any]:
-    return {"file": path.name, "sha256": B.sha256_file(path), "bytes": path.stat().st_size}
 
 
 @dataclass(frozen=True)
@@ -201,6 +191,19 @@ def export_bundle(ckpts: list[str | os.PathLike] | str | os.PathLike, out_dir: s
     if shared["boundary"] and not (data_m.get(B.BOUNDARY_GRAPH) and (out / data_m[B.BOUNDARY_GRAPH]["file"]).is_file()):
         data_m[B.BOUNDARY_GRAPH] = _export_boundary(out, loaded[0][1], opset, legacy, lint, log)
         B.write_manifest(out, data_m)
+    fusion_graph = data_m.get(B.FUSION_GRAPH)
+    if shared["fusion"] and not (fusion_graph and (out / fusion_graph["file"]).is_file()
+                                 and fusion_graph.get("fusion_sha256") == B.fusion_sha256(shared["fusion"])):
+        data_m[B.FUSION_GRAPH] = export_fusion_graph(out, shared["fusion"], lint, log)
+        B.write_manifest(out, data_m)
+    if trt:  # the boundary and fusion graphs run on TensorRT too
+        for key in (B.BOUNDARY_GRAPH, B.FUSION_GRAPH):
+            graph = data_m.get(key)
+            built = (graph or {}).get("tensorrt") or {}
+            if graph and not (built.get("onnx_sha256") == graph["sha256"] and (out / built["file"]).is_file()):
+                graph["tensorrt"] = {**build_aux_engine(out, key, graph, max_batch, workspace_gb, log),
+                                     "onnx_sha256": graph["sha256"]}
+                B.write_manifest(out, data_m)
     trt_v = getattr(trt_mod, "__version__", None) if trt_mod else None
     gpu = gpu_name() if trt_mod else None
     producer = _producer(opset, legacy, trt_v, gpu)
@@ -270,7 +273,7 @@ def export_bundle(ckpts: list[str | os.PathLike] | str | os.PathLike, out_dir: s
                 for f in moved:
                     os.replace(f, out / f.name)
                 for part in PARTS:
-                    entry[part] = _file_entry(out / entry[part]["file"])
+                    entry[part] = B.file_entry(out / entry[part]["file"])
                 B.upsert_engine(data_m, entry)
                 B.write_manifest(out, data_m)
                 log(f"wrote {entry['name']}")

@@ -102,6 +102,13 @@ def main(ckpts, out, mask_ratios, opset, legacy, fp16, trt, max_batch, workspace
                    f"max |diff| vs torch {graph['parity']['max_abs_diff']:.2g}); runs on ONNX Runtime for every engine")
         if show_ops:
             click.echo(f"boundary ops: {' '.join(op_list(man.root / graph['file']))}")
+    fusion = man.data.get("fusion_graph")
+    if fusion:
+        click.echo(f"fusion graph {fusion['file']} (pixel fusion's row scoring, {_size(fusion['bytes'])}, "
+                   f"max |diff| vs the host {fusion['parity']['max_abs_diff']:.2g}); runs on ONNX Runtime for every "
+                   f"engine")
+        if show_ops:
+            click.echo(f"fusion ops: {' '.join(op_list(man.root / fusion['file']))}")
     if show_ops:
         for e in exported:
             for part, ops in graph_ops(man.root, e).items():

@@ -36,7 +36,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import onnx
 from onnx import numpy_helper
@@ -258,3 +258,29 @@ def check_trt_readiness(model: str | os.PathLike | onnx.ModelProto, lint: bool =
     else:
         rep.lint = "skipped: disabled"
     return rep
+
+
+def write_checked_graph(out: Path, name: str, write: Callable[[Path], None],
+                        parity: Callable[[Path], dict[str, Any]], lint: bool, log: Callable[[str], None],
+                        reference: str) -> tuple[ReadinessReport, dict[str, Any]]:
+    """A graph file ``name`` written into ``out`` atomically: ``write(path)`` writes it in a
+    temporary folder inside ``out``; its TensorRT readiness is checked (a graph that is not
+    ready is logged) and ``parity(path)`` compares it with ``reference`` (a parity that did
+    not pass fails the export); only then is it moved in.  Returns (readiness, parity)."""
+    from .onnx_export import ExportError  # noqa: PLC0415
+
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=out))
+    try:
+        f = tmp / name
+        write(f)
+        ready = check_trt_readiness(f, lint=lint)
+        if not ready.ok:
+            log(f"warning: {f.name} is not TensorRT-ready: {ready.problems}")
+        checked = parity(f)
+        if not checked["passed"]:
+            raise ExportError(f"{f.name}: ONNX Runtime differs from {reference} by {checked['max_abs_diff']:.3g} "
+                              f"(> {checked['tolerance']:g})")
+        os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ready, checked

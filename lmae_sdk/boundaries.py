@@ -7,7 +7,7 @@ that its right / lower neighbour has another class; the geodesic step cost becom
 (power 1 or 2, tuned on train with the weights).  The net runs at half
 resolution (pixel-unshuffle in, pixel-shuffle out: 2.3 GFLOP at 480x360, a quarter of a
 full-resolution UNet of the same width, still a per-pixel map).  On CamVid val at 50% random
-holes it lifts the geodesic fill alone from 69.42 to 73.64 PA-mIoU (benchmarks/RESULTS.md).
+holes it lifts the geodesic fill alone from 69.42 to 73.64 PA-mIoU (benchmarks/HISTORY.md).
 
 The net is fitted by ``lmae fit-boundaries`` (``training/boundary_fit.py``), stored in the
 checkpoint under ``boundary_net`` and exported as a third graph (``boundary.onnx``, static

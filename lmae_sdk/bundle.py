@@ -42,6 +42,9 @@ SHARED_KEYS = ("class_names", "palette", "image_size", "patch_size", "num_patche
 OPTIONAL_SHARED_KEYS = ("prior_mode", "fusion", "boundary")
 # with "boundary" (the net's spec and weight fingerprint): the graph file, written by export
 BOUNDARY_GRAPH = "boundary_graph"
+# with "fusion": the graph that scores pixel fusion's candidate rows, written by export; a bundle
+# without it (exported before it existed) scores them on the host
+FUSION_GRAPH = "fusion_graph"
 ENGINE_KEYS = ("name", "mask_ratio", "num_visible", "num_patches", "precision", "backend", "encoder", "decoder",
                "inputs", "model_config", "producer")
 
@@ -100,6 +103,17 @@ class Manifest:
         return out
 
 
+def file_entry(path: Path) -> dict[str, Any]:
+    """A graph file's manifest entry: name, sha256 and size."""
+    return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def fusion_sha256(fusion: dict[str, Any]) -> str:
+    """A fingerprint of a pixel fusion's weights and rules (its manifest dict, without ``info``)."""
+    keep = {k: v for k, v in fusion.items() if k != "info"}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
+
+
 def new_manifest(shared: dict[str, Any]) -> dict[str, Any]:
     missing = [k for k in SHARED_KEYS if k not in shared]
     if missing:
@@ -125,15 +139,18 @@ def read_manifest(root: str | os.PathLike, verify_files: bool = True) -> Manifes
     missing = [k for k in SHARED_KEYS + ("engines",) if k not in data and k not in OPTIONAL_SHARED_KEYS]
     if missing:
         raise BundleError(f"{path}: missing keys {missing}")
-    if data.get("boundary"):
-        g = data.get(BOUNDARY_GRAPH)
-        if not g:
-            raise BundleError(f"{path}: the models use a boundary net but the manifest has no {BOUNDARY_GRAPH}")
-        f = root / g["file"]
-        if verify_files and not f.is_file():
-            raise BundleError(f"{path}: boundary graph file {f.name} is missing")
-        if verify_files and g.get("sha256") and sha256_file(f) != g["sha256"]:
-            raise BundleError(f"{path}: boundary graph file {f.name} fails its sha256 check")
+    if data.get("boundary") and not data.get(BOUNDARY_GRAPH):
+        raise BundleError(f"{path}: the models use a boundary net but the manifest has no {BOUNDARY_GRAPH}")
+    for key, what in ((BOUNDARY_GRAPH, "boundary graph"), (FUSION_GRAPH, "fusion graph")):
+        g = data.get(key) or {}
+        for entry, kind in ((g, what), (g.get("tensorrt"), f"{what} TensorRT engine")):
+            if entry and verify_files:
+                _check_file(path, root / entry["file"], entry.get("sha256"), kind)
+    g = data.get(FUSION_GRAPH)
+    if g:
+        if not data.get("fusion") or g.get("fusion_sha256") != fusion_sha256(data["fusion"]):
+            raise BundleError(f"{path}: fusion graph file {g['file']} was made from another pixel fusion than the "
+                              f"manifest's: re-export the bundle")
     for e in data["engines"]:
         miss = [k for k in ENGINE_KEYS if k not in e]
         if miss:
@@ -146,6 +163,13 @@ def read_manifest(root: str | os.PathLike, verify_files: bool = True) -> Manifes
                 if e[part].get("sha256") and sha256_file(f) != e[part]["sha256"]:
                     raise BundleError(f"{path}: engine {e['name']!r}: {part} file {f.name} fails its sha256 check")
     return Manifest(root, data)
+
+
+def _check_file(manifest: Path, f: Path, sha256: str | None, what: str) -> None:
+    if not f.is_file():
+        raise BundleError(f"{manifest}: {what} file {f.name} is missing")
+    if sha256 and sha256_file(f) != sha256:
+        raise BundleError(f"{manifest}: {what} file {f.name} fails its sha256 check")
 
 
 def write_manifest(root: str | os.PathLike, data: dict[str, Any]) -> Path:

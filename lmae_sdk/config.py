@@ -108,7 +108,7 @@ _GEODESIC = dict(prior_mode="geodesic", geodesic_edge_weight=TUNED_EDGE_WEIGHT, 
                  prior_path_cost=True)
 PRESETS: dict[str, dict[str, Any]] = {
     # Ours use the geodesic prior (+2 to +4 PA-mIoU over the Euclidean one on CamVid val,
-    # benchmarks/RESULTS.md) with its parameters tuned on CamVid train, and its path-cost plane;
+    # benchmarks/HISTORY.md) with its parameters tuned on CamVid train, and its path-cost plane;
     # LMAEConfig's own defaults stay those of older checkpoints.
     # CI scale: trains in seconds on synthetic data.
     "tiny": dict(embed_dim=64, depth=2, num_heads=2, decoder_embed_dim=64, decoder_depth=1,

@@ -41,32 +41,35 @@ Near known pixels it learns to trust the copy, deep inside a hole or across stro
 the model.  ``lmae fit-fusion`` fits it on training images (benchmarks/RESULTS.md).  Format
 2 (the hole features without the line votes) was retired: such a fusion is refused with
 what to run to refit it.  Format 3 (without the nearest-fill features) is still read.
-The weights travel in the checkpoint and the bundle manifest as plain lists.
+The weights travel in the checkpoint and the bundle manifest as plain lists.  At completion
+the candidate classes of the pixels to decide become rows, which the bundle's fusion graph
+scores in one batch (:mod:`lmae_sdk.fusion_rows`; the features' compiled kernels:
+:mod:`lmae_sdk.fusion_kernels`).
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
-from .jit import numba_compiled
+from .fusion_kernels import compiled
+from .fusion_rows import (DIST_SCALE, NEAREST_FEATURES, ExtraParts, HostRowScorer, RowScorer, candidate_rows,
+                          decide_rows)
 from .labels import UNKNOWN
-from .upsampling import resize_logits
+from .upsampling import resize_logits, upsampling_taps
 
 FUSION_FEATURES = ("log_prob", "path_cost", "path_cost_gap", "is_nearest", "class_distance", "known_distance")
 HOLE_FEATURES = ("border_share", "border_boundary", "hole_size", "pixel_boundary")
 LINE_FEATURES = ("line_vertical", "line_horizontal")
-NEAREST_FEATURES = ("is_closest", "distance_gap")
 # format version -> features; after the first six: the per-class ones, then the per-pixel ones
 # (format 2, FUSION_FEATURES + HOLE_FEATURES, was retired)
 FEATURES_BY_VERSION = {1: FUSION_FEATURES, 3: FUSION_FEATURES + HOLE_FEATURES[:1] + LINE_FEATURES + HOLE_FEATURES[1:],
                        4: FUSION_FEATURES + HOLE_FEATURES[:1] + LINE_FEATURES + NEAREST_FEATURES + HOLE_FEATURES[1:]}
 _COST_CAP = 1e6  # costs above this (labels.NO_PATH included) read as "no path"
 _COST_SCALE = np.float32(1 / np.log1p(_COST_CAP))
-_DIST_SCALE = np.float32(1 / 6)  # log1p(400 px) ~ 6
+_DIST_SCALE = DIST_SCALE
 
 
 class FusionError(ValueError):
@@ -76,7 +79,14 @@ class FusionError(ValueError):
 def hole_log_probs(logits: np.ndarray, shape: tuple[int, int], idx: np.ndarray) -> np.ndarray:
     """(M, N) log-softmax of the bilinear-upsampled logits at flat pixel indices ``idx``."""
     n = logits.shape[0]
-    up = resize_logits(np.ascontiguousarray(logits, dtype=np.float32), shape).reshape(n, -1)[:, idx].T
+    logits = np.ascontiguousarray(logits, dtype=np.float32)
+    kernel = compiled("hole_log_probs")
+    if kernel is not None and logits.shape[1:] != tuple(shape):
+        out = np.empty((idx.size, n), np.float32)
+        (y0, y1, wy), (x0, x1, wx) = upsampling_taps(logits.shape[1:], tuple(shape))
+        kernel(logits, np.ascontiguousarray(idx, np.int64), shape[1], y0, y1, wy, x0, x1, wx, out)
+        return out
+    up = resize_logits(logits, shape).reshape(n, -1)[:, idx].T
     up -= up.max(1, keepdims=True)
     return up - np.log(np.exp(up).sum(1, keepdims=True))
 
@@ -100,10 +110,10 @@ def class_distances(partial: np.ndarray, idx: np.ndarray, num_classes: int, unkn
     """Euclidean distances (px) at flat indices ``idx``: to the nearest known pixel of each
     class (M, N) (1e4 for a class with no known pixel) and to any known pixel (M,)."""
     per_class = np.full((idx.size, num_classes), 1e4, np.float32)
-    for c in range(num_classes):
-        not_c = (partial != c).astype(np.uint8)
-        if not not_c.all():
-            per_class[:, c] = cv2.distanceTransform(not_c, cv2.DIST_L2, 3).reshape(-1)[idx]
+    present = np.bincount(partial.reshape(-1), minlength=num_classes)[:num_classes] > 0
+    for c in np.flatnonzero(present):
+        not_c = cv2.compare(partial, int(c), cv2.CMP_NE)  # 255 off class c, in one pass
+        per_class[:, c] = cv2.distanceTransform(not_c, cv2.DIST_L2, 3).reshape(-1)[idx]
     unknown_mask = (partial == unknown).astype(np.uint8)
     known = cv2.distanceTransform(unknown_mask, cv2.DIST_L2, 3).reshape(-1)[idx] if not unknown_mask.all() else \
         np.full(idx.size, 1e4, np.float32)
@@ -161,6 +171,11 @@ def line_features(partial: np.ndarray, num_classes: int, idx: np.ndarray, unknow
     the two nearest known pixels straight up and down (0) and left and right (1) that have
     it (no known pixel that way: no vote)."""
     votes = np.zeros((idx.size, num_classes, 2), np.float32)
+    kernel = compiled("line_votes")
+    if kernel is not None:
+        kernel(np.ascontiguousarray(partial), int(unknown), int(num_classes), np.ascontiguousarray(idx, np.int64),
+               votes)
+        return votes
     rows = np.arange(idx.size)
     for axis, view in ((0, partial), (1, partial.T)):
         for flip in (False, True):
@@ -168,15 +183,22 @@ def line_features(partial: np.ndarray, num_classes: int, idx: np.ndarray, unknow
             near = near[::-1] if flip else near
             label = (near if axis == 0 else near.T).reshape(-1)[idx]
             ok = label < num_classes
-            np.add.at(votes, (rows[ok], label[ok].astype(np.int64), axis), 0.5)
+            votes[rows[ok], label[ok], axis] += 0.5  # one label per pixel and direction: no repeated index
     return votes
 
 
-def nearest_features(distances: np.ndarray) -> np.ndarray:
-    """:data:`NEAREST_FEATURES` from the (M, N) Euclidean class distances: (M, N, 2), 1 for
-    the class nearest-label fill copies, and the log distance beyond that class's."""
-    gap = distances - distances.min(1, keepdims=True)
-    return np.stack([gap == 0, np.log1p(gap) * _DIST_SCALE], 2).astype(np.float32)
+def extra_parts(features: tuple[str, ...], partial: np.ndarray, boundary: np.ndarray | None, num_classes: int,
+                idx: np.ndarray, unknown: int = UNKNOWN) -> ExtraParts:
+    """The features after :data:`FUSION_FEATURES` at flat hole indices ``idx``, in parts:
+    the hole and line features (format 3 on) and whether the nearest-fill ones follow
+    (format 4), which :func:`fusion_rows.candidate_rows` computes from the distances."""
+    m = idx.size
+    if len(features) == len(FUSION_FEATURES):
+        return ExtraParts(np.zeros((m, num_classes), np.float32), np.zeros((m, num_classes, 0), np.float32), False,
+                          np.zeros((m, 0), np.float32))
+    share, others = hole_features(partial, boundary, num_classes, idx, unknown)
+    return ExtraParts(share, line_features(partial, num_classes, idx, unknown), NEAREST_FEATURES[0] in features,
+                      others, with_share=True)
 
 
 def extra_features(features: tuple[str, ...], partial: np.ndarray, boundary: np.ndarray | None, num_classes: int,
@@ -185,15 +207,10 @@ def extra_features(features: tuple[str, ...], partial: np.ndarray, boundary: np.
     """The features after :data:`FUSION_FEATURES` at flat hole indices ``idx``: the per-class
     ones (M, N, P) and the per-pixel ones (M, Q), in the order of ``features``
     (``distances``: :func:`class_distances`' per-class ones, computed here if not given)."""
-    if len(features) == len(FUSION_FEATURES):
-        return np.zeros((idx.size, num_classes, 0), np.float32), np.zeros((idx.size, 0), np.float32)
-    share, others = hole_features(partial, boundary, num_classes, idx, unknown)
-    per_class = [share[..., None], line_features(partial, num_classes, idx, unknown)]
-    if NEAREST_FEATURES[0] in features:
-        if distances is None:
-            distances = class_distances(partial, idx, num_classes, unknown)[0]
-        per_class.append(nearest_features(distances))
-    return np.concatenate(per_class, 2), others
+    parts = extra_parts(features, partial, boundary, num_classes, idx, unknown)
+    if parts.nearest and distances is None:
+        distances = class_distances(partial, idx, num_classes, unknown)[0]
+    return parts.class_extra(distances), parts.pixel
 
 
 def features_at(log_probs: np.ndarray, partial: np.ndarray, class_costs: np.ndarray, idx: np.ndarray,
@@ -221,92 +238,6 @@ def features_at(log_probs: np.ndarray, partial: np.ndarray, class_costs: np.ndar
     return feats
 
 
-def _fusion_loops(lp: np.ndarray, cost: np.ndarray, per_class: np.ndarray, known: np.ndarray,
-                  class_extra: np.ndarray, pixel_extra: np.ndarray, w1: np.ndarray,
-                  b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, w3: np.ndarray, b3: float, class_bias: np.ndarray,
-                  min_log_prob: float, cost_cap: float, cost_scale: float, dist_scale: float, pred: np.ndarray,
-                  conf: np.ndarray) -> None:  # pragma: no cover - compiled by numba
-    """:meth:`PixelFusion.scores` + argmax / softmax share for a two-hidden-layer MLP, pixel
-    by pixel, features on the fly, only over candidate classes (see ``_candidates``);
-    ``class_extra`` (M, N, P) / ``pixel_extra`` (M, F - 6 - P): the features after the first
-    six (:func:`extra_features`)."""
-    m, n = lp.shape
-    f, h = w1.shape
-    p = class_extra.shape[2]
-    x = np.empty(f, np.float32)
-    a1 = np.empty(h, np.float32)
-    a2 = np.empty(h, np.float32)
-    score = np.empty(n, np.float32)
-    for i in range(m):
-        best = cost[i, 0]
-        second = np.float32(np.inf)
-        for c in range(1, n):
-            v = cost[i, c]
-            if v < best:
-                second, best = best, v
-            elif v < second:
-                second = v
-        closest = per_class[i, 0]
-        for c in range(1, n):
-            closest = min(closest, per_class[i, c])
-        kd = np.log1p(known[i]) * dist_scale
-        top = np.float32(-np.inf)
-        arg = 0
-        for c in range(n):
-            if lp[i, c] < min_log_prob and cost[i, c] > second and per_class[i, c] > closest:
-                score[c] = -np.inf
-                continue
-            x[0] = lp[i, c]
-            x[1] = np.log1p(min(cost[i, c], cost_cap)) * cost_scale
-            x[2] = np.log1p(min(cost[i, c] - best, cost_cap)) * cost_scale
-            x[3] = 1.0 if cost[i, c] == best else 0.0
-            x[4] = np.log1p(per_class[i, c]) * dist_scale
-            x[5] = kd
-            for e in range(p):
-                x[6 + e] = class_extra[i, c, e]
-            for e in range(f - 6 - p):
-                x[6 + p + e] = pixel_extra[i, e]
-            # rows of the weights are contiguous: accumulate row by row (vectorises)
-            a1[:] = b1
-            for k in range(f):
-                for j in range(h):
-                    a1[j] += x[k] * w1[k, j]
-            a2[:] = b2
-            for k in range(h):
-                if a1[k] > 0:  # ReLU
-                    for j in range(h):
-                        a2[j] += a1[k] * w2[k, j]
-            out = b3
-            for j in range(h):
-                if a2[j] > 0:
-                    out += a2[j] * w3[j]
-            score[c] = out + class_bias[c]
-            if score[c] > top:
-                top, arg = score[c], c
-        total = np.float32(0)
-        for c in range(n):
-            if score[c] > -np.inf:
-                total += np.exp(score[c] - top)
-        pred[i] = arg
-        conf[i] = 1.0 / total
-
-
-@functools.cache
-def _compiled_fusion():
-    # reassociation lets the weight-row loops vectorise; no 'ninf': the kernel relies on -inf
-    return numba_compiled(_fusion_loops, fastmath={"reassoc", "contract"})
-
-
-def _candidates(log_probs: np.ndarray, cost: np.ndarray, distances: np.ndarray, min_log_prob: float) -> np.ndarray:
-    """(M, N) bool: the classes fusion scores at a pixel, those the model gives at least
-    exp(min_log_prob), the two cheapest to copy and the one nearest-label fill copies (the
-    Euclidean ``distances``' nearest).  A speed rule: in a probe on CamVid val the others did
-    not change fusion's PA-mIoU at 5% in any kind of hole, and scoring them was most of its
-    cost."""
-    second = np.partition(cost, 1, axis=1)[:, 1:2] if cost.shape[1] > 1 else cost
-    return (log_probs >= min_log_prob) | (cost <= second) | (distances <= distances.min(1, keepdims=True))
-
-
 @dataclass
 class PixelFusion:
     """A shared per-class MLP over its ``features`` plus a bias per class."""
@@ -315,7 +246,7 @@ class PixelFusion:
     class_bias: np.ndarray  # (N,)
     info: dict[str, Any] | None = None  # how it was fitted (data, settings, loss)
     agree_skip_prob: float = 0.8  # see complete()
-    min_log_prob: float = -3.0  # see _candidates(): classes the model gives >= 5%
+    min_log_prob: float = -3.0  # see fusion_rows.candidate_mask(): classes the model gives >= 5%
     features: tuple[str, ...] = FUSION_FEATURES  # FEATURES_BY_VERSION[format version]
 
     def __post_init__(self) -> None:
@@ -345,23 +276,29 @@ class PixelFusion:
         """Its hole features read the learned class-boundary map."""
         return len(self.features) > len(FUSION_FEATURES)
 
+    def mlp(self, x: np.ndarray) -> np.ndarray:
+        """(R, F) features -> (R,) MLP outputs, without the class bias."""
+        for i, (w, b) in enumerate(self.layers):
+            x = x @ w + b
+            if i < len(self.layers) - 1:
+                np.maximum(x, 0, out=x)
+        return x[:, 0]
+
     def scores(self, feats: np.ndarray) -> np.ndarray:
         """(M, N, F) -> (M, N) class scores (logits)."""
         m, n, f = feats.shape
         if n != self.num_classes:
             raise FusionError(f"fusion fitted for {self.num_classes} classes, got features for {n}")
-        x = feats.reshape(m * n, f)
-        for i, (w, b) in enumerate(self.layers):
-            x = x @ w + b
-            if i < len(self.layers) - 1:
-                np.maximum(x, 0, out=x)
-        return x.reshape(m, n) + self.class_bias
+        return self.mlp(feats.reshape(m * n, f)).reshape(m, n) + self.class_bias
 
     def complete(self, logits: np.ndarray, partial: np.ndarray, class_costs: np.ndarray, unknown: int = UNKNOWN,
-                 boundary: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 boundary: np.ndarray | None = None, scorer: RowScorer | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
         """(completed label (H, W) uint8, confidence (H, W) float32): known pixels kept with
         confidence 1; hole pixels take the best fused class, confidence its softmax share.
         ``boundary`` (2, H, W): the learned map, needed by a fusion with hole features.
+        ``scorer``: what scores the candidate rows (:mod:`lmae_sdk.fusion_rows`): the
+        bundle's fusion graph, or by default :class:`~lmae_sdk.fusion_rows.HostRowScorer`.
 
         Where the model's argmax is the propagated label and the model gives it at least
         ``agree_skip_prob``, that label stands without scoring: a speed rule (at 0.8 fusion
@@ -382,40 +319,28 @@ class PixelFusion:
         model = lp.argmax(1)
         p_model = np.exp(np.take_along_axis(lp, model[:, None], 1)[:, 0])
         distances, known = class_distances(partial, idx, n, unknown)
-        sure = (model == class_costs.reshape(-1, n)[idx].argmin(1)) & (p_model >= self.agree_skip_prob)
+        cost = class_costs.reshape(-1, n)[idx]
+        sure = (model == cost.argmin(1)) & (p_model >= self.agree_skip_prob)
         if NEAREST_FEATURES[0] in self.features:
             sure &= model == distances.argmin(1)
         pred, p = model.astype(np.uint8), p_model.astype(np.float32)
         run = np.flatnonzero(~sure)
         if run.size:
-            pred[run], p[run] = self._decide(lp[run], partial, class_costs, idx[run], distances[run], known[run],
-                                             unknown, boundary)
+            pred[run], p[run] = self._decide(lp[run], partial, cost[run], idx[run], distances[run], known[run],
+                                             unknown, boundary, scorer or HostRowScorer(self))
         out.reshape(-1)[idx] = pred
         conf.reshape(-1)[idx] = p
         return out, conf
 
-    def _decide(self, lp: np.ndarray, partial: np.ndarray, class_costs: np.ndarray, idx: np.ndarray,
-                distances: np.ndarray, known: np.ndarray, unknown: int, boundary: np.ndarray | None
-                ) -> tuple[np.ndarray, np.ndarray]:
+    def _decide(self, lp: np.ndarray, partial: np.ndarray, cost: np.ndarray, idx: np.ndarray,
+                distances: np.ndarray, known: np.ndarray, unknown: int, boundary: np.ndarray | None,
+                scorer: RowScorer) -> tuple[np.ndarray, np.ndarray]:
         """(class (M,), softmax share (M,)) over the candidate classes of pixels ``idx``
-        (``distances``, ``known``: :func:`class_distances` at them)."""
-        n = self.num_classes
-        compiled = _compiled_fusion() if len(self.layers) == 3 else None
-        if compiled is None:  # numpy: every class scored, non-candidates dropped
-            s = self.scores(features_at(lp, partial, class_costs, idx, unknown, boundary, self.features))
-            s[~_candidates(lp, class_costs.reshape(-1, n)[idx], distances, self.min_log_prob)] = -np.inf
-            s -= s.max(1, keepdims=True)
-            return s.argmax(1).astype(np.uint8), (1.0 / np.exp(s).sum(1)).astype(np.float32)
-        class_extra, pixel_extra = extra_features(self.features, partial, boundary, n, idx, unknown,
-                                                  distances=distances)
-        (w1, b1), (w2, b2), (w3, b3) = self.layers
-        pred = np.empty(idx.size, np.uint8)
-        conf = np.empty(idx.size, np.float32)
-        compiled(np.ascontiguousarray(lp), np.ascontiguousarray(class_costs.reshape(-1, n)[idx]), distances, known,
-                 np.ascontiguousarray(class_extra), np.ascontiguousarray(pixel_extra), w1, b1, w2, b2,
-                 np.ascontiguousarray(w3[:, 0]), np.float32(b3[0]), self.class_bias,
-                 np.float32(self.min_log_prob), np.float32(_COST_CAP), _COST_SCALE, _DIST_SCALE, pred, conf)
-        return pred, conf
+        (``cost``: their class costs; ``distances``, ``known``: :func:`class_distances` at them)."""
+        parts = extra_parts(self.features, partial, boundary, self.num_classes, idx, unknown)
+        rows = candidate_rows(lp, cost, distances, known, parts, self.min_log_prob,
+                              (_COST_CAP, _COST_SCALE, _DIST_SCALE))
+        return decide_rows(rows, scorer(rows.features, rows.classes))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists (checkpoint and manifest JSON)."""

@@ -164,7 +164,7 @@ class PatchEmbed(nn.Module):
     Takes the input whole (B, C, H, W) or as its channel groups in order: then each group
     is projected by its slice of the kernel and the projections summed, the same function
     without writing the full-resolution concatenation (the engine 1.08x faster in ONNX
-    Runtime, benchmarks/RESULTS.md)."""
+    Runtime, benchmarks/HISTORY.md)."""
 
     def __init__(self, in_chans: int, dim: int, patch: int) -> None:
         super().__init__()
@@ -176,7 +176,7 @@ class PatchEmbed(nn.Module):
             # in float32 under autocast: torch 2.13's bf16 kernel for a patchify conv (kernel =
             # stride >= 4, an even number of input channels >= 4) returns wrong values on CPUs
             # with AMX (relative error ~1), and a model trained through it fails in float32
-            # (benchmarks/RESULTS.md); it is a small share of the FLOPs
+            # (benchmarks/HISTORY.md); it is a small share of the FLOPs
             with torch.autocast(parts[0].device.type, enabled=False):
                 return conv_over_parts(self.proj, [p.float() for p in parts]).flatten(2).transpose(1, 2)
         return conv_over_parts(self.proj, parts).flatten(2).transpose(1, 2)
@@ -239,7 +239,7 @@ class UNetRefineHead(nn.Module):
         ``up(conv_low(low)) + conv_skip(skip)``: the same function (a 1x1 conv commutes with
         bilinear upsampling), with neither the upsampled ``low`` nor the concatenation ever
         stored at the skip's resolution (the engine 1.12x faster in ONNX Runtime,
-        benchmarks/RESULTS.md)."""
+        benchmarks/HISTORY.md)."""
         conv, c = block[0], low.shape[1]
         conv2d = nn.functional.conv2d
         y = self._up(conv2d(low, conv.weight[:, :c]), skip) + conv2d(skip, conv.weight[:, c:], conv.bias)
@@ -376,7 +376,7 @@ class LMAE(nn.Module):
 
         One 6-D transpose: the pixel shuffle of the (B, N*p*p, gh, gw) map would be a
         token transpose plus a DepthToSpace, two passes over the full-resolution logits (~5%
-        off ONNX Runtime's decoder on one thread: benchmarks/RESULTS.md)."""
+        off ONNX Runtime's decoder on one thread: benchmarks/HISTORY.md)."""
         (gh, gw), p, n = self.cfg.grid, self.cfg.patch_size, self.cfg.num_classes
         x = x.reshape(x.shape[0], gh, gw, n, p, p).permute(0, 3, 1, 4, 2, 5)  # (B, N, gh, p, gw, p)
         return x.reshape(x.shape[0], n, gh * p, gw * p)

@@ -12,8 +12,9 @@
 
 :class:`CompletionSettings` is what decides the labels besides the model: read from a
 checkpoint or a bundle manifest (the same keys), written by ``lmae calibrate``,
-``lmae fit-fusion`` and the export.  The runtime's completer, calibration, training's
-validation, the export's verification and the benchmarks all call these steps.
+``lmae fit-fusion`` and the export.  The runtime (one image's path:
+:class:`lmae_sdk.runtime.image_pipeline.ImagePipeline`), calibration, training's validation,
+the export's verification and the benchmarks all call these steps.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from .config import LMAEConfig
 from .fusion import FusionError, PixelFusion
+from .fusion_rows import RowScorer
 from .labels import LABEL_RESIZE_MODES, UNKNOWN
 from .planes import label_planes, normalize_image, prior_planes
 from .propagation import Propagation, propagate
@@ -179,14 +181,15 @@ def graph_inputs(inputs: list[ModelInputs], plans: list[MaskPlan], stacked: bool
 # ------------------------------------------------------------------ 4. finish
 def finish(logits: np.ndarray, partial: np.ndarray, settings: CompletionSettings,
            propagated: Propagation | None = None, min_confidence: float = 0.0,
-           confidence: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+           confidence: bool = True, scorer: RowScorer | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Model-size logits (N, h, w) -> (completed label (H, W) uint8, confidence (H, W)).
 
     Known pixels keep their label and confidence 1.  Unknown pixels: ``settings.fusion``
     decides (needs ``propagated`` with class costs: ``propagate_for(..., class_costs=True)``),
     else the argmax of the upsampled logits, confidence its softmax probability.  With
     ``min_confidence`` the unreliable ones stay unknown.  ``confidence=False``: the
-    confidence returned is None unless ``min_confidence`` needs it.
+    confidence returned is None unless ``min_confidence`` needs it.  ``scorer``: what scores
+    the fusion's candidate rows (the bundle's fusion graph; default: on the host).
     """
     unknown = settings.unknown_index
     hole = partial == unknown
@@ -196,7 +199,8 @@ def finish(logits: np.ndarray, partial: np.ndarray, settings: CompletionSettings
     if settings.fusion is not None and hole.any() and not hole.all():
         if propagated is None or propagated.class_costs is None:
             raise ValueError("pixel fusion needs the propagation's class costs (propagate_for(..., class_costs=True))")
-        out, conf = settings.fusion.complete(logits, partial, propagated.class_costs, unknown, propagated.boundary)
+        out, conf = settings.fusion.complete(logits, partial, propagated.class_costs, unknown, propagated.boundary,
+                                             scorer)
     elif hole.any():
         if confidence:
             pred, p = upsampled_prediction(logits, partial.shape)

@@ -47,7 +47,7 @@ PRIOR_MODES = ("euclidean", "geodesic")
 
 
 # geodesic step-cost parameters tuned on 80 CamVid TRAIN images at 50% random holes
-# (blur 0 / 0.7 / 1.2 / 2 x edge weight 30 / 100 / 300 / 1000; benchmarks/RESULTS.md)
+# (blur 0 / 0.7 / 1.2 / 2 x edge weight 30 / 100 / 300 / 1000; benchmarks/HISTORY.md)
 TUNED_EDGE_WEIGHT = 1000.0
 TUNED_BLUR = 1.2
 
@@ -193,7 +193,7 @@ def geodesic_propagate(image: np.ndarray, label: np.ndarray, unknown: int = UNKN
     A fast stand-in for random-walker propagation (holes stop at image edges): alternating
     row / column sweeps of a 4-connected geodesic distance transform.  ``backend`` "auto"
     runs them compiled by numba when it is installed (about half of ``prepare``'s cost
-    went with it, benchmarks/RESULTS.md), else vectorised numpy; "numpy" forces the
+    went with it, benchmarks/HISTORY.md), else vectorised numpy; "numpy" forces the
     latter.  ``boundary`` / ``boundary_weight`` / ``boundary_power``: learned class boundaries
     add to the step cost (:func:`_step_costs`).  With no known pixel (or no unknown one) this is
     :func:`nearest_known`.
@@ -219,7 +219,7 @@ def geodesic_nearest(image: np.ndarray, label: np.ndarray, unknown: int = UNKNOW
     On CamVid val with 50% random holes it scores 68.3 PA-mIoU as a completer on its own
     (69.4 with ``edge_weight=1000, blur_sigma=1.2``, tuned on train), against 62.8 for
     Euclidean nearest and 68.0 for scikit-image's random walker at ~2 s
-    (benchmarks/RESULTS.md).
+    (benchmarks/RESULTS.md, section 2; the untuned 68.3: benchmarks/HISTORY.md).
     """
     return geodesic_propagate(image, label, unknown, edge_weight, blur_sigma, rounds, boundary=boundary,
                               boundary_weight=boundary_weight, boundary_power=boundary_power)[0]

@@ -56,10 +56,6 @@ class RouteDecision:
         """Row-major patch indices masked in this pass."""
         return self.plan.ids_mask[0]
 
-    def passes_left(self, max_masked: int) -> int:
-        """Passes still needed, this one included (an estimate when passes are needed)."""
-        return 1 if self.final else int(math.ceil(self.n_must / max(max_masked, 1)))
-
 
 def choose_ratio(n_must: int, ratios: Sequence[float], num_patches: int) -> float | None:
     """Smallest ratio whose masked count covers ``n_must``; None when none does."""

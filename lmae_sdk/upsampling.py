@@ -71,7 +71,9 @@ def _linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 @functools.cache
-def _taps(src: tuple[int, int], dst: tuple[int, int]):
+def upsampling_taps(src: tuple[int, int], dst: tuple[int, int]):
+    """((y0, y1, wy), (x0, x1, wx)): :func:`resize_logits`' bilinear taps from ``src`` (h, w)
+    to ``dst`` (H, W), per destination row and column."""
     return _linear_taps(src[0], dst[0]), _linear_taps(src[1], dst[1])
 
 
@@ -121,7 +123,7 @@ def fill_argmax(logits: np.ndarray, where: np.ndarray, out: np.ndarray) -> None:
         np.copyto(out, pred, where=where)
         return
     logits = np.ascontiguousarray(logits, dtype=np.float32)
-    (y0, y1, wy), (x0, x1, wx) = _taps(logits.shape[1:], where.shape)
+    (y0, y1, wy), (x0, x1, wx) = upsampling_taps(logits.shape[1:], where.shape)
     compiled(logits, class_max(logits)[1], np.ascontiguousarray(where), y0, y1, wy, x0, x1, wx, out)
 
 

@@ -23,15 +23,33 @@ def camvid_or_skip() -> Path:
     return CAMVID
 
 
-def tiny_checkpoint(path: Path, seed: int = 0, mask_ratios=(0.5, 0.75)) -> Path:
-    """A random-weight tiny checkpoint (5 classes, model size 64x96) at ``path``."""
+def tiny_checkpoint(path: Path, seed: int = 0, mask_ratios=(0.5, 0.75), whole_recipe: bool = False) -> Path:
+    """A random-weight tiny checkpoint (5 classes, model size 64x96) at ``path``;
+    ``whole_recipe``: with what ``lmae fit`` adds, a (random) boundary net whose map the
+    geodesic step cost reads and a (random) hole-aware pixel fusion: every graph a bundle
+    can hold."""
+    import numpy as np
+
     from lmae_sdk import LMAE, make_config
+    from lmae_sdk.boundaries import BoundaryNet, BoundarySpec
     from lmae_sdk.checkpoint import make_checkpoint, save_checkpoint
+    from lmae_sdk.fusion import FEATURES_BY_VERSION, PixelFusion
 
     torch.manual_seed(seed)
-    m = LMAE(make_config("tiny", 5, img_size=(64, 96)))
-    save_checkpoint(make_checkpoint(m, class_names=list("abcde"), palette=None, mask_ratios=list(mask_ratios),
-                                    label_resize="soft", unknown_threshold=0.5), path)
+    extra = {"geodesic_boundary_weight": 300.0} if whole_recipe else {}
+    m = LMAE(make_config("tiny", 5, img_size=(64, 96), **extra))
+    ck = make_checkpoint(m, class_names=list("abcde"), palette=None, mask_ratios=list(mask_ratios),
+                         label_resize="soft", unknown_threshold=0.5)
+    if whole_recipe:
+        ck["boundary_net"] = {**BoundarySpec(4, (64, 96), flip_average=True).to_dict(),
+                              "state_dict": BoundaryNet(4).state_dict()}
+        rng = np.random.default_rng(seed)
+        f = len(FEATURES_BY_VERSION[4])
+        ck["fusion"] = PixelFusion([(rng.normal(0, 1, (f, 16)), rng.normal(0, 0.1, 16)),
+                                    (rng.normal(0, 0.4, (16, 16)), rng.normal(0, 0.1, 16)),
+                                    (rng.normal(0, 1, (16, 1)), np.zeros(1))], rng.normal(0, 0.3, 5),
+                                   features=FEATURES_BY_VERSION[4]).to_dict()
+    save_checkpoint(ck, path)
     return path
 
 

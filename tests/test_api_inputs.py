@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from lmae_sdk.labels import InputError
-from lmae_sdk.runtime import completer as completer_module
+from lmae_sdk.runtime import image_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +104,8 @@ def test_bad_pairs_are_clear_input_errors_before_any_work(completer, case, monke
     def no_work(*a, **k):
         raise AssertionError("a bad pair reached the pipeline")
 
-    monkeypatch.setattr(completer_module, "prepare", no_work)
-    monkeypatch.setattr(completer_module, "propagate_for", no_work)
+    monkeypatch.setattr(image_pipeline, "prepare", no_work)
+    monkeypatch.setattr(image_pipeline, "propagate_for", no_work)
     with pytest.raises(InputError, match=message):
         completer.complete(image, label)
 

@@ -8,7 +8,8 @@ import torch
 
 from lmae_sdk.degrade import degrade
 from lmae_sdk.fusion import (FEATURES_BY_VERSION, FUSION_FEATURES, NEAREST_FEATURES, FusionError, PixelFusion,
-                              class_distances, extra_features, hole_features, line_features, pixel_features)
+                              class_distances, extra_features, hole_features, hole_log_probs, line_features,
+                              pixel_features)
 from lmae_sdk.propagation import NO_PATH, geodesic_class_costs, geodesic_propagate, nearest_fill, propagate
 from lmae_sdk.upsampling import upsampled_prediction
 from lmae_sdk.pipeline import CompletionSettings, SettingsError, finish
@@ -149,17 +150,46 @@ def test_fit_fusion_calibrate_export_and_runtime(tmp_path, synth_root):
     export_bundle([fused], out, verify=False, lint=False)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["fusion"] == json.loads(json.dumps(ck["fusion"]))
+    graph = manifest["fusion_graph"]  # the fusion's scoring, exported as a graph
+    assert graph["readiness"]["ok"] and graph["parity"]["passed"] and (out / graph["file"]).is_file()
     oc = LMAECompleter.load(out, backend="onnxruntime", threads=1)
-    assert oc.fusion is not None
+    assert oc.fusion is not None and oc.fusion_scorer is not None and "fusion graph" in oc.describe()
     res_ort = oc.complete(image, partial.copy())
     assert (res_ort.label[hole] == res.label[hole]).mean() > 0.999
+    np.testing.assert_array_equal(res_ort.label[~hole], partial[~hole])
     torch.set_num_threads(1)
 
 
-@pytest.mark.parametrize("version", sorted(FEATURES_BY_VERSION))
-def test_compiled_and_numpy_fusion_agree_and_confident_agreement_is_kept(monkeypatch, version):
+def _without_kernels(monkeypatch) -> None:
+    """The numpy forms of the fusion's compiled kernels (as without numba) for this test."""
     import lmae_sdk.fusion as fusion_module
+    import lmae_sdk.fusion_rows as rows_module
 
+    for module in (fusion_module, rows_module):
+        monkeypatch.setattr(module, "compiled", lambda name: None)
+
+
+def _dense_decision(fusion, logits, partial, costs, boundary, run):
+    """The oracle: every class of every pixel in ``run`` scored by ``PixelFusion.scores``,
+    the non-candidates dropped, argmax and softmax share."""
+    from lmae_sdk.fusion import features_at
+    from lmae_sdk.fusion_rows import candidate_mask
+
+    idx = np.flatnonzero(run.reshape(-1))
+    lp = hole_log_probs(logits, partial.shape, idx)
+    s = fusion.scores(features_at(lp, partial, costs, idx, 255, boundary, fusion.features))
+    s[~candidate_mask(lp, costs.reshape(-1, fusion.num_classes)[idx], class_distances(partial, idx, 5)[0],
+                      fusion.min_log_prob)] = -np.inf
+    s -= s.max(1, keepdims=True)
+    return s.argmax(1), 1.0 / np.exp(s).sum(1)
+
+
+@pytest.mark.parametrize("version", sorted(FEATURES_BY_VERSION))
+@pytest.mark.parametrize("kernels", [True, False])
+def test_rows_scored_in_batch_equal_every_class_scored_and_confident_agreement_is_kept(monkeypatch, version,
+                                                                                        kernels):
+    if not kernels:
+        _without_kernels(monkeypatch)
     rng = np.random.default_rng(5)
     features = FEATURES_BY_VERSION[version]
     f, h = len(features), 8
@@ -170,9 +200,8 @@ def test_compiled_and_numpy_fusion_agree_and_confident_agreement_is_kept(monkeyp
     logits = (2 * rng.standard_normal((5, 16, 24))).astype(np.float32)
     boundary = rng.random((2, *partial.shape)).astype(np.float32)
     costs = propagate(partial, image, "geodesic", num_classes=5).class_costs
-    fast, fast_conf = fusion.complete(logits, partial, costs, boundary=boundary)
-    monkeypatch.setattr(fusion_module, "_compiled_fusion", lambda: None)
     slow, slow_conf = fusion.complete(logits, partial, costs, boundary=boundary)
+    decided = slow_conf < 1 - 1e-6  # scored pixels (a sure agreement stands with its model probability)
     if version > 1:  # the hole features move the decision
         assert fusion.needs_boundary and PixelFusion.from_dict(fusion.to_dict()).features == features
         other, _ = fusion.complete(logits, partial, costs, boundary=1 - boundary)
@@ -180,28 +209,46 @@ def test_compiled_and_numpy_fusion_agree_and_confident_agreement_is_kept(monkeyp
         with pytest.raises(FusionError, match="boundary map"):
             fusion.complete(logits, partial, costs)
     hole = partial == 255
-    assert (fast[hole] == slow[hole]).mean() > 0.999
-    np.testing.assert_allclose(fast_conf, slow_conf, atol=1e-4)
-    # where the model's argmax is the copied label and the model is sure, that label stands
-    model, p_model = upsampled_prediction(logits, partial.shape)
-    sure = hole & (model == costs.argmin(-1)) & (p_model >= fusion.agree_skip_prob)
-    if NEAREST_FEATURES[0] in features:  # ... and nearest-label fill copies it too
-        sure &= model == nearest_fill(image, partial)
-    assert sure.any()
-    np.testing.assert_array_equal(slow[sure], model[sure])
+    lp = hole_log_probs(logits, partial.shape, np.flatnonzero(hole))  # what the fusion reads
+    model, p_model = np.zeros(partial.shape, np.int64), np.ones(partial.shape, np.float32)
+    model[hole], p_model[hole] = lp.argmax(1), np.exp(lp.max(1))
+    assert (model[hole] == upsampled_prediction(logits, partial.shape)[0][hole]).mean() > 0.999
+    cheap = hole & (model == costs.argmin(-1)) & (p_model >= fusion.agree_skip_prob)
+    if NEAREST_FEATURES[0] in features:  # the class nearest-label fill copies, as the fusion measures it
+        nearest = np.zeros(partial.shape, np.int64)
+        nearest[hole] = class_distances(partial, np.flatnonzero(hole), 5)[0].argmin(1)
+        cheap &= model == nearest
+    # (pixels at the skip rule's threshold to float rounding may fall either way)
+    scored = hole & ~cheap & (np.abs(p_model - fusion.agree_skip_prob) > 1e-4)
+    assert scored.sum() > 50 and decided[scored].any()
+    want, want_conf = _dense_decision(fusion, logits, partial, costs, boundary, scored)
+    assert (slow[scored] == want).mean() > 0.999
+    np.testing.assert_allclose(slow_conf[scored], want_conf, atol=1e-4)
+    # a scorer stands in for the host's MLP (the bundle's fusion graph): same rows, its scores
+    calls = []
+
+    def scorer(features, classes):
+        calls.append(len(features))
+        return fusion.mlp(features) + fusion.class_bias[classes]
+
+    via, via_conf = fusion.complete(logits, partial, costs, boundary=boundary, scorer=scorer)
+    assert calls and np.array_equal(via, slow)
+    np.testing.assert_allclose(via_conf, slow_conf, atol=1e-6)
+    # where the model's argmax is the copied label (and nearest-label fill's, format 4) and
+    # the model is sure, that label stands
+    assert cheap.any()
+    np.testing.assert_array_equal(slow[cheap], model[cheap])
 
 
-@pytest.mark.parametrize("compiled", [True, False])
-def test_speed_rules_never_take_away_nearest_label_fill(monkeypatch, compiled):
+@pytest.mark.parametrize("kernels", [True, False])
+def test_speed_rules_never_take_away_nearest_label_fill(monkeypatch, kernels):
     """A thin band between class 0 (left) and class 1 (right), where the model is sure of
     class 0 and geodesic propagation copies class 0 with class 2 next cheapest: a fusion
     that follows ``is_closest`` gives nearest-label fill's answer at every band pixel.
     Neither the agreement of model and copy nor the candidate classes may keep class 1
     from the pixels whose nearest known pixel is class 1."""
-    import lmae_sdk.fusion as fusion_module
-
-    if not compiled:
-        monkeypatch.setattr(fusion_module, "_compiled_fusion", lambda: None)
+    if not kernels:
+        _without_kernels(monkeypatch)
     partial = np.zeros((20, 40), np.uint8)
     partial[:, 22:] = 1
     partial[:, 18:22] = 255  # columns 18, 19 nearest class 0; 20, 21 nearest class 1

@@ -58,13 +58,12 @@ def test_complete_writes_one_png_per_label(ckpt, tmp_path):
 
 
 def test_auto_lanes_one_per_core_on_cpu_one_with_gpu(monkeypatch):
-    import os
-
     import lmae_sdk.runtime.backends as backends
     import lmae_sdk.runtime.loading as loading
     from lmae_sdk.cli.complete import auto_lanes
+    from lmae_sdk.cores import usable_cores
 
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     for mod, name in ((backends, "ort_cuda_available"), (backends, "trt_available"), (loading, "cuda_available")):
         monkeypatch.setattr(mod, name, lambda: False)
     assert auto_lanes("auto", None, 0) == (cores, 1)

@@ -129,8 +129,8 @@ def test_tiling_on_image_four_times_model_size(completer):
     H, W = 4 * MODEL[0], 4 * MODEL[1]
     img, lab = _pair(rng, H, W, holes=4)
     r = completer.complete(img, lab, tile=True)
-    assert r.tiles == len(completer._windows((H, W), True, 1.0)) and r.tiles >= 16
-    boxes = completer._windows((H, W), True, 1.0)
+    boxes = completer._pipeline().windows((H, W), True, 1.0)
+    assert r.tiles == len(boxes) and r.tiles >= 16
     cover = np.zeros((H, W), int)
     for y0, y1, x0, x1 in boxes:
         assert (y1 - y0, x1 - x0) == MODEL
@@ -198,7 +198,7 @@ def test_geodesic_model_propagates_once_and_fusion_copies_along_image_edges(tmp_
     from lmae_sdk import LMAECompleter
     from lmae_sdk.fusion import FUSION_FEATURES, PixelFusion
     from lmae_sdk.propagation import geodesic_nearest
-    from lmae_sdk.runtime import completer as completer_module
+    from lmae_sdk.runtime import image_pipeline
 
     torch.manual_seed(0)
     m = LMAE(make_config("tiny", 5, img_size=MODEL, prior_mode="geodesic"))
@@ -218,8 +218,8 @@ def test_geodesic_model_propagates_once_and_fusion_copies_along_image_edges(tmp_
     lab[:, 70:] = 3
     lab[:20, 20:30] = 255
     calls = []
-    real = completer_module.propagate_for
-    monkeypatch.setattr(completer_module, "propagate_for", lambda cfg, *a, **k: calls.append(cfg.prior_mode) or
+    real = image_pipeline.propagate_for
+    monkeypatch.setattr(image_pipeline, "propagate_for", lambda cfg, *a, **k: calls.append(cfg.prior_mode) or
                         real(cfg, *a, **k))
     r = c.complete(img, lab, tile=tile, tile_scale=0.6)
     assert calls == ["geodesic"]  # the whole image propagated once, in the model's mode
@@ -271,3 +271,34 @@ def test_library_calls_leave_malloc_alone_and_the_cli_opts_in(completer, monkeyp
                                   "--labels", str(labs), "--out", str(tmp_path / "o"), "--quiet", "--threads", "1"])
     assert r.exit_code == 0, r.output
     assert len(calls) == 1
+
+
+def test_torch_backend_leaves_torch_threads_alone_and_the_cli_sets_its_own(ckpt, tmp_path):
+    """Loading and running a completer on the torch backend with threads=1 never changes
+    torch's process-wide thread count; `lmae complete --backend torch --threads N` sets it
+    for its own process."""
+    from click.testing import CliRunner
+
+    from lmae_sdk import LMAECompleter
+    from lmae_sdk.cli import main as lmae
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        c = LMAECompleter.load(ckpt, backend="torch", threads=1)
+        assert c.backend_name == "torch"
+        pair = _pair(np.random.default_rng(4), 40, 60)
+        c.complete(*pair)
+        assert torch.get_num_threads() == 2
+        imgs, labs = tmp_path / "i", tmp_path / "l"
+        imgs.mkdir()
+        labs.mkdir()
+        Image.fromarray(pair[0]).save(imgs / "p.png")
+        write_label(labs / "p.png", pair[1])
+        r = CliRunner().invoke(lmae, ["complete", "--model", str(ckpt), "--images", str(imgs), "--labels", str(labs),
+                                      "--out", str(tmp_path / "o"), "--backend", "torch", "--quiet",
+                                      "--threads", "1", "--lanes", "1"])
+        assert r.exit_code == 0, r.output
+        assert torch.get_num_threads() == 1  # the command's own process (CliRunner runs it in this one)
+    finally:
+        torch.set_num_threads(before)

@@ -68,3 +68,22 @@ def test_pair_folders_refuses_by_default_and_reports_on_request(tmp_path):
     why = found.clashes[labs / "a.png"]
     assert str(imgs / "a.png") in why and str(imgs / "a.jpg") in why
     assert found.labels_without_image == [] and found.images_without_label == []
+
+
+def test_the_cli_and_the_runtime_share_one_pairing(tmp_path):
+    from lmae_sdk.cli.batch import pair_folders
+    from lmae_sdk.runtime.pipelines import folder_pairs
+
+    imgs, labs = _folders(tmp_path)
+    with pytest.raises(InputError) as runtime_err:
+        folder_pairs(imgs, labs)
+    with pytest.raises(click.ClickException) as cli_err:
+        pair_folders(imgs, labs)
+    assert cli_err.value.format_message() == str(runtime_err.value)  # the same refusal, word for word
+    (imgs / "a.jpg").unlink()
+    (imgs / "b.png").unlink()
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(imgs / "c.png")
+    found = pair_folders(imgs, labs)
+    assert [stem for _, _, stem in found.pairs] == ["a"]
+    assert found.labels_without_image == [labs / "b.png"] and found.images_without_label == [imgs / "c.png"]
+    assert folder_pairs(imgs, labs) == [(imgs / "a.png", labs / "a.png", "a"), (None, labs / "b.png", "b")]

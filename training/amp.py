@@ -3,7 +3,7 @@
 Training under autocast and serving in float32 (ONNX Runtime, TensorRT fp32) is only sound
 while the two agree to bf16 rounding.  A wrong bf16 kernel breaks that silently: the model
 learns around it, its training loss falls, and in float32 it completes labels far worse
-(torch 2.13 on CPUs with AMX: ``lmae_sdk.model.PatchEmbed``; benchmarks/RESULTS.md).
+(torch 2.13 on CPUs with AMX: ``lmae_sdk.model.PatchEmbed``; benchmarks/HISTORY.md).
 """
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ from .amp import check_bf16_autocast, native_bf16
 from .data import load_pairs
 
 # (colour weight, boundary weight, boundary power); squaring the map (power 2) lets paths through
-# where the net is unsure: +0.8 PA-mIoU of the fill on CamVid train (benchmarks/RESULTS.md)
+# where the net is unsure: +0.8 PA-mIoU of the fill on CamVid train (benchmarks/RESULTS.md, section 2)
 # The colour-only step costs (boundary weight 0) compete too: a net that does not help (too
 # short a fit, an unfamiliar domain) is then left out of the step cost.
 DEFAULT_WEIGHT_GRID = tuple((cw, bw, power) for power in (1.0, 2.0) for cw in (300.0, 1000.0)
@@ -48,7 +48,7 @@ def _crop(img: np.ndarray, lab: np.ndarray, crop: int, rng: np.random.Generator,
     """A random crop (at most the image), flipped left-right half the time.  ``augment``:
     first rescale by a random factor in [0.7, 1.4] (labels nearest) and jitter brightness,
     contrast and saturation by up to 25% (tried against the overfitting of a longer fit; on
-    CamVid it scored 0.1-0.6 below the plain net: benchmarks/RESULTS.md)."""
+    CamVid it scored 0.1-0.6 below the plain net: benchmarks/HISTORY.md)."""
     ch, cw = min(crop, lab.shape[0]) // 2 * 2, min(crop, lab.shape[1]) // 2 * 2  # one size for every crop
     if augment:
         smallest = max(ch / lab.shape[0], cw / lab.shape[1])  # the rescaled image still holds the crop

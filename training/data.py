@@ -22,7 +22,7 @@ from lmae_sdk.routing import mask_plan
 # how training holes are made (ours): share of each degrade strategy; "none" = the
 # paper's setting, where the only unknown region is the masked patches themselves.
 # Whole objects at 0.25 (was 0.15): +4.6 val PA-mIoU on whole-object removal at equal
-# random-hole quality (benchmarks/RESULTS.md); bands along class boundaries: what coarse
+# random-hole quality (benchmarks/HISTORY.md); bands along class boundaries: what coarse
 # polygon annotation leaves unlabelled
 DEFAULT_HOLE_MIX = {"random": 0.3, "blocks": 0.15, "objects": 0.25, "bands": 0.1, "background": 0.1, "label": 0.1}
 

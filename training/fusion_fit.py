@@ -120,7 +120,7 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
     features (format 1).
 
     ``hidden`` 64: against 32, a lower fit loss and, on CamVid val, +0.7 PA-mIoU on boundary
-    bands; each MLP step and each fused pixel costs more (benchmarks/RESULTS.md, section 0).
+    bands; each MLP step and each fused pixel costs more (benchmarks/HISTORY.md).
 
     Class weights are (total / count) ** ``class_weight_power``: at 0.25 rare classes count
     more, but not so much that the fusion paints them over common ones (full inverse

@@ -9,55 +9,24 @@ from pathlib import Path
 
 import click
 
-from lmae_sdk.labels import clash_error, images_by_stem, label_files
+from lmae_sdk.labels import InputError
 from lmae_sdk.run_record import (OutputFolderError, RunRecord, RunRecordError, Start, decide,
                                  ensure_writable_folder)
+from lmae_sdk.runtime import pairing
+from lmae_sdk.runtime.pairing import InputPairs
 
 FIRST_FAILURES = 5  # failures listed in the summary; report.json / the JSON output has them all
 OVERWRITE_HINT = "use --overwrite to redo every output there, or choose another output folder"
 
 
-@dataclass
-class InputPairs:
-    """Images and labels matched by stem."""
-
-    pairs: list[tuple[Path, Path, str]]  # (image, label, stem), sorted by label name
-    labels_without_image: list[Path]
-    images_without_label: list[Path]
-    clashes: dict[Path, str] = field(default_factory=dict)  # label -> why it has no pair (its stem is shared)
-
-
 def pair_folders(images: Path, labels: Path, clashes: str = "refuse") -> InputPairs:
-    """Images and labels paired by stem.  A stem that several images share (``a.png`` and
-    ``a.jpg``), or several labels (``a.png`` and ``a.PNG``), is never paired by a guess:
-    ``clashes="refuse"`` makes it a click error naming the files; ``"report"`` leaves its
-    labels out of the pairs, each in ``clashes`` with that message (a batch job fails them
-    and carries on)."""
-    if clashes not in ("refuse", "report"):
-        raise ValueError(f"clashes must be 'refuse' or 'report', got {clashes!r}")
-    from lmae_sdk.inputs import ambiguous_stems, stem_clash
-
-    by_stem, shared_images = images_by_stem(images)
-    shared_labels = ambiguous_stems(labels, (".png",))
-    if clashes == "refuse":
-        for folder, shared, what in ((images, shared_images, "images"), (labels, shared_labels, "labels")):
-            if shared:
-                raise click.ClickException(str(clash_error(folder, shared, what)))
-    why = {stem: stem_clash(stem, files, "images") for stem, files in shared_images.items()}
-    why.update({stem: stem_clash(stem, files, "labels") for stem, files in shared_labels.items()})
-    pairs, orphans, clashed = [], [], {}
-    for lab in label_files(labels):
-        img = by_stem.get(lab.stem)
-        if lab.stem in why:
-            clashed[lab] = why[lab.stem]
-        elif img is None:
-            orphans.append(lab)
-        else:
-            pairs.append((img, lab, lab.stem))
-    labelled = {lab.stem for lab in label_files(labels)}
-    every_image = [*by_stem.values(), *(f for files in shared_images.values() for f in files)]
-    lonely = sorted((p for p in every_image if p.stem not in labelled), key=lambda p: (p.stem, p.name))
-    return InputPairs(pairs, orphans, lonely, clashed)
+    """Images and labels paired by stem (:func:`lmae_sdk.runtime.pairing.pair_folders`); a
+    stem that several images or several labels share is, with ``clashes="refuse"``, a click
+    error naming the files, and with ``"report"`` in the result's ``clashes``."""
+    try:
+        return pairing.pair_folders(images, labels, clashes)
+    except InputError as e:
+        raise click.ClickException(str(e)) from None
 
 
 def writable_folder(folder: Path, option: str) -> Path:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from lmae_sdk.card import CardError, card_line, card_warning, read_card
 from lmae_sdk.cli.batch import BatchSummary, pair_folders, start_run, writable_folder
 from lmae_sdk.cli.complete_export import LABEL_FORMATS, complete_export, labels_format
 from lmae_sdk.cli.options import fraction, refuse_out_inside
+from lmae_sdk.cores import usable_cores
 from lmae_sdk.inputs import unknown_index_problem
 from lmae_sdk.run_record import RunRecord, Start, remove_stray_temps
 from lmae_sdk.runtime.backends import BACKENDS
@@ -22,7 +22,7 @@ REPORT = "report.json"
 def auto_lanes(backend: str, device: str | None, threads: int) -> tuple[int, int]:
     """(lanes, engine threads) for ``--lanes 0``: on a CPU every core completes its own batches
     (1.13-1.18x the throughput of one engine over both cores for ``small`` on 2 cores,
-    benchmarks/RESULTS.md); with a GPU, one lane whose workers prepare while the GPU
+    benchmarks/HISTORY.md); with a GPU, one lane whose workers prepare while the GPU
     runs."""
     from lmae_sdk.runtime.backends import ort_cuda_available, trt_available
     from lmae_sdk.runtime.loading import cuda_available
@@ -33,9 +33,18 @@ def auto_lanes(backend: str, device: str | None, threads: int) -> tuple[int, int
         or (backend in ("auto", "torch") and cuda_available())))
     if on_gpu:
         return 1, threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     threads = threads or 1
     return max(1, cores // threads), threads
+
+
+def set_engine_threads(completer, threads: int) -> None:
+    """The torch backend runs on torch's process-wide thread count, which the library leaves to
+    the program: this command sets it for its own process to ``threads`` (0: torch's default)."""
+    if completer.backend_name == "torch" and threads > 0:
+        from lmae_sdk.runtime.backends import set_torch_threads
+
+        set_torch_threads(threads)
 
 
 def check_unknown_index(model_path: Path, unknown_index: int) -> None:
@@ -187,6 +196,7 @@ def complete(model_path: str, images: str, labels_dir: str, label_format: str, o
                                        pixel_fusion=not no_fusion)
     except (BundleError, BackendError, MissingExtra, ValueError) as e:  # CheckpointError is a ValueError
         raise click.ClickException(str(e)) from None
+    set_engine_threads(completer, threads)
     click.echo(f"model: {completer.describe()}" + (f", {lanes} lanes" if lanes > 1 else ""), err=True)
     try:
         card = read_card(model_path)

@@ -267,7 +267,7 @@ def complete_export(fmt: str, params: dict[str, Any]) -> None:
 
     from tqdm import tqdm
 
-    from lmae_sdk.cli.complete import auto_lanes, check_unknown_index, run_record
+    from lmae_sdk.cli.complete import auto_lanes, check_unknown_index, run_record, set_engine_threads
     from lmae_sdk.formats import write_annotations
     from lmae_sdk.formats.common import atomic_folder
     from lmae_sdk.formats.dataset import annotation_fingerprint
@@ -288,6 +288,7 @@ def complete_export(fmt: str, params: dict[str, Any]) -> None:
     export = _read_export(job, class_names) if class_names is not None else None  # input errors before loading
     lanes, threads = auto_lanes(job.backend, job.device, job.threads) if job.lanes == 0 else (job.lanes, job.threads)
     completer = _load_completer(job, threads)
+    set_engine_threads(completer, threads)
     if export is None:  # a checkpoint: its class names are known once loaded
         export = _read_export(job, completer.class_names)
     click.echo(f"model: {completer.describe()}" + (f", {lanes} lanes" if lanes > 1 else ""), err=True)

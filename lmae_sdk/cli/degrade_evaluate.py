@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
-from lmae_sdk.cli.batch import BatchSummary, label_files, start_run, writable_folder
+from lmae_sdk.cli.batch import BatchSummary, start_run, writable_folder
 from lmae_sdk.cli.options import refuse_out_inside
 from lmae_sdk.degrade import DEGRADE_STRATEGIES
+from lmae_sdk.labels import label_files
 from lmae_sdk.run_record import RunRecord, RunRecordError, Start, remove_stray_temps
 
 # how a file's generator is seeded (lmae_sdk.degrade.rng_for_name): part of the run record, so

@@ -132,7 +132,7 @@ def calibrate(ckpt: str, data: str, out: str | None, thresholds: str, setting: s
 @click.option("--width", default=16, show_default=True, type=int, help="the UNet's base width")
 @click.option("--crop", default=256, show_default=True, type=int)
 @click.option("--batch-size", default=4, show_default=True, type=int,
-              help="crops per step (4 learned faster per minute than 8 or 2: benchmarks/RESULTS.md)")
+              help="crops per step (4 learned faster per minute than 8 or 2: benchmarks/HISTORY.md)")
 @click.option("--lr", default=3e-3, show_default=True, type=float, help="peak learning rate (cosine to 0)")
 @click.option("--continue-net", is_flag=True,
               help="start from the checkpoint's boundary net: a second cycle (--minutes 0: retune the weights only)")

@@ -27,10 +27,10 @@ points here):
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from lmae_sdk.cores import usable_cores
 from lmae_sdk.recipe.card_eval import CARD_PROTOCOLS
 from lmae_sdk.recipe.definition import RECIPE, Shares, definition
 from lmae_sdk.recipe.probe import Timings
@@ -153,13 +153,6 @@ class Plan:
         return "\n".join(lines)
 
 
-def available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def model_size_for(image_size: tuple[int, int], area: int = MODEL_PIXELS) -> tuple[int, int]:
     """The model input: the images' aspect ratio at about ``area`` pixels (never larger than
     the images), each side a multiple of 16 (at least 32)."""
@@ -219,7 +212,7 @@ def make_plan(options: FitOptions, facts: DataFacts, timings: Timings, cores: in
     """The stages and their minutes for ``options.budget_min`` (the module's rule), of which
     ``spent_min`` already went (checking the data, measuring).  A budget too small is a
     :class:`PlanError` naming the smallest that works."""
-    cores = options.threads or cores or available_cores()
+    cores = options.threads or cores or usable_cores()
     tail = tail_minutes(facts, timings, max(1, min(cores, 2)))
     fusion_need = tail["fusion"]
     tail["fusion"] = max(fusion_need, FUSION_MIN_SHARE * options.budget_min)

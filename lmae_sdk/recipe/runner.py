@@ -169,9 +169,10 @@ def measure_and_plan(options: FitOptions, facts: DataFacts, device: str, started
                      echo: Callable[[str], None]) -> Plan:
     """Measure what the work costs here (:mod:`lmae_sdk.recipe.probe`), then plan the budget
     that is left; a budget too small is a :class:`PlanError` naming the smallest that works."""
-    from lmae_sdk.recipe.plan import available_cores, model_size_for
+    from lmae_sdk.cores import usable_cores
+    from lmae_sdk.recipe.plan import model_size_for
 
-    cores = options.threads or available_cores()
+    cores = options.threads or usable_cores()
     _, model_threads = stage_threads(cores, device)
     echo(f"measuring this machine: {model_threads}-thread training steps and one image's completion ...")
     request = ProbeRequest(options.data, options.layout, options.preset, model_size_for(facts.image_size),

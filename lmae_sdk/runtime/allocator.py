@@ -5,7 +5,7 @@ model-size inputs, logits).  With glibc's defaults such a block goes back to the
 when it is freed, and the next one is faulted in again, page by page and zeroed: on the
 machines here a 2 MB Gaussian blur took 1.6 ms into a fresh array and 0.55 ms into a
 reused one, and the host work per image in the completer fell ~5% with freed memory kept
-(benchmarks/RESULTS.md).  PyTorch's CPU performance guide gives the same
+(benchmarks/HISTORY.md).  PyTorch's CPU performance guide gives the same
 advice (``MALLOC_*`` variables, or jemalloc / tcmalloc).
 
 This changes the whole process, so the library never calls it by itself: ``lmae complete``

@@ -5,18 +5,19 @@
     r.label, r.confidence, r.mask_ratio
     for r in completer.complete_batch(pairs, batch_size=16): ...
 
-Per image, the steps of :mod:`lmae_sdk.pipeline`: validate -> (tile into windows) ->
-prepare at model size -> route to an engine (:mod:`lmae_sdk.routing`) -> batched inference
-grouped by engine -> (passes) -> finish (known pixels never change).  This module schedules
-them: preparing and finishing run on a thread pool (or in lanes), overlapping the inference
-of the neighbouring chunk; results come back in input order.  Loading: :mod:`.loading`.
+This module is the public API and the scheduling: it reads each pair (checked, before any
+work) and hands the arrays to an :class:`~.image_pipeline.ImagePipeline`, whose stages run
+one image's path (start: prepare and route; infer: batched by engine, further passes;
+finish: known pixels never change).  Starting and finishing run on a thread pool (or in
+lanes), overlapping the inference of the neighbouring chunk; results come back in input
+order.  Loading: :mod:`.loading`.
 """
 from __future__ import annotations
 
 import os
-from collections import Counter, defaultdict, deque
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -25,77 +26,31 @@ import numpy as np
 
 from ..config import LMAEConfig
 from ..fusion import PixelFusion
+from ..fusion_rows import RowScorer
 from ..inputs import check_channels, check_count, check_fraction, check_positive, read_pair
 from ..labels import InputError
-from ..propagation import Propagation
-from ..upsampling import resize_logits
-from ..masking import MaskPlan
-from ..pipeline import CompletionSettings, ModelInputs, finish, graph_inputs, prepare, propagate_for
-from ..routing import RouteDecision, apply_pass, route_image
+from ..pipeline import CompletionSettings
 from . import loading
 from .backends import Engine
+from .image_pipeline import CompletionResult, ImagePipeline, ImageWork
 from .loading import LoadOptions
 
-
-@dataclass
-class CompletionResult:
-    label: np.ndarray | None  # (H, W) uint8, unknown pixels filled (or left unknown below min_confidence)
-    confidence: np.ndarray | None  # (H, W) float32, 1 on known pixels; None when not asked for
-    mask_ratio: float  # the engine used (the largest one over tiles / passes)
-    passes: int = 1
-    tiles: int = 1
-    filled: int = 0  # unknown pixels that received a class
-    unreliable: int = 0  # unknown pixels left unknown by min_confidence
-    name: str | None = None
-    palette: list[list[int]] | None = None  # the input label's palette, if it was a palette PNG
-    error: Exception | None = None
-    engines: dict[float, int] = field(default_factory=dict)  # engine -> model runs for this image
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-@dataclass
-class _Job:
-    """One model-size completion: a whole image or one tile window."""
-
-    image: np.ndarray
-    partial: np.ndarray  # the original partial crop
-    working: np.ndarray  # partial + earlier passes' predictions
-    box: tuple[int, int, int, int]  # y0, y1, x0, x1 in the image
-    boundary: np.ndarray | None = None  # (2, h, w) the window's class-boundary map (models with a boundary net)
-    inputs: ModelInputs | None = None
-    decision: RouteDecision | None = None
-    logits: np.ndarray | None = None
-    passes: int = 0
-    runs: Counter = field(default_factory=Counter)
+__all__ = ["CompletionResult", "LMAECompleter"]
 
 
 @dataclass(frozen=True)
-class _Reading:
-    """How the pairs of one call are read: the image arrays' channel order and tiling."""
+class _Call:
+    """One ``complete`` / ``complete_batch`` call, its options checked: the pipeline that
+    completes its images, how pairs are read (channel order, tiling), what each result gets."""
 
+    pipeline: ImagePipeline
     channels: str = "rgb"
     tile: bool = False
     tile_scale: float = 1.0
-
-    @classmethod
-    def checked(cls, channels: str, tile: bool, tile_scale: float) -> "_Reading":
-        return cls(check_channels(channels), bool(tile), check_positive("tile_scale", tile_scale))
-
-
-@dataclass
-class _Item:
-    index: int
-    name: str | None
-    image: np.ndarray | None = None
-    partial: np.ndarray | None = None
-    palette: list | None = None
-    propagated: Propagation | None = None  # propagate_for of the whole partial
-    boundary: np.ndarray | None = None  # (2, H, W) class-boundary map of the whole image
-    jobs: list[_Job] = field(default_factory=list)
-    error: Exception | None = None
+    min_confidence: float = 0.0
+    confidence: bool = True
+    on_error: str = "raise"
+    on_result: Callable[[CompletionResult], None] | None = None
 
 
 class LMAECompleter:
@@ -103,8 +58,8 @@ class LMAECompleter:
     :class:`~lmae_sdk.pipeline.CompletionSettings`; build it with :meth:`load`."""
 
     def __init__(self, cfg: LMAEConfig, engines: Sequence[Engine], settings: CompletionSettings, *,
-                 boundaries: Callable[[np.ndarray], np.ndarray] | None = None, source: str = "",
-                 backend_name: str = "") -> None:
+                 boundaries: Callable[[np.ndarray], np.ndarray] | None = None,
+                 fusion_scorer: RowScorer | None = None, source: str = "", backend_name: str = "") -> None:
         if not engines:
             raise ValueError("a completer needs at least one engine")
         if settings.num_classes != cfg.num_classes:
@@ -119,6 +74,8 @@ class LMAECompleter:
         self.engines = {round(e.mask_ratio, 6): e for e in engines}
         self.settings = settings
         self.boundaries = boundaries  # image -> (2, H, W) class-boundary map, for the step cost
+        # scores pixel fusion's candidate rows: the bundle's fusion graph (None: on the host)
+        self.fusion_scorer = fusion_scorer
         self.source = source
         self.backend_name = backend_name or engines[0].backend.name
 
@@ -135,20 +92,15 @@ class LMAECompleter:
         """The finishing rule's pixel fusion (None: the argmax)."""
         return self.settings.fusion
 
-    @property
-    def _needs_propagation(self) -> bool:
-        """Whether ``finish`` reads the propagation (pixel fusion)."""
-        return self.fusion is not None
-
     def boundary_map(self, image: np.ndarray) -> np.ndarray | None:
-        """The image's class-boundary map (2, H, W) when something here reads it (a geodesic
-        step cost: the prior's propagation or pixel fusion's class costs; the fusion's hole
-        features), else None."""
-        geodesic = self.cfg.prior_mode == "geodesic" or self.fusion is not None
-        step_cost = geodesic and self.cfg.geodesic_boundary_weight > 0
-        if self.boundaries is None or not (step_cost or (self.fusion is not None and self.fusion.needs_boundary)):
-            return None
-        return self.boundaries(image)
+        """The image's class-boundary map (2, H, W) when the completion reads it, else None
+        (:meth:`~.image_pipeline.ImagePipeline.boundary_map`)."""
+        return self._pipeline().boundary_map(image)
+
+    def _pipeline(self) -> ImagePipeline:
+        """The per-image stages with the parts this completer holds now (built per call: a
+        changed ``settings`` or ``fusion_scorer`` applies from the next call)."""
+        return ImagePipeline(self.cfg, self.settings, self.engines, self.boundaries, self.fusion_scorer)
 
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "auto", *, device: str | None = None, threads: int = 0,
@@ -160,7 +112,7 @@ class LMAECompleter:
         CUDA > ONNX Runtime CPU > torch from what is installed and what the bundle holds.
         ``mask_ratios`` restricts (bundle) or sets (checkpoint: a range model serves any) the
         engines.  ``pixel_fusion=False`` ignores the model's pixel fusion (the argmax decides):
-        faster host work, lower quality (benchmarks/RESULTS.md).
+        faster host work, lower quality (benchmarks/HISTORY.md).
 
         A bundle's ``manifest.json`` is the contract: the completion settings (classes,
         unknown index, label down-sampling, routing, pixel fusion, boundary net) are read
@@ -168,9 +120,16 @@ class LMAECompleter:
         metadata, the bundle's checkpoint for the torch backend) that contradicts them is
         refused with a :class:`~lmae_sdk.bundle.BundleError` naming the key, both values
         and the file.
+
+        ``threads``: ONNX Runtime's intra-op threads per engine (0: every core the process may
+        use, :func:`lmae_sdk.cores.usable_cores`).  The torch backend runs on torch's
+        process-wide thread count, which the library never changes: the caller sets it
+        (``torch.set_num_threads`` or :func:`lmae_sdk.runtime.backends.set_torch_threads`).
         """
         opts = LoadOptions(backend, device, threads, precision, mask_ratios, unknown_index, pixel_fusion)
-        return loading.load(cls, Path(path), opts)
+        m = loading.load(Path(path), opts)
+        return cls(m.cfg, m.engines, m.settings, boundaries=m.boundaries, fusion_scorer=m.fusion_scorer,
+                   source=m.source, backend_name=m.backend_name)
 
     # ------------------------------------------------------------------ info
     @property
@@ -189,6 +148,9 @@ class LMAECompleter:
         finish = self.settings.finishing_rule
         if self.boundaries is not None and self.cfg.geodesic_boundary_weight > 0:
             finish += ", learned boundaries"
+        if self.fusion is not None:
+            finish += "; fusion rows scored by the fusion graph" if self.fusion_scorer is not None else \
+                "; fusion rows scored on the host"
         return (f"{self.backend_name} {self.providers} engines m={self.mask_ratios} model "
                 f"{self.cfg.img_size[0]}x{self.cfg.img_size[1]} ({self.num_classes} classes), {finish}")
 
@@ -204,11 +166,11 @@ class LMAECompleter:
         ``min_confidence`` in [0, 1]: hole pixels below it stay unknown.  ``confidence=False``:
         no confidence map (``result.confidence`` None) unless ``min_confidence`` needs one.
         """
-        reading = _Reading.checked(channels, tile, tile_scale)
-        min_confidence = check_fraction("min_confidence", min_confidence)
-        item = self._load(0, (image, partial), reading, on_error="raise")
-        self._infer([j for j in item.jobs], batch_size=max(len(item.jobs), 1), pool=None)
-        return self._finish(item, min_confidence, confidence)
+        call = _Call(self._pipeline(), check_channels(channels), bool(tile), check_positive("tile_scale", tile_scale),
+                     check_fraction("min_confidence", min_confidence), confidence)
+        work = self._start(call, (image, partial))
+        call.pipeline.infer([work], batch_size=max(len(work.jobs), 1), pool=None)
+        return self._finish(call, work)
 
     def complete_batch(self, pairs: Iterable, batch_size: int = 16, *, min_confidence: float = 0.0,
                        tile: bool = False, tile_scale: float = 1.0, workers: int = 2,
@@ -230,50 +192,47 @@ class LMAECompleter:
         of the host work per image; ``lmae complete`` asks for it with ``--confidence-dir``).
 
         ``lanes``: batches completed side by side, each on its own thread from reading to
-        ``on_result`` (``workers`` is then unused).  On a CPU, load with ``threads=1`` and
-        set ``lanes`` to the core count: every core runs engine and host work in turn, where
+        ``on_result`` (``workers`` is then unused).  On a CPU, load with ``threads=1`` (torch
+        backend: ``set_torch_threads(1)`` in your process) and set ``lanes`` to
+        ``usable_cores()``: every core runs engine and host work in turn, where
         one engine over all cores waits while the host works (1.13-1.18x for ``small`` on 2 cores,
-        benchmarks/RESULTS.md).  TensorRT's engine calls take turns (one execution
+        benchmarks/HISTORY.md).  TensorRT's engine calls take turns (one execution
         context per engine); the lanes' host work still overlaps them.
         """
         if on_error not in ("raise", "return"):
             raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
-        reading = _Reading.checked(channels, tile, tile_scale)
-        finish_args = (check_fraction("min_confidence", min_confidence), confidence)
+        channels, tile_scale = check_channels(channels), check_positive("tile_scale", tile_scale)
+        call = _Call(self._pipeline(), channels, bool(tile), tile_scale,
+                     check_fraction("min_confidence", min_confidence), confidence, on_error, on_result)
         batch_size, lanes = check_count("batch_size", batch_size), check_count("lanes", lanes)
         if chunk_size is not None:
             check_count("chunk_size", chunk_size)
         if lanes > 1:
-            return self._complete_in_lanes(pairs, batch_size, finish_args, reading, on_error,
-                                           chunk_size or batch_size, on_result, lanes)
-        return self._complete_chunks(pairs, batch_size, finish_args, reading, workers, on_error,
-                                     chunk_size or max(2 * batch_size, 8), on_result)
+            return self._complete_in_lanes(call, pairs, batch_size, chunk_size or batch_size, lanes)
+        return self._complete_chunks(call, pairs, batch_size, workers, chunk_size or max(2 * batch_size, 8))
 
-    def _complete_chunks(self, pairs: Iterable, batch_size: int, finish_args: tuple[float, bool], reading: _Reading,
-                         workers: int, on_error: str, chunk: int,
-                         on_result: Callable[[CompletionResult], None] | None) -> Iterator[CompletionResult]:
-        it = enumerate(pairs)
+    # ------------------------------------------------------------------ scheduling
+    def _complete_chunks(self, call: _Call, pairs: Iterable, batch_size: int, workers: int,
+                         chunk: int) -> Iterator[CompletionResult]:
+        it = iter(pairs)
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix="lmae-prep") as pool:
             def submit_chunk():
-                return [pool.submit(self._load, i, p, reading, on_error) for i, p in islice(it, chunk)]
+                return [pool.submit(self._start, call, p) for p in islice(it, chunk)]
 
             cur = submit_chunk()
             prev: list = []
             while cur:
-                nxt = submit_chunk()  # the next chunk prepares while this one runs the model
-                items = [f.result() for f in cur]
-                self._infer([j for item in items if item.error is None for j in item.jobs], batch_size, pool)
-                fin = [pool.submit(self._finish_and_hand_on, item, finish_args, on_result, on_error)
-                       for item in items]
+                nxt = submit_chunk()  # the next chunk starts while this one runs the model
+                works = [f.result() for f in cur]
+                call.pipeline.infer(works, batch_size, pool)
+                fin = [pool.submit(self._finish, call, work) for work in works]
                 for f in prev:  # finished on the pool while this chunk was inferred
                     yield f.result()
                 prev, cur = fin, nxt
             for f in prev:
                 yield f.result()
 
-    def _complete_in_lanes(self, pairs: Iterable, batch_size: int, finish_args: tuple[float, bool],
-                           reading: _Reading, on_error: str, chunk: int,
-                           on_result: Callable[[CompletionResult], None] | None,
+    def _complete_in_lanes(self, call: _Call, pairs: Iterable, batch_size: int, chunk: int,
                            lanes: int) -> Iterator[CompletionResult]:
         # engines that run a batch a few images per call anyway (ONNX Runtime on CPU): the lane
         # takes its chunk that many images at a time from reading to on_result, so each image's
@@ -283,12 +242,12 @@ class LMAECompleter:
         def run_chunk(chunk_pairs: list) -> list[CompletionResult]:
             results = []
             for s in range(0, len(chunk_pairs), step):
-                items = [self._load(i, p, reading, on_error) for i, p in chunk_pairs[s: s + step]]
-                self._infer([j for item in items if item.error is None for j in item.jobs], batch_size, None)
-                results += [self._finish_and_hand_on(item, finish_args, on_result, on_error) for item in items]
+                works = [self._start(call, p) for p in chunk_pairs[s: s + step]]
+                call.pipeline.infer(works, batch_size, None)
+                results += [self._finish(call, work) for work in works]
             return results
 
-        it = enumerate(pairs)
+        it = iter(pairs)
         pending: deque = deque()
         with ThreadPoolExecutor(lanes, thread_name_prefix="lmae-lane") as pool:
             while True:
@@ -300,8 +259,10 @@ class LMAECompleter:
                 elif not chunk_pairs:
                     return
 
-    # ------------------------------------------------------------------ stages
-    def _load(self, index: int, pair, reading: _Reading, on_error: str) -> _Item:
+    # ------------------------------------------------------------------ one image in, one result out
+    def _start(self, call: _Call, pair) -> ImageWork:
+        """A pair read and checked, then the pipeline's start; a bad pair raises, or with
+        ``on_error="return"`` becomes an :class:`InputError` naming it, reported by finish."""
         if isinstance(pair, dict):
             image, partial, name = pair["image"], pair["label"], pair.get("name")
         else:
@@ -309,140 +270,24 @@ class LMAECompleter:
             name = rest[0] if rest else None
         if name is None:
             name = str(partial) if isinstance(partial, (str, os.PathLike)) else None
-        item = _Item(index, name)
+        pipeline = call.pipeline
         try:
-            img, lab, palette = read_pair(image, partial, self.num_classes, self.unknown_index, reading.channels)
-            item.image, item.partial, item.palette = img, lab, palette
-            windows = self._windows(lab.shape, reading.tile, reading.tile_scale)
-            item.boundary = bmap = self.boundary_map(img)
-            if len(windows) == 1 and (self.cfg.prior or self._needs_propagation):  # serves prior and finish
-                item.propagated = propagate_for(self.cfg, lab, img, self.unknown_index, self.fusion is not None, bmap)
-            item.jobs = [self._prepare(_Job(img[y0:y1, x0:x1], lab[y0:y1, x0:x1], lab[y0:y1, x0:x1],
-                                            (y0, y1, x0, x1), None if bmap is None else bmap[:, y0:y1, x0:x1]),
-                                       propagated=item.propagated)
-                         for y0, y1, x0, x1 in windows]
+            img, lab, palette = read_pair(image, partial, pipeline.cfg.num_classes, pipeline.unknown, call.channels)
+            return pipeline.start(name, img, lab, palette, call.tile, call.tile_scale)
         except Exception as e:
-            if on_error == "raise":
+            if call.on_error == "raise":
                 raise
-            item.error = e if isinstance(e, InputError) else InputError(name, f"{type(e).__name__}: {e}")
-        return item
+            error = e if isinstance(e, InputError) else InputError(name, f"{type(e).__name__}: {e}")
+            return ImageWork(name, error=error)
 
-    def _windows(self, shape: tuple[int, int], tile: bool, scale: float) -> list[tuple[int, int, int, int]]:
-        H, W = shape
-        if not tile:
-            return [(0, H, 0, W)]
-        wh = min(H, max(1, int(round(self.cfg.img_size[0] * scale))))
-        ww = min(W, max(1, int(round(self.cfg.img_size[1] * scale))))
-        ys, xs = _starts(H, wh), _starts(W, ww)
-        return [(y, y + wh, x, x + ww) for y in ys for x in xs]
-
-    def _prepare(self, job: _Job, force_final: bool = False,
-                 propagated: Propagation | None = None) -> _Job:
-        st = self.settings
-        job.inputs = prepare(job.image, job.working, self.cfg, st.label_resize, st.unknown_index, propagated,
-                             job.boundary)
-        job.decision = route_image(job.inputs, self.cfg, self.mask_ratios, st.unknown_threshold,
-                                   st.background_index, force_final)
-        return job
-
-    def _advance(self, job: _Job) -> _Job:
-        """After an intermediate pass: its predictions become known, route again."""
-        before = job.decision.n_must
-        job.working = apply_pass(job.working, job.logits, job.decision, self.cfg, self.unknown_index)
-        self._prepare(job)
-        if not job.decision.final and job.decision.n_must >= before:  # no progress: finish with what we have
-            self._prepare(job, force_final=True)
-        return job
-
-    def _infer(self, jobs: list[_Job], batch_size: int, pool: ThreadPoolExecutor | None) -> None:
-        active = jobs
-        while active:
-            groups: dict[float, list[_Job]] = defaultdict(list)
-            for j in active:
-                groups[round(j.decision.mask_ratio, 6)].append(j)
-            for m in sorted(groups):
-                eng = self.engines[m]
-                js = groups[m]
-                for s in range(0, len(js), batch_size):
-                    part = js[s: s + batch_size]
-                    logits = self._run(eng, [j.inputs for j in part], [j.decision.plan for j in part])
-                    for j, lg in zip(part, logits):
-                        j.logits, j.passes = lg, j.passes + 1
-                        j.runs[m] += 1
-            active = [j for j in active if not j.decision.final]
-            if active:
-                if pool is None:
-                    for j in active:
-                        self._advance(j)
-                else:
-                    for f in [pool.submit(self._advance, j) for j in active]:
-                        f.result()
-
-    def _run(self, eng: Engine, inputs: list[ModelInputs], plans: list[MaskPlan]) -> list[np.ndarray]:
-        feed = graph_inputs(inputs, plans, stacked=False)  # the CPU runtime calls its graphs image by image
-        return eng.backend.run_images(feed)
-
-    def _finish_and_hand_on(self, item: _Item, finish_args: tuple[float, bool],
-                            on_result: Callable[[CompletionResult], None] | None, on_error: str) -> CompletionResult:
-        result = self._finish(item, *finish_args)  # (min_confidence, confidence)
-        if on_result is not None and result.ok:
+    def _finish(self, call: _Call, work: ImageWork) -> CompletionResult:
+        """The pipeline's finish, then ``on_result`` (its exception: the image's error)."""
+        result = call.pipeline.finish(work, call.min_confidence, call.confidence)
+        if call.on_result is not None and result.ok:
             try:
-                on_result(result)
+                call.on_result(result)
             except Exception as e:
-                if on_error == "raise":
+                if call.on_error == "raise":
                     raise
                 return replace(result, error=e)
         return result
-
-    def _finish(self, item: _Item, min_confidence: float, confidence: bool = True) -> CompletionResult:
-        if item.error is not None:
-            return CompletionResult(None, None, float("nan"), 0, 0, name=item.name, error=item.error)
-        partial = item.partial
-        if len(item.jobs) == 1 and item.jobs[0].box == (0, partial.shape[0], 0, partial.shape[1]):
-            logits = item.jobs[0].logits
-        else:
-            logits = self._blend(item.jobs, partial.shape)
-        propagated = item.propagated
-        if propagated is None and self._needs_propagation:  # tiled: propagate over the whole image
-            propagated = propagate_for(self.cfg, partial, item.image, self.unknown_index, self.fusion is not None,
-                                       item.boundary)
-        label, conf = finish(logits, partial, self.settings, propagated, min_confidence, confidence)
-        hole = partial == self.unknown_index
-        # only min_confidence leaves hole pixels unknown
-        unreliable = int(np.count_nonzero(label[hole] == self.unknown_index)) if min_confidence > 0 else 0
-        runs = Counter()
-        for j in item.jobs:
-            runs.update(j.runs)
-        return CompletionResult(label, conf, max(runs) if runs else float("nan"),
-                                passes=max(j.passes for j in item.jobs), tiles=len(item.jobs),
-                                filled=int(np.count_nonzero(hole)) - unreliable, unreliable=unreliable, name=item.name,
-                                palette=item.palette, engines=dict(runs))
-
-    def _blend(self, jobs: list[_Job], shape: tuple[int, int]) -> np.ndarray:
-        """Tile logits resized to their windows, blended with a linear weight ramp."""
-        acc = np.zeros((self.num_classes, *shape), np.float32)
-        wsum = np.zeros(shape, np.float32)
-        for j in jobs:
-            y0, y1, x0, x1 = j.box
-            lg = resize_logits(j.logits, (y1 - y0, x1 - x0))
-            w = np.outer(_ramp(y1 - y0), _ramp(x1 - x0)).astype(np.float32)
-            acc[:, y0:y1, x0:x1] += lg * w
-            wsum[y0:y1, x0:x1] += w
-        return acc / np.maximum(wsum, 1e-12)
-
-
-def _starts(n: int, win: int) -> list[int]:
-    if win >= n:
-        return [0]
-    stride = max(1, int(round(win * 2 / 3)))
-    out = list(range(0, n - win + 1, stride))
-    if out[-1] != n - win:
-        out.append(n - win)
-    return out
-
-
-def _ramp(n: int) -> np.ndarray:
-    """1 in the middle, falling linearly over the outer third of a window (never 0)."""
-    i = np.arange(n, dtype=np.float32)
-    d = np.minimum(i + 0.5, n - i - 0.5) / max(n / 3.0, 1.0)
-    return np.clip(d, 1e-3, 1.0)

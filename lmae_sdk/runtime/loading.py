@@ -1,28 +1,45 @@
-"""Loading a completer: a bundle folder (its manifest is the contract) or a ``.pt`` checkpoint
-(the torch backend), and the choice of backend for ``backend="auto"``."""
+"""Loading what a completer is built from (:class:`LoadedModel`): a bundle folder (its
+manifest is the contract) or a ``.pt`` checkpoint (the torch backend), and the choice of
+backend for ``backend="auto"``.  ``LMAECompleter.load`` calls :func:`load`."""
 from __future__ import annotations
 
 import dataclasses
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..boundary_map import BoundarySpec
-from ..bundle import BOUNDARY_GRAPH, BundleError, Manifest, check_contract, check_graph, check_model, read_manifest
-from ..config import LMAEConfig
+from ..bundle import (BOUNDARY_GRAPH, FUSION_GRAPH, BundleError, Manifest, check_contract, check_graph, check_model,
+                      engine_config, read_manifest)
 from ..extras import require_torch
 from ..masking import num_masked
 from ..pipeline import CompletionSettings, SettingsError
-from .backends import (BACKENDS, BackendError, Engine, OrtBackend, OrtBoundaries, TorchBackend, TrtBackend,
-                       ort_available, ort_cuda_available, trt_available)
+from .backends import (BACKENDS, BackendError, Engine, OrtBackend, OrtBoundaries, OrtFusionScorer, TorchBackend,
+                       TrtBackend, TrtBoundaries, TrtFusionScorer, ort_available, ort_cuda_available, trt_available)
 
 if TYPE_CHECKING:
-    from .completer import LMAECompleter
+    import numpy as np
+
+    from ..config import LMAEConfig
+    from ..fusion_rows import RowScorer
 
 log = logging.getLogger("lmae_sdk.runtime")
 
 PRECISION_PREFERENCE = {"cpu": ("fp32", "fp16"), "gpu": ("fp16", "fp32")}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """What ``LMAECompleter.load`` builds the completer from (its constructor's arguments)."""
+
+    cfg: LMAEConfig
+    engines: list[Engine]
+    settings: CompletionSettings
+    boundaries: Callable[[np.ndarray], np.ndarray] | None = None  # image -> (2, H, W) class-boundary map
+    fusion_scorer: RowScorer | None = None  # the bundle's fusion graph (None: pixel fusion scores on the host)
+    source: str = ""
+    backend_name: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +48,7 @@ class LoadOptions:
 
     backend: str = "auto"
     device: str | None = None
-    threads: int = 0
+    threads: int = 0  # ONNX Runtime's intra-op threads (0: all cores); torch runs on the process's setting
     precision: str | None = None
     mask_ratios: Sequence[float] | None = None
     unknown_index: int | None = None
@@ -52,22 +69,23 @@ class LoadOptions:
         return settings if self.pixel_fusion else replace(settings, fusion=None)
 
 
-def load(cls: type["LMAECompleter"], path: Path, opts: LoadOptions) -> "LMAECompleter":
+def load(path: Path, opts: LoadOptions) -> LoadedModel:
     if path.is_file():
         if opts.backend not in ("auto", "torch"):
             raise BackendError(f"{path} is a .pt checkpoint: it runs on the torch backend; export a bundle "
                                f"(lmae-export) for {opts.backend}")
-        return from_checkpoint(cls, path, opts)
+        return from_checkpoint(path, opts)
     man = read_manifest(path)
     check_contract(man)
-    return from_bundle(cls, man, opts)
+    return from_bundle(man, opts)
 
 
-def from_checkpoint(cls: type["LMAECompleter"], path: Path, opts: LoadOptions,
-                    manifest: Manifest | None = None) -> "LMAECompleter":
+def from_checkpoint(path: Path, opts: LoadOptions, manifest: Manifest | None = None) -> LoadedModel:
     """A ``.pt`` on the torch backend; ``manifest``: the bundle that holds it, whose shared
     settings the checkpoint must agree with and which then decide the host work."""
     require_torch(f"{path.name}: the torch backend (a .pt checkpoint)")
+    import torch
+
     from ..boundaries import boundaries_from_checkpoint
     from ..checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -84,45 +102,60 @@ def from_checkpoint(cls: type["LMAECompleter"], path: Path, opts: LoadOptions,
     ratios = sorted({float(m) for m in (opts.mask_ratios or ckpt["mask_ratios"])})
     names = cfg.graph_inputs()
     engines = [Engine(m, cfg.num_visible(m), num_masked(cfg.num_patches, m),
-                      TorchBackend(model, m, cfg.num_visible(m), names, device, opts.threads)) for m in ratios]
-    log.info("backend torch on %s (%s), engines m=%s", device, path.name, ratios)
-    return cls(cfg, engines, settings, boundaries=boundaries_from_checkpoint(ckpt, device, str(path)),
-               source=source, backend_name="torch")
+                      TorchBackend(model, m, cfg.num_visible(m), names, device)) for m in ratios]
+    # torch's thread count is the process's, left to the caller (backends.set_torch_threads): opts.threads is
+    # not applied
+    log.info("backend torch on %s (%s), engines m=%s, %d torch threads (the process's setting)", device, path.name,
+             ratios, torch.get_num_threads())
+    return LoadedModel(cfg, engines, settings, boundaries=boundaries_from_checkpoint(ckpt, device, str(path)),
+                       source=source, backend_name="torch")
 
 
-def from_bundle(cls: type["LMAECompleter"], man: Manifest, opts: LoadOptions) -> "LMAECompleter":
+def from_bundle(man: Manifest, opts: LoadOptions) -> LoadedModel:
     kinds = {e["backend"] for e in man.engines}
     ckpt = bundle_checkpoint(man)
     if opts.backend == "auto":
-        return _auto(cls, man, opts, kinds, ckpt)
+        return _auto(man, opts, kinds, ckpt)
     if opts.backend == "torch":
         if ckpt is None:
             raise BackendError(f"{man.root}: the torch backend needs the .pt checkpoint; this bundle holds "
                                f"{sorted(kinds)} engines only (pass the .pt path instead)")
         ratios = opts.mask_ratios or sorted({e["mask_ratio"] for e in man.engines}) or None
-        return from_checkpoint(cls, ckpt, replace(opts, mask_ratios=ratios), manifest=man)
+        return from_checkpoint(ckpt, replace(opts, mask_ratios=ratios), manifest=man)
     if opts.backend not in kinds:
         raise BackendError(f"{man.root}: the bundle holds no {opts.backend} engines (it has {sorted(kinds)})")
     chosen = _choose_engines(man, opts)
-    cfg = engine_config(next(iter(chosen.values()))["model_config"])  # agrees with the manifest
+    first = next(iter(chosen.values()))  # its config agrees with the manifest (load's check_contract)
+    cfg = engine_config(first["model_config"], f"{man.root}: engine {first['name']!r}")
     engines = [_engine(man, e, m, opts) for m, e in sorted(chosen.items())]
     d = man.data
-    boundaries = None
-    if d.get("boundary"):
-        # ONNX Runtime runs the boundary graph for both ONNX and TensorRT bundles (CUDA when
-        # the engines run on a GPU and onnxruntime-gpu is installed)
-        bdev = (opts.device or "cpu") if opts.backend == "onnxruntime" else (
-            "cuda" if ort_cuda_available() else "cpu")
-        boundaries = OrtBoundaries(man.root / d[BOUNDARY_GRAPH]["file"],
-                                   BoundarySpec.from_dict(d["boundary"], str(man.root)), bdev)
+    boundaries, fusion_scorer = _aux_graphs(man, opts)
     log.info("backend %s (%s), providers %s, engines %s", opts.backend, opts.device or "cpu",
              engines[0].backend.providers, [(en.mask_ratio, chosen[en.mask_ratio]["precision"]) for en in engines])
-    return cls(cfg, engines, opts.settings(d, str(man.root / "manifest.json")), boundaries=boundaries,
-               source=str(man.root), backend_name=engines[0].backend.name)
+    return LoadedModel(cfg, engines, opts.settings(d, str(man.root / "manifest.json")), boundaries=boundaries,
+                       fusion_scorer=fusion_scorer, source=str(man.root), backend_name=engines[0].backend.name)
 
 
-def _auto(cls: type["LMAECompleter"], man: Manifest, opts: LoadOptions, kinds: set[str],
-          ckpt: Path | None) -> "LMAECompleter":
+def _aux_graphs(man: Manifest, opts: LoadOptions) -> tuple[Any, Any]:
+    """(boundary map runner or None, fusion row scorer or None) of a bundle: on TensorRT
+    when the engines run there and the bundle holds the graphs' TensorRT engines (``lmae-export
+    --trt``), else on ONNX Runtime: the engines' device, CUDA for a TensorRT bundle when
+    onnxruntime-gpu sees a GPU.  A bundle exported without a fusion graph scores on the host."""
+    d, trt = man.data, opts.backend == "tensorrt"
+    device = (opts.device or "cpu") if opts.backend == "onnxruntime" else ("cuda" if ort_cuda_available() else "cpu")
+    boundaries = fusion_scorer = None
+    if d.get("boundary"):
+        graph, spec = d[BOUNDARY_GRAPH], BoundarySpec.from_dict(d["boundary"], str(man.root))
+        boundaries = TrtBoundaries(man.root / graph["tensorrt"]["file"], spec) if trt and graph.get("tensorrt") \
+            else OrtBoundaries(man.root / graph["file"], spec, device)
+    graph = d.get(FUSION_GRAPH)
+    if opts.pixel_fusion and graph:
+        fusion_scorer = TrtFusionScorer(man.root / graph["tensorrt"]["file"]) if trt and graph.get("tensorrt") \
+            else OrtFusionScorer(man.root / graph["file"], device)
+    return boundaries, fusion_scorer
+
+
+def _auto(man: Manifest, opts: LoadOptions, kinds: set[str], ckpt: Path | None) -> LoadedModel:
     """TensorRT > ONNX Runtime CUDA > ONNX Runtime CPU > torch, from what is installed and
     what the bundle holds; the first that loads."""
     choices = []
@@ -140,7 +173,7 @@ def _auto(cls: type["LMAECompleter"], man: Manifest, opts: LoadOptions, kinds: s
     errors = []
     for name, dev in choices:
         try:
-            out = from_bundle(cls, man, replace(opts, backend=name, device=dev))
+            out = from_bundle(man, replace(opts, backend=name, device=dev))
         except BackendError as e:  # e.g. the GPU wheel without a working CUDA: next choice
             log.warning("backend %s (%s) unavailable: %s", name, dev, e)
             errors.append(f"{name}: {e}")
@@ -190,11 +223,6 @@ def bundle_checkpoint(man: Manifest) -> Path | None:
         return man.root / ref
     pts = sorted(man.root.glob("*.pt"))
     return pts[0] if len(pts) == 1 else None
-
-
-def engine_config(d: dict[str, Any]) -> LMAEConfig:
-    known = {f.name for f in dataclasses.fields(LMAEConfig)}
-    return LMAEConfig.from_dict({k: v for k, v in d.items() if k in known})
 
 
 def _check_boundary_net(man: Manifest, ckpt: dict[str, Any], path: Path) -> None:

@@ -2,8 +2,9 @@
 
 Both load their own :class:`LMAECompleter` lazily (in the DataLoader worker / Ray actor),
 so only the model path and options travel between processes.  Neither needs torch to
-import: ``folder_pairs`` and ``RayCompleter`` serve torch-free deployments (an ONNX
-bundle), and ``CompletionDataset`` is a torch ``IterableDataset`` when torch is installed.
+import: ``folder_pairs`` (from :mod:`lmae_sdk.runtime.pairing`) and ``RayCompleter`` serve
+torch-free deployments (an ONNX bundle), and ``CompletionDataset`` is a torch
+``IterableDataset`` when torch is installed.
 """
 from __future__ import annotations
 
@@ -14,19 +15,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..inputs import ambiguous_stems
-from ..labels import clash_error, image_files, label_files
-
-
-def folder_pairs(images: str | os.PathLike, labels: str | os.PathLike) -> list[tuple[Path | None, Path, str]]:
-    """(image path or None when missing, label path, stem) for every label PNG, sorted.  Two
-    images (or two labels, ``a.png`` and ``a.PNG``) of one stem: an
-    :class:`~lmae_sdk.labels.InputError` naming them, before any pair is made."""
-    by_stem = image_files(images)
-    shared_labels = ambiguous_stems(labels, (".png",))
-    if shared_labels:
-        raise clash_error(labels, shared_labels, "labels")
-    return [(by_stem.get(lab.stem), lab, lab.stem) for lab in label_files(labels)]
+from .pairing import folder_pairs  # CompletionDataset's folder source; part of this module's API
 
 
 def _load_completer(model, backend: str, threads: int, device: str | None):
@@ -123,8 +112,9 @@ class RayCompleter:
     batch and so the Ray job.
 
     Threads: the engine runs on ``threads`` threads (1 by default; ``threads=0``, all cores
-    in every actor, is refused), reading and pre/post-processing on one more thread, so an
-    actor keeps about one core busy: set ``num_cpus=threads`` per actor and scale out with
+    in every actor, is refused; the torch backend runs on the actor process's torch thread
+    count, ``OMP_NUM_THREADS`` there), reading and pre/post-processing on one more thread, so
+    an actor keeps about one core busy: set ``num_cpus=threads`` per actor and scale out with
     the pool size.  ``batch_size`` is the engine batch inside the actor; ``map_batches``'
     own ``batch_size`` is how many rows one call receives.
     """

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 
 from ...boundary_map import BoundarySpec, boundary_input, boundary_to_image
+from ...cores import usable_cores
+from ...fusion_rows import CPU_ROWS_PER_CALL
 from .base import Backend, BackendError
 
 log = logging.getLogger("lmae_sdk.runtime")
@@ -16,7 +18,7 @@ log = logging.getLogger("lmae_sdk.runtime")
 # Images per session call on CPU: a batch runs one image at a time, so that the decoder's
 # full-resolution maps (~4 MB per map and image at 224x288) stay in cache; 16 images per call
 # stream them through memory, and two lanes side by side then contend for it (engine 1.47x
-# faster in two lanes: benchmarks/RESULTS.md).  It also spares the
+# faster in two lanes: benchmarks/HISTORY.md).  It also spares the
 # completer stacking its per-image inputs (``run_images``).  On a GPU a batch is one call.
 CPU_IMAGES_PER_CALL = 1
 
@@ -45,7 +47,7 @@ def ort_session(path: str | os.PathLike, device: str = "cpu", threads: int = 0):
         raise BackendError("onnxruntime is not installed: pip install 'lmae-sdk[cpu]' "
                            "(or [gpu] for onnxruntime-gpu)") from e
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads) if threads else max(1, os.cpu_count() or 1)
+    opts.intra_op_num_threads = int(threads) if threads else usable_cores()
     opts.inter_op_num_threads = 1
     # idle intra-op threads sleep instead of spinning: in complete_batch the pre/post
     # workers share the cores with the engine, and spinning threads starve them
@@ -152,3 +154,25 @@ class OrtBoundaries:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         prob = self.session.run(None, {"image": boundary_input(image, self.spec)[None]})[0][0]
         return boundary_to_image(prob, image.shape[:2])
+
+
+class OrtFusionScorer:
+    """A bundle's fusion graph on ONNX Runtime: pixel fusion's candidate rows -> scores (a
+    :class:`lmae_sdk.fusion_rows.RowScorer`).  On a CPU the rows go in cache-sized calls
+    (``CPU_ROWS_PER_CALL``), on CUDA in one call.  One intra-op thread by default: the
+    completer's lanes call it side by side."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int = 1) -> None:
+        self.session = ort_session(path, device, threads)
+        names = [i.name for i in self.session.get_inputs()]
+        if names != ["features", "classes"]:
+            raise BackendError(f"{Path(path).name}: fusion graph inputs {names}; expected ['features', 'classes']")
+        self.rows_per_call = 0 if device.startswith("cuda") else CPU_ROWS_PER_CALL
+
+    def __call__(self, features: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        out = np.empty(len(features), np.float32)
+        step = self.rows_per_call or max(len(features), 1)
+        for s in range(0, len(features), step):
+            out[s: s + step] = self.session.run(None, {"features": features[s: s + step],
+                                                       "classes": classes[s: s + step]})[0]
+        return out

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ... import trt_engine
+from ...boundary_map import BoundarySpec, boundary_input, boundary_to_image
 from .base import Backend, BackendError
 
 # the graph contract's output of each part (export/graphs.py: output_names)
@@ -95,3 +96,48 @@ class TrtBackend(Backend):
 
     def decode(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         return self._run("decoder", feed)
+
+
+class _TrtGraph:
+    """One auxiliary graph's engine (boundary net, fusion scoring): calls take turns."""
+
+    def __init__(self, path: str | os.PathLike, inputs: list[str]) -> None:
+        try:
+            self.engine = trt_engine.TrtEngine(Path(path), device_memory(), trt_engine.import_tensorrt())
+        except (trt_engine.TensorRTUnavailable, trt_engine.TrtEngineError) as e:
+            raise BackendError(str(e)) from None
+        if sorted(self.engine.input_names) != sorted(inputs):
+            raise BackendError(f"{Path(path).name}: engine inputs {sorted(self.engine.input_names)}; expected "
+                               f"{sorted(inputs)}")
+        self._lock = threading.Lock()
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            return self.engine.run(feed)
+
+
+class TrtBoundaries(_TrtGraph):
+    """A bundle's boundary engine: RGB uint8 (H, W, 3) -> (2, H, W) map (as ``OrtBoundaries``)."""
+
+    def __init__(self, path: str | os.PathLike, spec: BoundarySpec) -> None:
+        super().__init__(path, ["image"])
+        self.spec = spec
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        prob = self.run({"image": boundary_input(image, self.spec)[None]})["boundary"][0]
+        return boundary_to_image(prob, image.shape[:2])
+
+
+class TrtFusionScorer(_TrtGraph):
+    """A bundle's fusion engine: pixel fusion's candidate rows -> scores (a
+    :class:`lmae_sdk.fusion_rows.RowScorer`), in calls of at most its profile's rows."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__(path, ["features", "classes"])
+
+    def __call__(self, features: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        out = np.empty(len(features), np.float32)
+        step = self.engine.max_batch
+        for s in range(0, len(features), step):
+            out[s: s + step] = self.run({"features": features[s: s + step], "classes": classes[s: s + step]})["scores"]
+        return out

@@ -1,0 +1,122 @@
+"""Compiled host kernels of pixel fusion's features: the log-probabilities at hole pixels, the
+line votes and the candidate rows, each in one pass over the pixels that need it.
+
+Each kernel has a numpy form in :mod:`lmae_sdk.fusion` / :mod:`lmae_sdk.fusion_rows` that
+gives the same result (to float rounding); numba compiles these where it is installed
+(:mod:`lmae_sdk.jit`).  They stay on the host because what they compute is chosen per pixel
+from data (which pixels are holes, which classes are candidates, the nearest known pixel
+along a line): the rows they build are what the fusion graph scores.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .jit import numba_compiled
+
+
+def _hole_log_probs_loops(logits: np.ndarray, idx: np.ndarray, width: int, y0: np.ndarray, y1: np.ndarray,
+                          wy: np.ndarray, x0: np.ndarray, x1: np.ndarray, wx: np.ndarray,
+                          out: np.ndarray) -> None:  # pragma: no cover - compiled by numba
+    """out (M, N): the log-softmax of the bilinear-upsampled logits at flat pixels ``idx``
+    (OpenCV's INTER_LINEAR taps, :func:`lmae_sdk.upsampling.upsampling_taps`)."""
+    n = logits.shape[0]
+    one = np.float32(1)
+    for i in range(idx.size):
+        y, x = idx[i] // width, idx[i] % width
+        a, b, ty = y0[y], y1[y], wy[y]
+        c0, c1, tx = x0[x], x1[x], wx[x]
+        top = np.float32(-np.inf)
+        for c in range(n):
+            v = (logits[c, a, c0] * (one - tx) + logits[c, a, c1] * tx) * (one - ty) \
+                + (logits[c, b, c0] * (one - tx) + logits[c, b, c1] * tx) * ty
+            out[i, c] = v
+            top = max(top, v)
+        total = np.float32(0)
+        for c in range(n):
+            total += np.exp(out[i, c] - top)
+        shift = top + np.log(total)
+        for c in range(n):
+            out[i, c] -= shift
+
+
+def _line_votes_loops(partial: np.ndarray, unknown: int, num_classes: int, idx: np.ndarray,
+                      votes: np.ndarray) -> None:  # pragma: no cover - compiled by numba
+    """votes (M, N, 2) += 0.5 for the class of the nearest known pixel straight up, down
+    (plane 0), left and right (plane 1) of each flat pixel ``idx`` (none that way: no vote)."""
+    h, w = partial.shape
+    for i in range(idx.size):
+        y, x = idx[i] // w, idx[i] % w
+        for way in range(4):  # up, down (plane 0), left, right (plane 1)
+            dy = -1 if way == 0 else 1 if way == 1 else 0
+            dx = -1 if way == 2 else 1 if way == 3 else 0
+            yy, xx = y + dy, x + dx
+            while 0 <= yy < h and 0 <= xx < w:
+                v = partial[yy, xx]
+                if v != unknown:
+                    if v < num_classes:
+                        votes[i, v, way // 2] += 0.5
+                    break
+                yy += dy
+                xx += dx
+
+
+def _rows_loops(lp: np.ndarray, cost: np.ndarray, dist: np.ndarray, known: np.ndarray, share: np.ndarray,
+                votes: np.ndarray, pixel_extra: np.ndarray, with_share: bool, nearest: bool, min_log_prob: float,
+                cap: float, cost_scale: float, dist_scale: float, fill: bool, starts: np.ndarray, feats: np.ndarray,
+                classes: np.ndarray) -> None:  # pragma: no cover - compiled by numba
+    """The rows of :func:`fusion_rows.candidate_rows`.  ``fill=False``: only count each
+    pixel's candidate classes into ``starts``; ``fill=True``: write the rows of each pixel
+    from ``starts[i]`` on: the first six features, the border share (``with_share``), the
+    line votes, the nearest-fill features (``nearest``), the per-pixel ones."""
+    m, n = lp.shape
+    v, q = votes.shape[2], pixel_extra.shape[1]
+    for i in range(m):
+        best = cost[i, 0]  # the smallest and second smallest cost, as np.partition(cost, 1)
+        second = np.float32(np.inf) if n > 1 else best
+        closest = dist[i, 0]
+        for c in range(1, n):
+            x = cost[i, c]
+            if x < best:
+                second, best = best, x
+            elif x < second:
+                second = x
+            closest = min(closest, dist[i, c])
+        kd = np.log1p(known[i]) * dist_scale
+        r = starts[i] if fill else 0
+        for c in range(n):
+            if not (lp[i, c] >= min_log_prob or cost[i, c] <= second or dist[i, c] <= closest):
+                continue
+            if fill:
+                feats[r, 0] = lp[i, c]
+                feats[r, 1] = np.log1p(min(cost[i, c], cap)) * cost_scale
+                feats[r, 2] = np.log1p(min(cost[i, c] - best, cap)) * cost_scale
+                feats[r, 3] = 1.0 if cost[i, c] == best else 0.0
+                feats[r, 4] = np.log1p(dist[i, c]) * dist_scale
+                feats[r, 5] = kd
+                k = 6
+                if with_share:
+                    feats[r, k] = share[i, c]
+                    k += 1
+                for e in range(v):
+                    feats[r, k + e] = votes[i, c, e]
+                k += v
+                if nearest:
+                    gap = dist[i, c] - closest
+                    feats[r, k] = 1.0 if gap == 0 else 0.0
+                    feats[r, k + 1] = np.log1p(gap) * dist_scale
+                    k += 2
+                for e in range(q):
+                    feats[r, k + e] = pixel_extra[i, e]
+                classes[r] = c
+            r += 1
+        if not fill:
+            starts[i] = r
+
+
+@functools.cache
+def compiled(name: str):
+    """The numba-compiled kernel ``name`` (``hole_log_probs``, ``line_votes``, ``rows``), or
+    None without numba."""
+    return numba_compiled(globals()[f"_{name}_loops"])
