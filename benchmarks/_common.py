@@ -194,7 +194,8 @@ def random_checkpoint(path: str | os.PathLike, preset: str = "tiny", num_classes
     """A random-weight checkpoint (speed benchmarks and smoke runs need no training);
     ``boundary_size``: with a random boundary net (``boundary_width``, ``flip_average``) at
     that input size; ``fusion``: with a random hole-aware pixel fusion (64 hidden, what
-    ``lmae fit`` fits): a bundle of this does per image the work of a fitted one."""
+    ``lmae fit`` fits): a bundle of this runs the graphs and host steps of a fitted one (its
+    random model leaves more candidate classes per pixel, so more fusion rows)."""
     import torch
 
     from lmae_sdk.boundaries import BoundaryNet, BoundarySpec

@@ -99,14 +99,13 @@ def main(ckpts, out, mask_ratios, opset, legacy, fp16, trt, max_batch, workspace
     if graph:
         b = man.data["boundary"]
         click.echo(f"boundary graph {graph['file']} ({b['size'][0]}x{b['size'][1]}, {_size(graph['bytes'])}, "
-                   f"max |diff| vs torch {graph['parity']['max_abs_diff']:.2g}); runs on ONNX Runtime for every engine")
+                   f"max |diff| vs torch {graph['parity']['max_abs_diff']:.2g}); {_runs_on(graph)}")
         if show_ops:
             click.echo(f"boundary ops: {' '.join(op_list(man.root / graph['file']))}")
     fusion = man.data.get("fusion_graph")
     if fusion:
         click.echo(f"fusion graph {fusion['file']} (pixel fusion's row scoring, {_size(fusion['bytes'])}, "
-                   f"max |diff| vs the host {fusion['parity']['max_abs_diff']:.2g}); runs on ONNX Runtime for every "
-                   f"engine")
+                   f"max |diff| vs the host {fusion['parity']['max_abs_diff']:.2g}); {_runs_on(fusion)}")
         if show_ops:
             click.echo(f"fusion ops: {' '.join(op_list(man.root / fusion['file']))}")
     if show_ops:
@@ -118,5 +117,16 @@ def main(ckpts, out, mask_ratios, opset, legacy, fp16, trt, max_batch, workspace
             if not r["ok"]:
                 click.echo(f"warning: {e['name']} {part} is not TensorRT-ready: {r['problems']}", err=True)
 
+
+def _runs_on(graph: dict) -> str:
+    """Where the runtime runs a bundle's boundary or fusion graph."""
+    engine = graph.get("tensorrt")
+    if not engine:
+        return "runs on ONNX Runtime for every engine"
+    return (f"TensorRT engine {engine['file']} (max |diff| vs ONNX Runtime {engine['parity']['max_abs_diff']:.2g}) "
+            f"for the tensorrt engines, ONNX Runtime for the others")
+
+
 if __name__ == "__main__":
     main()
+
