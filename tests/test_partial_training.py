@@ -2,6 +2,9 @@
 runtime meets (natural holes included), and only known pixels teach."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -62,3 +65,75 @@ def test_holes_in_a_partial_label_hide_its_known_pixels(strategy):
     hidden = np.count_nonzero((again == UNKNOWN) & known) / np.count_nonzero(known)
     assert 0.35 < hidden < 0.65
     assert (again[known & (again != UNKNOWN)] == partial[known & (again != UNKNOWN)]).all()
+
+
+def test_the_inputs_of_a_partial_label_take_its_pseudo_labels_and_the_loss_only_its_known_pixels():
+    """A label whose left half is unknown and a context (pseudo-labels) that knows it as class
+    3: with the context, the model's input shows class 3 there (the input's known share spans
+    the trained range as a complete label's would), while the target keeps the left half
+    unknown, so that only known pixels teach."""
+    from lmae_sdk.model import make_config
+    from lmae_sdk.training.data import SampleSpec, make_sample, with_context
+
+    cfg = make_config("tiny", 4, img_size=(64, 96))
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (96, 144, 3), dtype=np.uint8)
+    lab = np.ones((96, 144), np.uint8)
+    lab[:, :72] = UNKNOWN
+    context = with_context(lab, np.full_like(lab, 3))
+    assert (context[:, :72] == 3).all() and (context[:, 72:] == 1).all()  # known pixels are the label's own
+    spec = SampleSpec(mask_ratios=(0.5,), hole_mix={"random": 1.0}, hole_ratio=(0.2, 0.3), crop_scale=(1.0, 1.0))
+    shown, plain = [], []
+    for seed in range(6):
+        with_ctx = make_sample(image, lab, cfg, spec, 0.5, np.random.default_rng(seed), context=context)
+        without = make_sample(image, lab, cfg, spec, 0.5, np.random.default_rng(seed))
+        shown.append(with_ctx["label_planes"][3].mean())
+        plain.append(without["label_planes"][3].mean())
+        target = with_ctx["target"]
+        assert set(np.unique(target)) <= {1, UNKNOWN} and (target == UNKNOWN).mean() > 0.4
+        np.testing.assert_array_equal(target, without["target"])
+    assert min(shown) > 0.2 and max(plain) == 0.0
+
+
+def test_context_labels_are_read_by_name_and_checked(tmp_path):
+    from lmae_sdk.labels import InputError, write_label
+    from lmae_sdk.training.train import read_contexts
+
+    lab = _label(0.5)
+    write_label(tmp_path / "a.png", np.full_like(lab, 2))
+    data = [(None, lab), (None, lab)]
+    out = read_contexts(tmp_path, [("a.jpg", "labels/a.png"), ("b.jpg", "labels/b.png")], data)
+    np.testing.assert_array_equal(out[0], np.where(lab == UNKNOWN, 2, lab))
+    np.testing.assert_array_equal(out[1], lab)  # no pseudo-labels for b: the label as it is
+    write_label(tmp_path / "a.png", np.full((10, 10), 2, np.uint8))
+    with pytest.raises(InputError, match="a.png.*size"):
+        read_contexts(tmp_path, [("a.jpg", "labels/a.png")], data[:1])
+
+
+def test_the_fine_tune_of_a_partial_dataset_writes_confident_pseudo_labels_once(tmp_path, synth_root):
+    """The fine-tune stage completes the train labels of a partial dataset with the model
+    stage's model: known pixels stay, holes take the model's class where it is sure and stay
+    unknown elsewhere; a resumed stage reads them again instead of recomputing."""
+    from types import SimpleNamespace
+
+    from conftest import tiny_checkpoint
+    from lmae_sdk.labels import read_label
+    from lmae_sdk.recipe import stages
+    from lmae_sdk.recipe.plan import FitOptions
+    from lmae_sdk.recipe.state import WorkFolder
+
+    model = tiny_checkpoint(tmp_path / "model.pt", mask_ratios=(0.5,))
+    (tmp_path / "work").mkdir()
+    ctx = SimpleNamespace(work=WorkFolder(tmp_path / "work"), device="cpu",
+                          options=FitOptions(data=str(synth_root), budget_min=5.0))
+    folder = Path(stages._pseudo_labels(ctx, model))
+    record = json.loads((folder / stages.PSEUDO_RECORD).read_text())
+    train = sorted((synth_root / "train" / "labels").glob("*.png"))
+    assert record["images"] == len(train) == len(list(folder.glob("*.png")))
+    assert record["min_confidence"] == stages.PSEUDO_MIN_CONFIDENCE
+    for lab_path in train[:4]:
+        lab, pseudo = read_label(lab_path)[0], read_label(folder / lab_path.name)[0]
+        known = lab != UNKNOWN
+        np.testing.assert_array_equal(pseudo[known], lab[known])
+    (folder / train[0].name).unlink()
+    assert stages._pseudo_labels(ctx, model) == str(folder) and not (folder / train[0].name).exists()

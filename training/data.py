@@ -70,10 +70,19 @@ def known_share_to_hide(lab: np.ndarray, unknown_range: tuple[float, float], rng
     return (total - natural) / (1 - natural)
 
 
+def with_context(lab: np.ndarray, context: np.ndarray) -> np.ndarray:
+    """``lab`` with its unknown pixels taken from ``context`` where that knows them."""
+    return np.where(lab == UNKNOWN, context, lab)
+
+
 def make_sample(img: np.ndarray, lab: np.ndarray, cfg: LMAEConfig, spec: SampleSpec, mask_ratio: float,
-                rng: np.random.Generator, boundary: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                rng: np.random.Generator, boundary: np.ndarray | None = None,
+                context: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """``boundary``: the image's class-boundary map (2, H, W), cropped and flipped with it
-    (models whose step cost has a boundary term)."""
+    (models whose step cost has a boundary term).  ``context``: for a partial ``lab``, the
+    label the model's input is made from (:func:`with_context`: its unknown pixels filled
+    with confident pseudo-labels), so that the input's known share spans the trained range
+    as a complete label's would; the loss still counts only ``lab``'s known pixels."""
     h, w = lab.shape
     mh, mw = cfg.img_size
     # random crop with the model's aspect ratio, then resize (paper: crop 448 -> 224)
@@ -82,22 +91,23 @@ def make_sample(img: np.ndarray, lab: np.ndarray, cfg: LMAEConfig, spec: SampleS
     cw = int(ch * mw / mh)
     y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
     img, lab = img[y: y + ch, x: x + cw], lab[y: y + ch, x: x + cw]
+    source = lab if context is None else context[y: y + ch, x: x + cw]
     if boundary is not None:
         boundary = boundary[:, y: y + ch, x: x + cw].astype(np.float32)
     if rng.random() < 0.5:
-        img, lab = img[:, ::-1], lab[:, ::-1]
+        img, lab, source = img[:, ::-1], lab[:, ::-1], source[:, ::-1]
         boundary = None if boundary is None else flip_boundaries(boundary)
-    img, lab = np.ascontiguousarray(img), np.ascontiguousarray(lab)
+    img, lab, source = np.ascontiguousarray(img), np.ascontiguousarray(lab), np.ascontiguousarray(source)
     if spec.holes == "mixed":
         mix = spec.hole_mix or DEFAULT_HOLE_MIX
         kinds = list(mix)
         p = np.asarray([mix[k] for k in kinds], np.float64)
         kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
         patch = int(rng.choice([12, 16, 24, 32, 48, 64]) * ch / h)
-        partial = degrade(lab, known_share_to_hide(lab, spec.hole_ratio, rng), kind, rng, patch=max(patch, 4),
+        partial = degrade(source, known_share_to_hide(source, spec.hole_ratio, rng), kind, rng, patch=max(patch, 4),
                           background_index=spec.background_index)
     else:
-        partial = lab
+        partial = source
     inputs = prepare(img, partial, cfg, spec.label_resize, boundary=boundary)
     plan = mask_plan(inputs, cfg, mask_ratio, sample_strategy(rng, spec.mask_mix or DEFAULT_MIX), spec.threshold,
                  spec.background_index, rng)
@@ -121,9 +131,10 @@ class CompletionTrainSet(Dataset):
 
     def __init__(self, data: list[tuple[np.ndarray, np.ndarray]], cfg: LMAEConfig, spec: SampleSpec,
                  batch_size: int, seed: int = 0, world_size: int = 1,
-                 boundary_maps: list[np.ndarray] | None = None) -> None:
+                 boundary_maps: list[np.ndarray] | None = None, contexts: list[np.ndarray] | None = None) -> None:
         self.data, self.cfg, self.spec, self.seed = data, cfg, spec, seed
         self.boundary_maps = boundary_maps  # per image (2, H, W), for a step cost with a boundary term
+        self.contexts = contexts  # per image, the label its inputs are made from (make_sample's context)
         # DistributedSampler (no shuffle) hands rank r the indices r, r + world, ...: a
         # block of batch_size * world consecutive indices makes one batch on every rank
         self.block = batch_size * world_size
@@ -140,7 +151,8 @@ class CompletionTrainSet(Dataset):
         k = int(order[i])
         img, lab = self.data[k]
         return make_sample(img, lab, self.cfg, self.spec, ratio, rng,
-                           None if self.boundary_maps is None else self.boundary_maps[k])
+                           None if self.boundary_maps is None else self.boundary_maps[k],
+                           None if self.contexts is None else self.contexts[k])
 
 
 def collate(items: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from lmae_sdk.boundaries import boundaries_from_checkpoint, boundary_maps
 from lmae_sdk.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from lmae_sdk.datasets import load_dataset
+from lmae_sdk.labels import InputError, read_label
 from lmae_sdk.masking import DEFAULT_UNKNOWN_THRESHOLD
 from lmae_sdk.metrics import CompletionMeter
 from lmae_sdk.model import LMAE, count_parameters, make_config
@@ -30,7 +31,7 @@ from lmae_sdk.pipeline import CompletionSettings, ModelInputs, finish, graph_inp
 from lmae_sdk.routing import mask_plan
 
 from .amp import check_bf16_autocast
-from .data import CompletionTrainSet, SampleSpec, ValSet, collate, load_pairs, train_loader
+from .data import CompletionTrainSet, SampleSpec, ValSet, collate, load_pairs, train_loader, with_context
 from .loss import class_frequencies, class_weights, completion_loss
 
 
@@ -71,6 +72,9 @@ class TrainConfig:
     init_from: str | None = None  # warm start: load every tensor of this checkpoint whose name and shape match
     # a checkpoint with a boundary net (lmae fit-boundaries): its net and step-cost weights make the prior
     boundaries_from: str | None = None
+    # a folder of label PNGs named as the train labels: where a train label is unknown, the model's inputs take
+    # these labels' known pixels (confident pseudo-labels of a partial dataset: data.make_sample's context)
+    context_labels: str | None = None
 
 
 def _is_dist() -> bool:
@@ -118,6 +122,22 @@ def _paths(out: str) -> dict[str, Path]:
     stem = p.with_suffix("")
     return {"best": p, "last": Path(f"{stem}.last.pt"), "csv": Path(f"{stem}.log.csv"),
             "json": Path(f"{stem}.log.json")}
+
+
+def read_contexts(folder: Path, pairs: list, data: list) -> list:
+    """Each train label with its unknown pixels taken from ``folder``'s label of the same name
+    where that knows them (a missing file: the label as it is)."""
+    out = []
+    for (_, lab_path), (_, lab) in zip(pairs, data):
+        f = folder / f"{Path(lab_path).stem}.png"
+        if not f.is_file():
+            out.append(lab)
+            continue
+        context, _ = read_label(f)
+        if context.shape != lab.shape:
+            raise InputError(f, f"context label size {context.shape[::-1]} != label size {lab.shape[::-1]}")
+        out.append(with_context(lab, context))
+    return out
 
 
 def train(tc: TrainConfig) -> Path:
@@ -168,7 +188,8 @@ def train(tc: TrainConfig) -> Path:
     spec = SampleSpec(mask_ratios=tuple(tc.mask_ratios), holes=tc.holes, label_resize=tc.label_resize,
                       mask_mix=tc.mask_mix, hole_mix=tc.hole_mix,
                       threshold=tc.threshold, background_index=info.background_index)
-    trainset = CompletionTrainSet(train_data, cfg, spec, tc.batch_size, tc.seed, world, train_maps)
+    contexts = None if not tc.context_labels else read_contexts(Path(tc.context_labels), train_pairs, train_data)
+    trainset = CompletionTrainSet(train_data, cfg, spec, tc.batch_size, tc.seed, world, train_maps, contexts)
     loader, sampler = train_loader(trainset, tc.batch_size, tc.workers, world)
     eval_ratio = float(np.median(tc.mask_ratios))
     val_bg = ValSet(val_data, cfg, "background", eval_ratio, tc.label_resize, background_index=info.background_index,

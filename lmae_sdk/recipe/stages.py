@@ -32,6 +32,9 @@ from lmae_sdk.recipe.state import WorkFolder
 FIT_MASK_RATIOS = (0.25, 0.5, 0.75)
 FINETUNE_LR = 5e-4  # half the first training's peak: the fine-tune starts from a trained model
 TUNE_IMAGES = 80  # images that choose the boundary net's step cost
+PARTIAL_BELOW = 0.999  # a train split with a smaller known share is partial: the fine-tune reads pseudo-labels
+PSEUDO_MIN_CONFIDENCE = 0.9  # pseudo-labels: the model stage's completion, its pixels at least this sure
+PSEUDO_RECORD = "pseudo_labels.json"
 
 
 class StageContext:
@@ -100,13 +103,47 @@ def _finetune(ctx: StageContext) -> dict[str, Any]:
     model, edges, tuned = ctx.work.artifact("model"), ctx.work.artifact("boundaries"), ctx.work.artifact("finetune")
     use_edges = ctx.work.result("boundaries").get("adopted", True)
     baseline = selection_score(load_checkpoint(model).get("metrics", {}))
+    context = _pseudo_labels(ctx, model) if ctx.facts.get("known_share", {}).get("train", 1.0) < PARTIAL_BELOW \
+        else None
     result, verdict = _train_result(train(_train_config(ctx, tuned, lr=FINETUNE_LR, init_from=str(model),
-                                                        boundaries_from=str(edges) if use_edges else None)),
+                                                        boundaries_from=str(edges) if use_edges else None,
+                                                        context_labels=context)),
                                     baseline, "model")
+    if context:
+        result["pseudo_labels"] = json.loads((Path(context) / PSEUDO_RECORD).read_text())
     if not verdict.adopted:
         keep_previous(model, tuned)
         _log(f"the fine-tune is not kept: {verdict.why}; the bundle carries the model stage's model")
     return result
+
+
+def _pseudo_labels(ctx: StageContext, model: Path) -> str:
+    """The train split of a partial dataset completed by the model stage's model, its
+    pixels below :data:`PSEUDO_MIN_CONFIDENCE` left unknown: the fine-tune's inputs take
+    these where the labels are unknown (training/data.py, ``context``).  Written once into
+    the work folder (a resumed fine-tune reads them again)."""
+    from lmae_sdk.datasets import load_dataset
+    from lmae_sdk.labels import write_label
+    from lmae_sdk.runtime import LMAECompleter
+
+    folder = ctx.work.file("pseudo_labels")
+    if (folder / PSEUDO_RECORD).is_file():
+        return str(folder)
+    folder.mkdir(exist_ok=True)
+    pairs = load_dataset(ctx.options.data, ("train",), ctx.options.layout).pairs["train"]
+    completer = LMAECompleter.load(model, backend="torch", device=ctx.device)
+    t0, filled, holes = time.time(), 0, 0
+    for result in completer.complete_batch([(i, lab, Path(lab).stem) for i, lab in pairs], batch_size=8,
+                                           min_confidence=PSEUDO_MIN_CONFIDENCE, confidence=False):
+        write_label(folder / f"{result.name}.png", result.label)
+        filled, holes = filled + result.filled, holes + result.filled + result.unreliable
+    record = {"images": len(pairs), "min_confidence": PSEUDO_MIN_CONFIDENCE, "seconds": round(time.time() - t0, 1),
+              "filled_share_of_unknown": filled / max(holes, 1)}
+    (folder / PSEUDO_RECORD).write_text(json.dumps(record))
+    _log(f"pseudo-labels for the fine-tune's inputs: {len(pairs)} train images, "
+         f"{100 * record['filled_share_of_unknown']:.1f}% of their unknown pixels at confidence >= "
+         f"{PSEUDO_MIN_CONFIDENCE:g}, {record['seconds']:.0f} s")
+    return str(folder)
 
 
 def _train_result(best: Path, baseline: float | None = None, baseline_name: str = "") -> tuple[dict[str, Any],
