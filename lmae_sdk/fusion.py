@@ -69,7 +69,6 @@ FEATURES_BY_VERSION = {1: FUSION_FEATURES, 3: FUSION_FEATURES + HOLE_FEATURES[:1
                        4: FUSION_FEATURES + HOLE_FEATURES[:1] + LINE_FEATURES + NEAREST_FEATURES + HOLE_FEATURES[1:]}
 _COST_CAP = 1e6  # costs above this (labels.NO_PATH included) read as "no path"
 _COST_SCALE = np.float32(1 / np.log1p(_COST_CAP))
-_DIST_SCALE = DIST_SCALE
 
 
 class FusionError(ValueError):
@@ -229,8 +228,8 @@ def features_at(log_probs: np.ndarray, partial: np.ndarray, class_costs: np.ndar
     feats[..., 2] = np.log1p(np.minimum(cost - best, _COST_CAP)) * _COST_SCALE
     feats[..., 3] = cost == best
     distances, known = class_distances(partial, idx, n, unknown)
-    feats[..., 4] = np.log1p(distances) * _DIST_SCALE
-    feats[..., 5] = (np.log1p(known) * _DIST_SCALE)[:, None]
+    feats[..., 4] = np.log1p(distances) * DIST_SCALE
+    feats[..., 5] = (np.log1p(known) * DIST_SCALE)[:, None]
     per_class, per_pixel = extra_features(features, partial, boundary, n, idx, unknown, distances=distances)
     p = per_class.shape[2]
     feats[..., 6:6 + p] = per_class
@@ -339,7 +338,7 @@ class PixelFusion:
         (``cost``: their class costs; ``distances``, ``known``: :func:`class_distances` at them)."""
         parts = extra_parts(self.features, partial, boundary, self.num_classes, idx, unknown)
         rows = candidate_rows(lp, cost, distances, known, parts, self.min_log_prob,
-                              (_COST_CAP, _COST_SCALE, _DIST_SCALE))
+                              (_COST_CAP, _COST_SCALE, DIST_SCALE))
         return decide_rows(rows, scorer(rows.features, rows.classes))
 
     def to_dict(self) -> dict[str, Any]:
