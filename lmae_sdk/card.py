@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .degrade import UNLABELLED_BOUNDARIES
 from .labels import atomic_write_bytes
 
 CARD_JSON = "card.json"
@@ -79,6 +80,14 @@ def card_warning(card: dict[str, Any]) -> str | None:
             f"lmae fit --budget")
 
 
+def unlabelled_boundaries(boundaries_unknown: dict[str, float]) -> str:
+    """"train 100.0%, val 99.8%" when a split's class boundaries are mostly unknown
+    (:data:`lmae_sdk.degrade.UNLABELLED_BOUNDARIES`), else ""."""
+    if max(boundaries_unknown.values(), default=0.0) < UNLABELLED_BOUNDARIES:
+        return ""
+    return ", ".join(f"{split} {100 * share:.1f}%" for split, share in boundaries_unknown.items())
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     d, m, fit, val = card["dataset"], card["model"], card.get("fit", {}), card.get("val", {})
     warning = card_warning(card)
@@ -93,6 +102,12 @@ def render_markdown(card: dict[str, Any]) -> str:
     if known.get("val", 1.0) < 0.999:
         out.append("- the val labels are partial: each kind of hole below hides that share of their known pixels, "
                    "and only the hidden known pixels are scored")
+    unlabelled = unlabelled_boundaries(d.get("boundaries_unknown") or {})
+    if unlabelled:
+        out.append(f"- class boundaries unlabelled ({unlabelled} of the boundary pixels unknown): the known pixels "
+                   f"do not reach the boundaries, so the bands below lie away from them and where the completer "
+                   f"places a boundary is not scored; fitted on such labels, bundles have fallen below nearest-label "
+                   f"fill on complete labels' boundary bands (benchmarks/RESULTS.md, section 1)")
     out += ["", "## Model", "",
             f"- preset `{m['preset']}`, {m['parameters_m']:.2f}M parameters, input {m['input'][0]}x{m['input'][1]}",
             f"- engines at mask ratios {', '.join(f'{r:g}' for r in m['mask_ratios'])}; finishing rule "

@@ -10,7 +10,9 @@ import cv2
 import numpy as np
 
 from .labels import UNKNOWN
+from .propagation import nearest_known
 
+UNLABELLED_BOUNDARIES = 0.9  # a split whose class boundaries are at least this share unknown: the card says so
 DEGRADE_STRATEGIES = ("random", "background", "label", "blocks", "objects", "bands")
 PATCH_STRATEGIES = ("random", "background", "label", "blocks")  # the strategies that read ``patch``
 
@@ -140,25 +142,59 @@ def degrade(label: np.ndarray, ratio: float, strategy: str = "random", rng: np.r
     return out
 
 
+def class_extents(label: np.ndarray) -> np.ndarray:
+    """Where each class of a partial label extends: its unknown pixels take the nearest known
+    pixel's class.  A complete label is its own (returned as is).  Bands and objects are
+    found on these extents, not on the label, because a partial label's holes are not class
+    boundaries: an object cut by a hole is still one object, and a region's edge along a hole
+    is not where two classes meet."""
+    if not (label == UNKNOWN).any():
+        return label
+    ids, _ = nearest_known(label)
+    return np.where(label == UNKNOWN, ids, label)
+
+
+def class_edges(extents: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the pixels with a differently labelled 4-neighbour."""
+    edge = np.zeros(extents.shape, bool)
+    diff_x, diff_y = extents[:, 1:] != extents[:, :-1], extents[1:, :] != extents[:-1, :]
+    edge[:, 1:] |= diff_x
+    edge[:, :-1] |= diff_x
+    edge[1:, :] |= diff_y
+    edge[:-1, :] |= diff_y
+    return edge
+
+
+def unlabelled_boundary_pixels(label: np.ndarray) -> tuple[int, int]:
+    """(pixels along the class boundaries of the :func:`class_extents`, those of them that are
+    unknown in ``label``).  Near 1 as a share, the known pixels never reach a class boundary
+    (coarse polygon annotation): how a completer places boundaries cannot be checked on them."""
+    edge = class_edges(class_extents(label))
+    return int(np.count_nonzero(edge)), int(np.count_nonzero(edge & (label == UNKNOWN)))
+
+
 def _objects_hole(label: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
-    """Whole connected objects (8-connected, per class, in class order) in random order until
-    ``ratio`` of the known pixels is reached, skipping one that would overshoot by far (e.g.
-    the road).  Objects are numbered once over the whole label and chosen by their sizes, so
-    the work grows with the pixels, not with objects x pixels."""
+    """Whole connected objects (8-connected, per class, in class order, found on the
+    :func:`class_extents`) in random order until ``ratio`` of the known pixels is reached,
+    skipping one that would overshoot by far (e.g. the road); an object's size and its hole
+    are its known pixels.  Objects are numbered once over the whole label and chosen by their
+    sizes, so the work grows with the pixels, not with objects x pixels."""
     h, w = label.shape
+    known = label != UNKNOWN
+    extents = class_extents(label)
     ids = np.zeros((h, w), np.int64)  # 0: unknown; object k (1-based, numbering of the classes in order)
     sizes = [np.zeros(1, np.int64)]
     count = 0
-    for c in np.unique(label):
+    for c in np.unique(extents):
         if c == UNKNOWN:
             continue
-        n, cc = cv2.connectedComponents((label == c).astype(np.uint8), connectivity=8)
+        n, cc = cv2.connectedComponents((extents == c).astype(np.uint8), connectivity=8)
         inside = cc > 0
         ids[inside] = cc[inside] + count
-        sizes.append(np.bincount(cc[inside], minlength=n)[1:])
+        sizes.append(np.bincount(cc[inside & known], minlength=n)[1:])
         count += n - 1
-    size = np.concatenate(sizes)  # size[k]: pixels of object k
-    target = ratio * (label != UNKNOWN).sum()
+    size = np.concatenate(sizes)  # size[k]: known pixels of object k
+    target = ratio * known.sum()
     chosen = np.zeros(count + 1, bool)
     taken = 0
     for i in rng.permutation(count):
@@ -168,24 +204,19 @@ def _objects_hole(label: np.ndarray, ratio: float, rng: np.random.Generator) -> 
             continue  # skip an object that would overshoot by far (e.g. the road)
         chosen[i + 1] = True
         taken += size[i + 1]
-    return chosen[ids]
+    return chosen[ids] & known
 
 
 def boundary_bands(label: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
-    """About ``ratio`` of the known pixels, in bands along the class boundaries whose width
-    varies smoothly along them (as polygons drawn inside each region leave it): a pixel is in
-    the hole where its distance to the nearest boundary, scaled by a smooth random field in
-    [0.5, 1.5], is below the quantile that gives the ratio."""
+    """About ``ratio`` of the known pixels, in bands along the class boundaries (of the
+    :func:`class_extents`) whose width varies smoothly along them (as polygons drawn inside
+    each region leave it): a pixel is in the hole where its distance to the nearest boundary,
+    scaled by a smooth random field in [0.5, 1.5], is below the quantile that gives the ratio."""
     h, w = label.shape
     known = label != UNKNOWN
     if ratio <= 0 or not known.any():
         return np.zeros((h, w), bool)
-    edge = np.zeros((h, w), bool)  # pixels with a differently labelled 4-neighbour
-    diff_x, diff_y = label[:, 1:] != label[:, :-1], label[1:, :] != label[:-1, :]
-    edge[:, 1:] |= diff_x
-    edge[:, :-1] |= diff_x
-    edge[1:, :] |= diff_y
-    edge[:-1, :] |= diff_y
+    edge = class_edges(class_extents(label))
     if not edge.any():  # one class everywhere: bands along the image border
         edge[[0, -1], :] = True
         edge[:, [0, -1]] = True

@@ -76,6 +76,30 @@ def test_a_good_dataset_passes_with_its_known_shares(data, tmp_path, stages):
     assert stages == [["model", "boundaries"]]  # past the check: the first phase was started
 
 
+def test_labels_whose_class_boundaries_are_unlabelled_are_named_in_the_plan_and_the_card(data, tmp_path, stages):
+    """Coarse polygon annotation leaves every class boundary unknown: the card's boundary
+    bands then lie away from the boundaries, and the plan and the card say so."""
+    from lmae_sdk.card import render_markdown
+    from lmae_sdk.degrade import degrade
+
+    complete = check_dataset(load_dataset(data))
+    assert max(complete.boundaries_unknown.values()) < 0.9
+    assert "class boundaries unlabelled" not in fit_cli(data, tmp_path / "complete").output
+    for path in sorted(data.glob("*/labels/*.png")):
+        label = read_label(path)[0]
+        write_label(path, degrade(label, 0.3, "bands", np.random.default_rng(0)))
+    report = check_dataset(load_dataset(data))
+    assert min(report.boundaries_unknown.values()) > 0.9
+    result = fit_cli(data, tmp_path / "bands")
+    assert "class boundaries unlabelled: train 100.0%" in result.output
+    card = {"dataset": {"name": "d", "root": str(data), "layout": "folder", "classes": ["a", "b"], "train": 4,
+                        "val": 2, "image_size": list(SIZE), "known_share": report.known_share,
+                        "boundaries_unknown": report.boundaries_unknown},
+            "model": {"preset": "small", "parameters_m": 1.0, "input": [32, 48], "mask_ratios": [0.5],
+                      "finishing_rule": "argmax", "unknown_threshold": 0.5}}
+    assert "class boundaries unlabelled (train 100.0%" in render_markdown(card)
+
+
 def test_class_ids_beyond_the_class_list_are_named(data, tmp_path, stages):
     lab = data / "train" / "labels" / "train_0001.png"
     label = read_label(lab)[0].copy()

@@ -137,3 +137,61 @@ def test_the_fine_tune_of_a_partial_dataset_writes_confident_pseudo_labels_once(
         np.testing.assert_array_equal(pseudo[known], lab[known])
     (folder / train[0].name).unlink()
     assert stages._pseudo_labels(ctx, model) == str(folder) and not (folder / train[0].name).exists()
+
+
+def _halves_with_random_holes() -> tuple[np.ndarray, np.ndarray]:
+    """A label of two classes split at column 240, and the same with 50% random 32-px holes."""
+    from lmae_sdk.degrade import degrade
+
+    lab = np.zeros((360, 480), np.uint8)
+    lab[:, 240:] = 1
+    return lab, degrade(lab, 0.5, "random", np.random.default_rng(3), patch=32)
+
+
+def test_bands_in_a_partial_label_run_along_its_class_boundaries_not_along_its_holes():
+    """Coarse-polygon bands hide known pixels next to a class boundary.  A partial label's
+    holes are not class boundaries: bands drawn along them hid the interior of each region,
+    so the fusion of a partial fit never saw a thin band between two classes."""
+    from lmae_sdk.degrade import degrade
+
+    lab, partial = _halves_with_random_holes()
+    for seed in range(3):
+        again = degrade(partial, 0.1, "bands", np.random.default_rng(seed))
+        hidden = (again == UNKNOWN) & (partial != UNKNOWN)
+        cols = np.nonzero(hidden)[1]
+        assert cols.size > 0.05 * np.count_nonzero(partial != UNKNOWN)
+        assert np.median(np.abs(cols + 0.5 - 240)) < 40  # known columns reach 240 px from the boundary
+
+
+def test_objects_in_a_partial_label_are_removed_whole_not_piece_by_piece():
+    """An object cut in two by an unknown stripe is still one object: removing one piece and
+    leaving the other is not the removed-object hole the runtime meets."""
+    from lmae_sdk.degrade import degrade
+
+    lab = np.zeros((240, 320), np.uint8)
+    squares = [(y, x) for y in (20, 140) for x in (20, 120, 220)]
+    for y, x in squares:
+        lab[y: y + 60, x: x + 60] = 1
+    partial = lab.copy()
+    partial[45:51] = UNKNOWN  # an unlabelled stripe across each row of squares cuts each in two
+    partial[165:171] = UNKNOWN
+    known = partial != UNKNOWN
+    halves = 0
+    for seed in range(8):
+        hidden = (degrade(partial, 0.04, "objects", np.random.default_rng(seed)) == UNKNOWN) & known
+        assert hidden.any()
+        for y, x in squares:
+            share = hidden[y: y + 60, x: x + 60][known[y: y + 60, x: x + 60]].mean()
+            halves += 0.0 < share < 1.0
+    assert halves == 0
+
+
+def test_holes_in_a_complete_label_follow_its_own_classes():
+    """A complete label is its own class extents: its bands and objects are what they were."""
+    from lmae_sdk.degrade import class_extents, degrade
+
+    lab, _ = _halves_with_random_holes()
+    assert class_extents(lab) is lab
+    hidden = degrade(lab, 0.1, "bands", np.random.default_rng(0)) == UNKNOWN
+    assert 0.05 < hidden.mean() < 0.15
+    assert np.abs(np.nonzero(hidden)[1] + 0.5 - 240).max() < 50

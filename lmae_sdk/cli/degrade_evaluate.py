@@ -15,6 +15,9 @@ from lmae_sdk.run_record import RunRecord, RunRecordError, Start, remove_stray_t
 # how a file's generator is seeded (lmae_sdk.degrade.rng_for_name): part of the run record, so
 # that outputs of another seeding are never resumed
 SEEDING = "seed + sha256(file stem)"
+# where the holes of a label that is already partial go (lmae_sdk.degrade.class_extents): outputs
+# made when bands and objects followed the label's own holes are never resumed either
+PARTIAL_HOLES = "class extents"
 
 
 @click.command()
@@ -42,7 +45,8 @@ def degrade(labels_dir: str, out: str, ratio: float, strategy: str, patch: int, 
         raise click.ClickException(f"no label PNGs in {src}")
     writable_folder(dst, "--out")
     record = RunRecord("degrade", {"labels": str(src)},
-                       {"ratio": ratio, "strategy": strategy, "patch": patch, "seed": seed, "seeding": SEEDING})
+                       {"ratio": ratio, "strategy": strategy, "patch": patch, "seed": seed, "seeding": SEEDING,
+                        "partial_holes": PARTIAL_HOLES})
     start = start_run([dst], record, overwrite)
     remove_stray_temps(dst)
     summary = BatchSummary("degrade")

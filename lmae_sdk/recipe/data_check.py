@@ -7,8 +7,8 @@ truncated file from one with trailing data.  The check collects every problem, o
 naming the file, and :func:`check_dataset` raises one :class:`DatasetError` with them; a
 label without any known pixel is a warning, a split without any known pixel a problem.
 
-It also counts what the plan reports: each split's share of known pixels and the train
-split's commonest image size.
+It also counts what the plan reports: each split's share of known pixels, the share of its
+class-boundary pixels that are unknown, and the train split's commonest image size.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from lmae_sdk.datasets import DatasetError, DatasetInfo
+from lmae_sdk.degrade import unlabelled_boundary_pixels
 from lmae_sdk.labels import UNKNOWN, InputError, read_image, read_label
 from lmae_sdk.recipe.plan import DataFacts
 
@@ -43,9 +44,11 @@ class DataReport:
     classes_in_train: list[int]  # the class ids the train labels hold
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    boundaries_unknown: dict[str, float] = field(default_factory=dict)  # split -> unknown share of boundary pixels
 
     def facts(self) -> DataFacts:
-        return DataFacts(self.num_classes, self.train, self.val, self.image_size, dict(self.known_share))
+        return DataFacts(self.num_classes, self.train, self.val, self.image_size, dict(self.known_share),
+                         dict(self.boundaries_unknown))
 
 
 @dataclass
@@ -53,6 +56,7 @@ class _PairResult:
     problems: list[str]
     size: tuple[int, int] | None = None  # the label's (h, w), when readable
     counts: np.ndarray | None = None  # pixels per label value (256), when readable
+    boundary: tuple[int, int] = (0, 0)  # (class-boundary pixels, those unknown): unlabelled_boundary_pixels
 
 
 def _image_header(path: Path) -> tuple[tuple[int, int] | None, str | None]:
@@ -95,7 +99,7 @@ def _inspect_pair(image: Path, label: Path, num_classes: int, class_source: str)
     if image_size is not None and image_size != lab.shape:
         problems.append(f"{image}: image size {image_size[1]}x{image_size[0]} (w x h) differs from its label's "
                         f"{lab.shape[1]}x{lab.shape[0]} ({label.name})")
-    return _PairResult(problems, lab.shape, counts)
+    return _PairResult(problems, lab.shape, counts, unlabelled_boundary_pixels(lab))
 
 
 def class_source(info: DatasetInfo) -> str:
@@ -116,16 +120,19 @@ def inspect_dataset(info: DatasetInfo) -> DataReport:
         problems.append(f"{source}: lists {n} classes; 8-bit labels hold at most {MAX_CLASSES} "
                         f"(ids 0..{MAX_CLASSES - 1}, {UNKNOWN} = unknown)")
     known_share: dict[str, float] = {}
+    boundaries_unknown: dict[str, float] = {}
     totals: dict[str, np.ndarray] = {}
     sizes: Counter[tuple[int, int]] = Counter()
     for split, pairs in info.pairs.items():
         total = np.zeros(256, np.int64)
+        edges = np.zeros(2, np.int64)
         for image, label in pairs:
             r = _inspect_pair(image, label, n, source)
             problems += r.problems
             if r.counts is None:
                 continue
             total += r.counts
+            edges += r.boundary
             if split == "train":
                 sizes[r.size] += 1  # type: ignore[index]
             if r.counts[UNKNOWN] == r.counts.sum():
@@ -133,6 +140,7 @@ def inspect_dataset(info: DatasetInfo) -> DataReport:
         pixels = int(total.sum())
         known_share[split] = (pixels - int(total[UNKNOWN])) / pixels if pixels else 0.0
         totals[split] = total
+        boundaries_unknown[split] = float(edges[1] / edges[0]) if edges[0] else 0.0
         if pixels and known_share[split] == 0.0:
             problems.append(f"{info.root} ({split} split): no label holds a known pixel (every pixel is {UNKNOWN})")
     present = np.flatnonzero(totals.get("train", np.zeros(256))[:min(n, UNKNOWN)]).tolist()
@@ -142,7 +150,7 @@ def inspect_dataset(info: DatasetInfo) -> DataReport:
                         f"({', '.join(names)}); training needs at least {MIN_CLASSES} classes present")
     image_size = sizes.most_common(1)[0][0] if sizes else (0, 0)
     return DataReport(n, len(info.pairs.get("train", [])), len(info.pairs.get("val", [])), image_size,
-                      known_share, present, problems, warnings)
+                      known_share, present, problems, warnings, boundaries_unknown)
 
 
 def problems_message(root: Path, problems: list[str], limit: int = MAX_LISTED_PROBLEMS) -> str:

@@ -30,6 +30,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from lmae_sdk.card import unlabelled_boundaries
 from lmae_sdk.cores import usable_cores
 from lmae_sdk.recipe.card_eval import CARD_PROTOCOLS
 from lmae_sdk.recipe.definition import RECIPE, Shares, definition
@@ -99,6 +100,8 @@ class DataFacts:
     val: int
     image_size: tuple[int, int]  # the train split's commonest (h, w)
     known_share: dict[str, float] = field(default_factory=dict)  # split -> share of label pixels not unknown
+    # split -> share of the class-boundary pixels (degrade.unlabelled_boundary_pixels) that are unknown
+    boundaries_unknown: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -140,6 +143,8 @@ class Plan:
         f = self.facts
         known = "; known pixels " + ", ".join(f"{split} {100 * share:.1f}%" for split, share in f.known_share.items()) \
             if f.known_share else ""
+        if unlabelled_boundaries(f.boundaries_unknown):
+            known += f"; class boundaries unlabelled: {unlabelled_boundaries(f.boundaries_unknown)}"
         lines = [f"plan: {f.train} train / {f.val} val images, {f.num_classes} classes, images {f.image_size[0]}x"
                  f"{f.image_size[1]} -> model input {self.model_size[0]}x{self.model_size[1]}{known}; {self.cores} CPU "
                  f"core(s), device {self.device}", f"  {self.timings.describe()}"]
