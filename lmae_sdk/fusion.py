@@ -90,6 +90,29 @@ def hole_log_probs(logits: np.ndarray, shape: tuple[int, int], idx: np.ndarray) 
     return up - np.log(np.exp(up).sum(1, keepdims=True))
 
 
+def model_agreement(lp: np.ndarray, class_costs: np.ndarray, idx: np.ndarray, distances: np.ndarray | None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(model (M,), agree (M,)): the model's argmax at flat hole pixels ``idx`` from their
+    log-probs ``lp`` (M, N), and whether it is also geodesic propagation's cheapest class
+    (``class_costs`` (H, W, N)) and, given ``distances`` (M, N), nearest-label fill's class
+    (ties: the lowest class id, as argmax and argmin)."""
+    n = lp.shape[1]
+    costs = class_costs.reshape(-1, n)
+    kernel = compiled("agreement")
+    if kernel is not None:
+        model, agree = np.empty(idx.size, np.int64), np.empty(idx.size, np.bool_)
+        with_nearest = distances is not None
+        dist = np.ascontiguousarray(distances, np.float32) if with_nearest else np.empty((0, n), np.float32)
+        kernel(np.ascontiguousarray(lp, np.float32), np.ascontiguousarray(costs), np.ascontiguousarray(idx, np.int64),
+               dist, with_nearest, model, agree)
+        return model, agree
+    model = lp.argmax(1)
+    agree = model == costs[idx].argmin(1)
+    if distances is not None:
+        agree &= model == distances.argmin(1)
+    return model, agree
+
+
 def pixel_features(logits: np.ndarray, partial: np.ndarray, class_costs: np.ndarray, unknown: int = UNKNOWN,
                    boundary: np.ndarray | None = None, features: tuple[str, ...] = FUSION_FEATURES
                    ) -> tuple[np.ndarray, np.ndarray]:
@@ -315,18 +338,17 @@ class PixelFusion:
             raise FusionError(f"fusion fitted for {n} classes, got {logits.shape[0]} logit planes and "
                               f"{class_costs.shape[-1]} class costs")
         lp = hole_log_probs(logits, partial.shape, idx)  # (M, N)
-        model = lp.argmax(1)
-        p_model = np.exp(np.take_along_axis(lp, model[:, None], 1)[:, 0])
         distances, known = class_distances(partial, idx, n, unknown)
-        cost = class_costs.reshape(-1, n)[idx]
-        sure = (model == cost.argmin(1)) & (p_model >= self.agree_skip_prob)
-        if NEAREST_FEATURES[0] in self.features:
-            sure &= model == distances.argmin(1)
+        model, agree = model_agreement(lp, class_costs, idx, distances if NEAREST_FEATURES[0] in self.features
+                                       else None)
+        p_model = np.exp(np.take_along_axis(lp, model[:, None], 1)[:, 0])
+        sure = agree & (p_model >= self.agree_skip_prob)
         pred, p = model.astype(np.uint8), p_model.astype(np.float32)
         run = np.flatnonzero(~sure)
         if run.size:
-            pred[run], p[run] = self._decide(lp[run], partial, cost[run], idx[run], distances[run], known[run],
-                                             unknown, boundary, scorer or HostRowScorer(self))
+            pred[run], p[run] = self._decide(lp[run], partial, class_costs.reshape(-1, n)[idx[run]], idx[run],
+                                             distances[run], known[run], unknown, boundary,
+                                             scorer or HostRowScorer(self))
         out.reshape(-1)[idx] = pred
         conf.reshape(-1)[idx] = p
         return out, conf

@@ -1,5 +1,6 @@
-"""Compiled host kernels of pixel fusion's features: the log-probabilities at hole pixels, the
-line votes and the candidate rows, each in one pass over the pixels that need it.
+"""Compiled host kernels of pixel fusion: the log-probabilities at hole pixels, where model and
+copies agree, the line votes and the candidate rows, each in one pass over the pixels that
+need it.
 
 Each kernel has a numpy form in :mod:`lmae_sdk.fusion` / :mod:`lmae_sdk.fusion_rows` that
 gives the same result (to float rounding); numba compiles these where it is installed
@@ -39,6 +40,33 @@ def _hole_log_probs_loops(logits: np.ndarray, idx: np.ndarray, width: int, y0: n
         shift = top + np.log(total)
         for c in range(n):
             out[i, c] -= shift
+
+
+def _agreement_loops(lp: np.ndarray, class_costs: np.ndarray, idx: np.ndarray, dist: np.ndarray,
+                     with_nearest: bool, model: np.ndarray, agree: np.ndarray) -> None:  # pragma: no cover
+    """model (M,): the first argmax of ``lp`` (M, N); agree (M,): that class is the first
+    cheapest of ``class_costs`` (H*W, N) at flat pixel ``idx`` and, ``with_nearest``, the first
+    nearest of ``dist`` (M, N)."""
+    m, n = lp.shape
+    for i in range(m):
+        best = 0
+        for c in range(1, n):
+            if lp[i, c] > lp[i, best]:
+                best = c
+        model[i] = best
+        row = class_costs[idx[i]]
+        cheapest = 0
+        for c in range(1, n):
+            if row[c] < row[cheapest]:
+                cheapest = c
+        ok = cheapest == best
+        if ok and with_nearest:
+            nearest = 0
+            for c in range(1, n):
+                if dist[i, c] < dist[i, nearest]:
+                    nearest = c
+            ok = nearest == best
+        agree[i] = ok
 
 
 def _line_votes_loops(partial: np.ndarray, unknown: int, num_classes: int, idx: np.ndarray,
@@ -117,6 +145,6 @@ def _rows_loops(lp: np.ndarray, cost: np.ndarray, dist: np.ndarray, known: np.nd
 
 @functools.cache
 def compiled(name: str):
-    """The numba-compiled kernel ``name`` (``hole_log_probs``, ``line_votes``, ``rows``), or
-    None without numba."""
+    """The numba-compiled kernel ``name`` (``hole_log_probs``, ``agreement``, ``line_votes``,
+    ``rows``), or None without numba."""
     return numba_compiled(globals()[f"_{name}_loops"])
