@@ -81,6 +81,16 @@ def _boundary_shared(ckpt: dict[str, Any]) -> dict[str, Any] | None:
     return {**BoundarySpec.from_dict(entry).to_dict(), "weights_sha256": weights_sha256(entry["state_dict"])}
 
 
+def with_boundary_flip_average(ckpt: dict[str, Any], flip_average: bool | None) -> dict[str, Any]:
+    """The checkpoint with its boundary net's flip averaging set (None, or no boundary net: as is)."""
+    entry = ckpt.get("boundary_net")
+    if flip_average is None or not entry:
+        return ckpt
+    spec = replace(BoundarySpec.from_dict(entry), flip_average=flip_average)
+    rest = {k: v for k, v in entry.items() if k not in ("version", "flip_average")}
+    return {**ckpt, "boundary_net": {**rest, **spec.to_dict()}}
+
+
 def _export_boundary(out: Path, ckpt: dict[str, Any], opset: int, legacy: bool, lint: bool,
                      log: Callable[[str], None]) -> dict[str, Any]:
     """Write ``boundary_fp32.onnx`` into ``out`` (atomically, after a parity check against
@@ -117,7 +127,10 @@ class ExportOptions:
     before writing anything when TensorRT or a CUDA GPU is missing) with profiles up to
     ``max_batch`` and ``workspace_gb`` of builder workspace; ``verify`` checks parity
     against torch (also on ``data``, a dataset root, when given); ``legacy``: the
-    TorchScript exporter instead of dynamo; ``lint``: polygraphy lint in the readiness check.
+    TorchScript exporter instead of dynamo; ``lint``: polygraphy lint in the readiness check;
+    ``boundary_flip_average``: whether the boundary graph averages each image's map with its
+    mirror image's (None: as the net was fitted; False halves the graph's work at a small cost
+    in quality, benchmarks/RESULTS.md section 3).
     """
 
     mask_ratios: tuple[float, ...] | None = None
@@ -130,6 +143,7 @@ class ExportOptions:
     legacy: bool = False
     workspace_gb: float = 4.0
     lint: bool = True
+    boundary_flip_average: bool | None = None
 
 
 def export_bundle(ckpts: list[str | os.PathLike] | str | os.PathLike, out_dir: str | os.PathLike | None = None,
@@ -156,7 +170,7 @@ def export_bundle(ckpts: list[str | os.PathLike] | str | os.PathLike, out_dir: s
     out = Path(out_dir) if out_dir is not None else ckpts[0].with_name(f"{ckpts[0].stem}_bundle")
 
     # ---- plan everything and refuse conflicts before writing -------------------------
-    loaded = [(p, load_checkpoint(p)) for p in ckpts]
+    loaded = [(p, with_boundary_flip_average(load_checkpoint(p), opts.boundary_flip_average)) for p in ckpts]
     shared = shared_from_checkpoint(loaded[0][1], str(loaded[0][0]))
     for p, ck in loaded[1:]:
         B.check_compatible(shared, shared_from_checkpoint(ck, str(p)), str(p))

@@ -53,10 +53,14 @@ def _parity(p: dict) -> str:
 @click.option("--data", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
               help="Dataset folder: also verify parity on real (image, label) pairs.")
 @click.option("--no-lint", is_flag=True, help="Skip polygraphy lint in the TensorRT readiness check.")
+@click.option("--boundary-flip/--no-boundary-flip", "boundary_flip", default=None,
+              help="Whether the boundary graph averages each image's map with its mirror image's (default: as "
+                   "the net was fitted). --no-boundary-flip halves the boundary graph's work for a small loss "
+                   "in quality (benchmarks/RESULTS.md, section 3).")
 @click.option("--show-ops", is_flag=True, help="Print the op list of each exported graph.")
 @click.option("-q", "--quiet", is_flag=True)
 def main(ckpts, out, mask_ratios, opset, legacy, fp16, trt, max_batch, workspace_gb, no_verify, data, no_lint,
-         show_ops, quiet) -> None:
+         boundary_flip, show_ops, quiet) -> None:
     """Export L-MAE checkpoints into a model bundle (manifest.json + graphs)."""
     from lmae_sdk.extras import MissingExtra, require_torch  # noqa: PLC0415
 
@@ -79,7 +83,7 @@ def main(ckpts, out, mask_ratios, opset, legacy, fp16, trt, max_batch, workspace
     try:
         opts = ExportOptions(mask_ratios=mask_ratios, opset=opset, fp16=fp16, trt=trt, max_batch=max_batch,
                              verify=not no_verify, data=data, legacy=legacy, workspace_gb=workspace_gb,
-                             lint=not no_lint)
+                             lint=not no_lint, boundary_flip_average=boundary_flip)
         man = export_bundle(list(ckpts), out, opts, log=log, exported=exported)
     except (TensorRTUnavailable, TrtEngineError, BundleError, CheckpointError, ExportError, ValueError) as e:
         click.echo(f"lmae-export: error: {e}", err=True)

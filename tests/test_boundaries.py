@@ -253,3 +253,39 @@ def test_an_interrupted_boundary_fit_continues_from_its_saved_state(tmp_path, sy
     first = load_checkpoint(tmp_path / "first.pt")["boundary_net"]["state_dict"]
     second = load_checkpoint(tmp_path / "second.pt")["boundary_net"]["state_dict"]
     assert any((first[k] != second[k]).any() for k in first)  # two more steps from the saved net
+
+
+def test_a_bundle_exported_without_flip_averaging_runs_the_single_map_and_says_so(tmp_path):
+    """``lmae-export --no-boundary-flip``: the boundary graph runs the net once per image (half
+    the work); the manifest says so, the map is the net's own, and a bundle of the other kind
+    is not joined."""
+    from click.testing import CliRunner
+    from conftest import tiny_checkpoint
+
+    from lmae_sdk import LMAECompleter
+    from lmae_sdk.boundaries import boundary_input, boundary_probabilities, net_from_state
+    from lmae_sdk.bundle import BundleError
+    from lmae_sdk.checkpoint import load_checkpoint
+    from lmae_sdk.export.api import export_bundle
+    from lmae_sdk.export.cli import main as export_main
+
+    ck_path = tiny_checkpoint(tmp_path / "whole.pt", whole_recipe=True)
+    ck = load_checkpoint(ck_path)
+    assert ck["boundary_net"]["flip_average"]
+    out = tmp_path / "single"
+    res = CliRunner().invoke(export_main, ["--ckpt", str(ck_path), "--out", str(out), "--mask-ratios", "0.5",
+                                           "--no-verify", "--no-lint", "--no-boundary-flip", "-q"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["boundary"]["version"] == 1 and "flip_average" not in manifest["boundary"]
+    image = np.random.default_rng(0).integers(0, 255, (64, 96, 3), np.uint8)
+    spec = BoundarySpec.from_dict(ck["boundary_net"])
+    net = net_from_state(spec, ck["boundary_net"]["state_dict"])
+    x = torch.from_numpy(boundary_input(image, spec))[None]
+    with torch.no_grad():
+        single, averaged = (boundary_probabilities(net, x, flip)[0].numpy() for flip in (False, True))
+    assert np.abs(single - averaged).max() > 1e-3  # the two maps differ: the test tells them apart
+    completer = LMAECompleter.load(out, backend="onnxruntime", threads=1)
+    np.testing.assert_allclose(completer.boundary_map(image), single, atol=1e-4)
+    with pytest.raises(BundleError, match="boundary"):
+        export_bundle([ck_path], out, mask_ratios=[0.75], verify=False, lint=False)  # as fitted: flip-averaged
