@@ -53,19 +53,24 @@ def fitted(tmp_path_factory):
     assert smallest, small.stderr
     assert not work.exists() and not out.exists()  # refused before anything ran
     budget = f"{max(4, int(smallest.group(1)))}m"
-    cmd = _lmae("fit", "--data", str(data), "--out", str(out), "--work", str(work), "--budget", budget,
-                "--preset", "tiny")
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    # kill once the model stage has saved an epoch and has not finished (on a loaded machine its
-    # budget may end with the first epoch: what the stage does after that is inside the stage too)
-    while time.time() < deadline and first.poll() is None:
-        if (work / "model.last.pt").is_file() and not (work / "model.result.json").is_file():
-            first.kill()
+    for _ in range(2):  # a busy machine may measure itself slower the second time: then its own figure
+        cmd = _lmae("fit", "--data", str(data), "--out", str(out), "--work", str(work), "--budget", budget,
+                    "--preset", "tiny")
+        first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 300
+        # kill once the model stage has saved an epoch and has not finished (on a loaded machine its
+        # budget may end with the first epoch: what the stage does after that is inside the stage too)
+        while time.time() < deadline and first.poll() is None:
+            if (work / "model.last.pt").is_file() and not (work / "model.result.json").is_file():
+                first.kill()
+                break
+            time.sleep(0.05)
+        first.wait()
+        first_output = first.stdout.read()
+        too_small = re.search(r"the smallest budget that works here is --budget (\d+)m", first_output)
+        if first.returncode != 1 or not too_small:
             break
-        time.sleep(0.05)
-    first.wait()
-    first_output = first.stdout.read()
+        budget = f"{too_small.group(1)}m"
     assert first.returncode == -9, first_output  # killed, not finished
     time.sleep(2)
     left = _processes_mentioning(str(work))
