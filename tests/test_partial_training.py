@@ -97,7 +97,7 @@ def test_the_inputs_of_a_partial_label_take_its_pseudo_labels_and_the_loss_only_
 
 def test_context_labels_are_read_by_name_and_checked(tmp_path):
     from lmae_sdk.labels import InputError, write_label
-    from lmae_sdk.training.train import read_contexts
+    from lmae_sdk.training.data import read_contexts
 
     lab = _label(0.5)
     write_label(tmp_path / "a.png", np.full_like(lab, 2))

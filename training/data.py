@@ -4,6 +4,7 @@ function of (seed, epoch, index), so runs are deterministic whatever the worker 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -73,6 +74,22 @@ def known_share_to_hide(lab: np.ndarray, unknown_range: tuple[float, float], rng
 def with_context(lab: np.ndarray, context: np.ndarray) -> np.ndarray:
     """``lab`` with its unknown pixels taken from ``context`` where that knows them."""
     return np.where(lab == UNKNOWN, context, lab)
+
+
+def read_contexts(folder: Path, pairs: list, data: list) -> list:
+    """Each train label with its unknown pixels taken from ``folder``'s label of the same name
+    where that knows them (a missing file: the label as it is)."""
+    out = []
+    for (_, lab_path), (_, lab) in zip(pairs, data):
+        f = folder / f"{Path(lab_path).stem}.png"
+        if not f.is_file():
+            out.append(lab)
+            continue
+        context, _ = read_label(f)
+        if context.shape != lab.shape:
+            raise InputError(f, f"context label size {context.shape[::-1]} != label size {lab.shape[::-1]}")
+        out.append(with_context(lab, context))
+    return out
 
 
 def make_sample(img: np.ndarray, lab: np.ndarray, cfg: LMAEConfig, spec: SampleSpec, mask_ratio: float,

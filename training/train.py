@@ -23,7 +23,6 @@ import torch.distributed as dist
 from lmae_sdk.boundaries import boundaries_from_checkpoint, boundary_maps
 from lmae_sdk.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from lmae_sdk.datasets import load_dataset
-from lmae_sdk.labels import InputError, read_label
 from lmae_sdk.masking import DEFAULT_UNKNOWN_THRESHOLD
 from lmae_sdk.metrics import CompletionMeter
 from lmae_sdk.model import LMAE, count_parameters, make_config
@@ -31,7 +30,7 @@ from lmae_sdk.pipeline import CompletionSettings, ModelInputs, finish, graph_inp
 from lmae_sdk.routing import mask_plan
 
 from .amp import check_bf16_autocast
-from .data import CompletionTrainSet, SampleSpec, ValSet, collate, load_pairs, train_loader, with_context
+from .data import CompletionTrainSet, SampleSpec, ValSet, collate, load_pairs, read_contexts, train_loader
 from .loss import class_frequencies, class_weights, completion_loss
 
 
@@ -122,22 +121,6 @@ def _paths(out: str) -> dict[str, Path]:
     stem = p.with_suffix("")
     return {"best": p, "last": Path(f"{stem}.last.pt"), "csv": Path(f"{stem}.log.csv"),
             "json": Path(f"{stem}.log.json")}
-
-
-def read_contexts(folder: Path, pairs: list, data: list) -> list:
-    """Each train label with its unknown pixels taken from ``folder``'s label of the same name
-    where that knows them (a missing file: the label as it is)."""
-    out = []
-    for (_, lab_path), (_, lab) in zip(pairs, data):
-        f = folder / f"{Path(lab_path).stem}.png"
-        if not f.is_file():
-            out.append(lab)
-            continue
-        context, _ = read_label(f)
-        if context.shape != lab.shape:
-            raise InputError(f, f"context label size {context.shape[::-1]} != label size {lab.shape[::-1]}")
-        out.append(with_context(lab, context))
-    return out
 
 
 def train(tc: TrainConfig) -> Path:

@@ -139,7 +139,7 @@ def _pseudo_labels(ctx: StageContext, model: Path) -> str:
         filled, holes = filled + result.filled, holes + result.filled + result.unreliable
     record = {"images": len(pairs), "min_confidence": PSEUDO_MIN_CONFIDENCE, "seconds": round(time.time() - t0, 1),
               "filled_share_of_unknown": filled / max(holes, 1)}
-    (folder / PSEUDO_RECORD).write_text(json.dumps(record))
+    atomic_write_bytes(folder / PSEUDO_RECORD, json.dumps(record).encode())  # marks the folder complete
     _log(f"pseudo-labels for the fine-tune's inputs: {len(pairs)} train images, "
          f"{100 * record['filled_share_of_unknown']:.1f}% of their unknown pixels at confidence >= "
          f"{PSEUDO_MIN_CONFIDENCE:g}, {record['seconds']:.0f} s")
