@@ -36,6 +36,7 @@ from .aux_engines import build_aux_engine
 from .fusion_graph import export_fusion_graph
 from .graphs import decoder_input_names, encoder_input_names
 from .onnx_export import DEFAULT_OPSET, ExportError, export_boundary_onnx, export_onnx, external_files, op_list
+from .quantize import export_int8_boundary
 from .readiness import check_trt_readiness, write_checked_graph
 from .verify import ort_runners, trt_runners, verify_boundary, verify_engine
 
@@ -91,12 +92,16 @@ def with_boundary_flip_average(ckpt: dict[str, Any], flip_average: bool | None) 
     return {**ckpt, "boundary_net": {**rest, **spec.to_dict()}}
 
 
+def _boundary_net(ckpt: dict[str, Any]) -> tuple[BoundarySpec, torch.nn.Module]:
+    spec = BoundarySpec.from_dict(ckpt["boundary_net"])
+    return spec, net_from_state(spec, ckpt["boundary_net"]["state_dict"])
+
+
 def _export_boundary(out: Path, ckpt: dict[str, Any], opset: int, legacy: bool, lint: bool,
                      log: Callable[[str], None]) -> dict[str, Any]:
     """Write ``boundary_fp32.onnx`` into ``out`` (atomically, after a parity check against
     torch); returns its manifest entry."""
-    spec = BoundarySpec.from_dict(ckpt["boundary_net"])
-    net = net_from_state(spec, ckpt["boundary_net"]["state_dict"])
+    spec, net = _boundary_net(ckpt)
 
     def write(f: Path) -> None:
         log(f"exporting the boundary net ({spec.size[0]}x{spec.size[1]}) -> {f.name}")
@@ -130,7 +135,9 @@ class ExportOptions:
     TorchScript exporter instead of dynamo; ``lint``: polygraphy lint in the readiness check;
     ``boundary_flip_average``: whether the boundary graph averages each image's map with its
     mirror image's (None: as the net was fitted; False halves the graph's work at a small cost
-    in quality, benchmarks/RESULTS.md section 3).
+    in quality, benchmarks/RESULTS.md section 3); ``boundary_int8``: also write the boundary
+    graph in int8, calibrated on ``data``'s train images (:mod:`export.quantize`), which ONNX
+    Runtime runs on CPUs.
     """
 
     mask_ratios: tuple[float, ...] | None = None
@@ -144,6 +151,7 @@ class ExportOptions:
     workspace_gb: float = 4.0
     lint: bool = True
     boundary_flip_average: bool | None = None
+    boundary_int8: bool = False
 
 
 def export_bundle(ckpts: list[str | os.PathLike] | str | os.PathLike, out_dir: str | os.PathLike | None = None,
@@ -158,6 +166,9 @@ def export_bundle(ckpts: list[str | os.PathLike] | str | os.PathLike, out_dir: s
     mask_ratios, opset, fp16, trt, max_batch = opts.mask_ratios, opts.opset, opts.fp16, opts.trt, opts.max_batch
     verify, data, legacy, workspace_gb, lint = opts.verify, opts.data, opts.legacy, opts.workspace_gb, opts.lint
     log = log or (lambda s: None)
+    if opts.boundary_int8 and data is None:
+        raise ValueError("the int8 boundary graph needs a dataset to calibrate on (ExportOptions.data, "
+                         "lmae-export --data)")
     if isinstance(ckpts, (str, os.PathLike)):
         ckpts = [ckpts]
     ckpts = [Path(c) for c in ckpts]
@@ -205,6 +216,13 @@ def export_bundle(ckpts: list[str | os.PathLike] | str | os.PathLike, out_dir: s
     if shared["boundary"] and not (data_m.get(B.BOUNDARY_GRAPH) and (out / data_m[B.BOUNDARY_GRAPH]["file"]).is_file()):
         data_m[B.BOUNDARY_GRAPH] = _export_boundary(out, loaded[0][1], opset, legacy, lint, log)
         B.write_manifest(out, data_m)
+    if shared["boundary"] and opts.boundary_int8:
+        graph = data_m[B.BOUNDARY_GRAPH]
+        int8 = graph.get("int8") or {}
+        if not (int8.get("fp32_sha256") == graph["sha256"] and (out / int8["file"]).is_file()):
+            spec, net = _boundary_net(loaded[0][1])
+            graph["int8"] = export_int8_boundary(out, graph, net, spec, data, lint, log)
+            B.write_manifest(out, data_m)
     fusion_graph = data_m.get(B.FUSION_GRAPH)
     if shared["fusion"] and not (fusion_graph and (out / fusion_graph["file"]).is_file()
                                  and fusion_graph.get("fusion_sha256") == B.fusion_sha256(shared["fusion"])):

@@ -57,10 +57,13 @@ def _parity(p: dict) -> str:
               help="Whether the boundary graph averages each image's map with its mirror image's (default: as "
                    "the net was fitted). --no-boundary-flip halves the boundary graph's work for a small loss "
                    "in quality (benchmarks/RESULTS.md, section 3).")
+@click.option("--boundary-int8", is_flag=True,
+              help="Also write the boundary graph in int8, calibrated on --data's train images (needs --data); "
+                   "ONNX Runtime runs it on CPUs, about twice as fast (benchmarks/RESULTS.md, section 3).")
 @click.option("--show-ops", is_flag=True, help="Print the op list of each exported graph.")
 @click.option("-q", "--quiet", is_flag=True)
 def main(ckpts, out, mask_ratios, opset, legacy, fp16, trt, max_batch, workspace_gb, no_verify, data, no_lint,
-         boundary_flip, show_ops, quiet) -> None:
+         boundary_flip, boundary_int8, show_ops, quiet) -> None:
     """Export L-MAE checkpoints into a model bundle (manifest.json + graphs)."""
     from lmae_sdk.extras import MissingExtra, require_torch  # noqa: PLC0415
 
@@ -83,7 +86,7 @@ def main(ckpts, out, mask_ratios, opset, legacy, fp16, trt, max_batch, workspace
     try:
         opts = ExportOptions(mask_ratios=mask_ratios, opset=opset, fp16=fp16, trt=trt, max_batch=max_batch,
                              verify=not no_verify, data=data, legacy=legacy, workspace_gb=workspace_gb,
-                             lint=not no_lint, boundary_flip_average=boundary_flip)
+                             lint=not no_lint, boundary_flip_average=boundary_flip, boundary_int8=boundary_int8)
         man = export_bundle(list(ckpts), out, opts, log=log, exported=exported)
     except (TensorRTUnavailable, TrtEngineError, BundleError, CheckpointError, ExportError, ValueError) as e:
         click.echo(f"lmae-export: error: {e}", err=True)
@@ -104,6 +107,11 @@ def main(ckpts, out, mask_ratios, opset, legacy, fp16, trt, max_batch, workspace
         b = man.data["boundary"]
         click.echo(f"boundary graph {graph['file']} ({b['size'][0]}x{b['size'][1]}, {_size(graph['bytes'])}, "
                    f"max |diff| vs torch {graph['parity']['max_abs_diff']:.2g}); {_runs_on(graph)}")
+        int8 = graph.get("int8")
+        if int8:
+            click.echo(f"boundary graph {int8['file']} (int8, {_size(int8['bytes'])}, mean |diff| vs torch "
+                       f"{int8['parity']['mean_abs_diff']:.2g} on {int8['parity']['images']} images); "
+                       f"runs on ONNX Runtime's CPU provider")
         if show_ops:
             click.echo(f"boundary ops: {' '.join(op_list(man.root / graph['file']))}")
     fusion = man.data.get("fusion_graph")
@@ -126,7 +134,8 @@ def _runs_on(graph: dict) -> str:
     """Where the runtime runs a bundle's boundary or fusion graph."""
     engine = graph.get("tensorrt")
     if not engine:
-        return "runs on ONNX Runtime for every engine"
+        return "runs on ONNX Runtime's CUDA provider (and on CPUs with --precision fp32)" if graph.get("int8") else \
+            "runs on ONNX Runtime for every engine"
     return (f"TensorRT engine {engine['file']} (max |diff| vs ONNX Runtime {engine['parity']['max_abs_diff']:.2g}) "
             f"for the tensorrt engines, ONNX Runtime for the others")
 

@@ -278,8 +278,9 @@ def write_checked_graph(out: Path, name: str, write: Callable[[Path], None],
             log(f"warning: {f.name} is not TensorRT-ready: {ready.problems}")
         checked = parity(f)
         if not checked["passed"]:
-            raise ExportError(f"{f.name}: ONNX Runtime differs from {reference} by {checked['max_abs_diff']:.3g} "
-                              f"(> {checked['tolerance']:g})")
+            measure = checked.get("measure", "max_abs_diff")
+            raise ExportError(f"{f.name}: ONNX Runtime differs from {reference}: {measure.replace('_', ' ')} "
+                              f"{checked[measure]:.3g} (> {checked['tolerance']:g})")
         os.replace(f, out / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

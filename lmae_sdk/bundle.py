@@ -7,6 +7,8 @@ A bundle is a folder::
       encoder_m0.5_fp32.onnx   decoder_m0.5_fp32.onnx
       encoder_m0.7_fp32.onnx   ...   (*.engine for TensorRT)
       boundary_fp32.onnx       (models with a boundary net: one graph for every engine)
+      boundary_int8.onnx       (optional: the same graph in int8, run by ONNX Runtime on CPUs)
+      fusion_fp32.onnx         (bundles with pixel fusion: the scorer of its candidate rows)
 
 Top level: what every engine shares (classes, image size, patch size, normalization,
 unknown index, label down-sampling, routing threshold).  ``engines``: one entry per
@@ -143,7 +145,7 @@ def read_manifest(root: str | os.PathLike, verify_files: bool = True) -> Manifes
         raise BundleError(f"{path}: the models use a boundary net but the manifest has no {BOUNDARY_GRAPH}")
     for key, what in ((BOUNDARY_GRAPH, "boundary graph"), (FUSION_GRAPH, "fusion graph")):
         g = data.get(key) or {}
-        for entry, kind in ((g, what), (g.get("tensorrt"), f"{what} TensorRT engine")):
+        for entry, kind in ((g, what), (g.get("tensorrt"), f"{what} TensorRT engine"), (g.get("int8"), f"int8 {what}")):
             if entry and verify_files:
                 _check_file(path, root / entry["file"], entry.get("sha256"), kind)
     g = data.get(FUSION_GRAPH)

@@ -141,3 +141,18 @@ def test_a_changed_option_is_refused_unless_restarted(fitted):
     assert f"options.budget_min: {budget:.1f} -> {budget + 1:.1f}" in refused.stderr and "--restart" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert np.isfinite(json.loads((fitted["out"] / "card.json").read_text())["val"]["images"])
+
+
+def test_the_fits_bundle_runs_its_boundary_graph_in_int8_on_cpus(fitted):
+    """The fit exports the boundary graph in int8 too (ONNX Runtime runs it on CPUs) when it
+    stays within its tolerance; the fp32 graphs still match the checkpoint."""
+    manifest = json.loads((fitted["out"] / "manifest.json").read_text())
+    if not manifest.get("boundary"):
+        pytest.skip("this fit kept no boundary net, so there is no boundary graph to quantize")
+    export = json.loads((fitted["work"] / "export.result.json").read_text())
+    int8 = manifest["boundary_graph"].get("int8")
+    assert (int8 is not None) == (export["boundary_int8_mean_abs_diff"] is not None)
+    if int8 is not None:
+        assert int8["parity"]["passed"] and (fitted["out"] / int8["file"]).is_file()
+    verify = json.loads((fitted["work"] / "verify.json").read_text())
+    assert verify["label_agreement"] >= 0.999 and 0 < verify["label_agreement_as_run"] <= 1

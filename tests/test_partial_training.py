@@ -195,3 +195,28 @@ def test_holes_in_a_complete_label_follow_its_own_classes():
     hidden = degrade(lab, 0.1, "bands", np.random.default_rng(0)) == UNKNOWN
     assert 0.05 < hidden.mean() < 0.15
     assert np.abs(np.nonzero(hidden)[1] + 0.5 - 240).max() < 50
+
+
+def test_the_fusion_learns_every_other_partial_image_from_its_filled_label():
+    """Pixel fusion of a partial split: even images' holes are made in the label as it is,
+    odd images' in the label filled by its pseudo-labels, topped up to the kind's unknown
+    share, so that half its inputs are as mostly known as a complete label's at the runtime."""
+    from lmae_sdk.training.fusion_fit import fusion_input, hidden_share
+
+    rng = np.random.default_rng(0)
+    filled = np.zeros((256, 256), np.uint8)
+    filled[:, 128:] = 1
+    filled[96:160, 40:90] = 2
+    label = filled.copy()
+    label[rng.random(label.shape) < 0.5] = UNKNOWN  # half its pixels never labelled
+    unknown = [np.mean(fusion_input(label, filled, i, "random", 0.3, np.random.default_rng(i), None) == UNKNOWN)
+               for i in range(2)]
+    assert unknown[0] > 0.5  # the label as it is, more of it hidden
+    assert abs(unknown[1] - 0.3) < 0.1  # the filled label, holes of the kind's share
+    odd = fusion_input(label, filled, 1, "random", 0.3, np.random.default_rng(1), None)
+    known = odd != UNKNOWN
+    assert (odd[known] == filled[known]).all() and (known & (label == UNKNOWN)).any()
+    as_is = fusion_input(label, None, 1, "random", 0.3, np.random.default_rng(1), None)  # no pseudo-labels
+    assert np.mean(as_is == UNKNOWN) > 0.5
+    assert hidden_share(filled, 0.3) == 0.3  # a complete label: the share itself
+    assert hidden_share(label, 0.3) == pytest.approx(MIN_HIDDEN_SHARE, abs=0.02)  # topped up by the minimum

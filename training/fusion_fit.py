@@ -26,7 +26,7 @@ from lmae_sdk.labels import UNKNOWN
 from lmae_sdk.pipeline import ModelInputs, prepare, propagate_for
 
 from .calibrate import runtime_logits
-from .data import load_pairs
+from .data import MIN_HIDDEN_SHARE, load_pairs, read_contexts
 from lmae_sdk.datasets import load_dataset
 
 # every kind of hole the card scores, with boundary bands at two widths: coarse polygon annotation
@@ -56,11 +56,39 @@ class FusionMLP(torch.nn.Module):
                            self.class_bias.detach().numpy(), info, features=self.features)
 
 
+def hidden_share(source: np.ndarray, ratio: float) -> float:
+    """The share of ``source``'s known pixels to hide so that ``ratio`` of it is unknown in all
+    (a complete label: ``ratio``; a partial one is topped up, at least MIN_HIDDEN_SHARE of
+    what it knows hidden)."""
+    natural = float(np.count_nonzero(source == UNKNOWN)) / max(source.size, 1)
+    if natural == 0.0:
+        return ratio
+    if natural >= 1.0:
+        return 0.0
+    total = max(ratio, natural + MIN_HIDDEN_SHARE * (1 - natural))
+    return (total - natural) / (1 - natural)
+
+
+def fusion_input(label: np.ndarray, context: np.ndarray | None, index: int, strategy: str, ratio: float,
+                 rng: np.random.Generator, background_index: int | None) -> np.ndarray:
+    """The partial label the fusion learns from for train image ``index``: its holes of kind
+    ``strategy`` made in the label as it is or, for every other image of a partial split that
+    has pseudo-labels (``context``, the label's unknown pixels filled), in the filled label,
+    topped up to ``ratio`` unknown.  The filled half meets inputs as mostly known as complete
+    labels are at the runtime (on two partial CamVid datasets, two fits each: thin bands no
+    longer below nearest-label fill on the bands-0.3 one, benchmarks/RESULTS.md section 1)."""
+    if context is None or context is label or index % 2 == 0:
+        return degrade(label, ratio, strategy, rng, background_index=background_index)
+    return degrade(context, hidden_share(context, ratio), strategy, rng, background_index=background_index)
+
+
 def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: int, per_image: int, seed: int,
                    features: tuple[str, ...] = FUSION_FEATURES, deadline: float | None = None,
-                   log=print) -> tuple[np.ndarray, np.ndarray, int]:
+                   log=print, context: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """(features (P, N, F), true class (P,), images read) of pixels sampled from the holes;
-    ``deadline`` (a ``time.time()``): no chunk of images starts after it, the first excepted."""
+    ``deadline`` (a ``time.time()``): no chunk of images starts after it, the first excepted.
+    ``context``: for partial labels, a folder of labels of the same names (the fit's
+    pseudo-labels): see :func:`fusion_input`.  The true class is always the label's own."""
     model = model_from_checkpoint(ckpt)
     cfg = model.cfg
     boundaries = boundaries_from_checkpoint(ckpt)
@@ -79,10 +107,12 @@ def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: i
             break
         chunk = load_pairs(pairs[start: start + 16], cfg.num_classes)
         read += len(chunk)
+        contexts = [None] * len(chunk) if context is None else \
+            read_contexts(Path(context), pairs[start: start + 16], chunk)
         parts, props, inputs = [], [], []
-        for i, (img, lab) in enumerate(chunk, start):
+        for i, ((img, lab), filled) in enumerate(zip(chunk, contexts), start):
             strategy, ratio = settings[i % len(settings)]
-            partial = degrade(lab, ratio, strategy, np.random.default_rng([seed, i]), background_index=bg)
+            partial = fusion_input(lab, filled, i, strategy, ratio, np.random.default_rng([seed, i]), bg)
             prop = propagate_for(cfg, partial, img, class_costs=True,
                                  boundary=None if boundaries is None else boundaries(img))
             parts.append(partial)
@@ -110,7 +140,7 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
                settings=DEFAULT_FIT_SETTINGS, images: int = 0, per_image: int = 6000, hidden: int = 64,
                steps: int = 4000, class_weight_power: float = 0.25, seed: int = 0, threads: int = 0,
                hole_features: bool | None = None, minutes: float = 0.0, collect_minutes: float = 0.0,
-               log=print) -> dict:
+               log=print, context_labels: str | Path | None = None) -> dict:
     """Fit pixel fusion on ``split`` and store it in the checkpoint (``out``, default in place).
 
     ``hole_features`` (default: when the checkpoint has a boundary net) adds the features of
@@ -130,6 +160,7 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
     after the call started, its learning rate decaying to 0 by whichever comes first.
     ``collect_minutes`` (0 = no limit): sampling pixels starts no new chunk of 16 images after
     that many minutes, so a loaded machine samples fewer images instead of eating the MLP's time.
+    ``context_labels``: a folder of pseudo-labels for partial train labels (:func:`fusion_input`).
     """
     started = time.time()
     if threads:
@@ -145,7 +176,7 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
     log(f"collecting hole pixels from {split} ({', '.join(f'{s}:{r:g}' for s, r in settings)}; "
         f"{len(features)} features)")
     x, y, read = collect_pixels(ck, data, split, settings, images, per_image, seed, features,
-                                started + 60 * collect_minutes if collect_minutes else None, log)
+                                started + 60 * collect_minutes if collect_minutes else None, log, context_labels)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     counts = torch.bincount(y, minlength=n).double() + 1
     weight = ((counts.sum() / counts) ** class_weight_power).float()
@@ -183,7 +214,7 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
         acc = correct / len(y)
     info = {"split": split, "settings": [f"{s}:{r:g}" for s, r in settings], "images": read, "pixels": int(len(y)),
             "features": list(features), "hidden": hidden, "steps": done,
-            "class_weight_power": class_weight_power,
+            "class_weight_power": class_weight_power, "context_labels": bool(context_labels),
             "seed": seed, "fit_loss": full_loss, "fit_pixel_acc": acc}
     ck["fusion"] = net.to_fusion(info).to_dict()
     for retired in ("near_copy_px", "near_copy_min_prob"):  # the finishing rule fusion replaced

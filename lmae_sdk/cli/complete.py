@@ -96,7 +96,9 @@ def run_record(completer, model_path: Path, inputs: dict[str, str], min_confiden
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(BACKENDS))
 @click.option("--device", default=None, help="cpu | cuda | cuda:N (default: what the backend picks)")
-@click.option("--precision", default=None, type=click.Choice(["fp32", "fp16"]))
+@click.option("--precision", default=None, type=click.Choice(["fp32", "fp16"]),
+              help="the engines' (default: fp32 on a CPU, fp16 on a GPU where the bundle has it); fp32 also runs "
+                   "the boundary graph in fp32 where the bundle holds an int8 one")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", default=0, type=int, help="inference threads (0 = all cores)")
 @click.option("--workers", default=2, show_default=True, type=int, help="pre/post-processing threads (one lane)")

@@ -112,7 +112,9 @@ class LMAECompleter:
         CUDA > ONNX Runtime CPU > torch from what is installed and what the bundle holds.
         ``mask_ratios`` restricts (bundle) or sets (checkpoint: a range model serves any) the
         engines.  ``pixel_fusion=False`` ignores the model's pixel fusion (the argmax decides):
-        faster host work, lower quality (benchmarks/HISTORY.md).
+        faster host work, lower quality (benchmarks/HISTORY.md).  ``precision``: the engines'
+        (fp32 | fp16; default fp32 on a CPU, fp16 on a GPU where the bundle holds it); a bundle's
+        int8 boundary graph runs on ONNX Runtime's CPU provider unless ``precision="fp32"``.
 
         A bundle's ``manifest.json`` is the contract: the completion settings (classes,
         unknown index, label down-sampling, routing, pixel fusion, boundary net) are read

@@ -140,14 +140,17 @@ def _aux_graphs(man: Manifest, opts: LoadOptions) -> tuple[Any, Any]:
     """(boundary map runner or None, fusion row scorer or None) of a bundle: on TensorRT
     when the engines run there and the bundle holds the graphs' TensorRT engines (``lmae-export
     --trt``), else on ONNX Runtime: the engines' device, CUDA for a TensorRT bundle when
-    onnxruntime-gpu sees a GPU.  A bundle exported without a fusion graph scores on the host."""
+    onnxruntime-gpu sees a GPU.  On ONNX Runtime's CPU provider the boundary graph runs in int8
+    where the bundle holds it (``lmae-export --boundary-int8``), unless fp32 is asked for
+    (``precision="fp32"``).  A bundle exported without a fusion graph scores on the host."""
     d, trt = man.data, opts.backend == "tensorrt"
     device = (opts.device or "cpu") if opts.backend == "onnxruntime" else ("cuda" if ort_cuda_available() else "cpu")
     boundaries = fusion_scorer = None
     if d.get("boundary"):
         graph, spec = d[BOUNDARY_GRAPH], BoundarySpec.from_dict(d["boundary"], str(man.root))
+        int8 = graph.get("int8") if device == "cpu" and opts.precision != "fp32" else None
         boundaries = TrtBoundaries(man.root / graph["tensorrt"]["file"], spec) if trt and graph.get("tensorrt") \
-            else OrtBoundaries(man.root / graph["file"], spec, device)
+            else OrtBoundaries(man.root / (int8 or graph)["file"], spec, device)
     graph = d.get(FUSION_GRAPH)
     if opts.pixel_fusion and graph:
         fusion_scorer = TrtFusionScorer(man.root / graph["tensorrt"]["file"]) if trt and graph.get("tensorrt") \
