@@ -199,8 +199,9 @@ def test_holes_in_a_complete_label_follow_its_own_classes():
 
 def test_the_fusion_learns_every_other_partial_image_from_its_filled_label():
     """Pixel fusion of a partial split: even images' holes are made in the label as it is,
-    odd images' in the label filled by its pseudo-labels, topped up to the kind's unknown
-    share, so that half its inputs are as mostly known as a complete label's at the runtime."""
+    odd images' in the label filled by its pseudo-labels and made complete (what they leave
+    unknown takes the nearest known class), the kind's share hidden, so that half its inputs
+    are complete labels with holes, as at the runtime."""
     from lmae_sdk.training.fusion_fit import fusion_input, hidden_share
 
     rng = np.random.default_rng(0)
@@ -216,6 +217,12 @@ def test_the_fusion_learns_every_other_partial_image_from_its_filled_label():
     odd = fusion_input(label, filled, 1, "random", 0.3, np.random.default_rng(1), None)
     known = odd != UNKNOWN
     assert (odd[known] == filled[known]).all() and (known & (label == UNKNOWN)).any()
+    sure_only = filled.copy()
+    sure_only[:, 120:136] = UNKNOWN  # the pseudo-labels were not sure along the boundary
+    odd = fusion_input(label, sure_only, 1, "random", 0.3, np.random.default_rng(1), None)
+    assert abs(np.mean(odd == UNKNOWN) - 0.3) < 0.1  # made complete first: only the kind's holes
+    known = odd != UNKNOWN  # the strip takes the class of its nearest known pixel, each side its own
+    assert (odd[known] == filled[known]).all() and (known & (sure_only == UNKNOWN)).any()
     as_is = fusion_input(label, None, 1, "random", 0.3, np.random.default_rng(1), None)  # no pseudo-labels
     assert np.mean(as_is == UNKNOWN) > 0.5
     assert hidden_share(filled, 0.3) == 0.3  # a complete label: the share itself

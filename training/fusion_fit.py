@@ -20,7 +20,7 @@ import torch
 
 from lmae_sdk.boundaries import boundaries_from_checkpoint
 from lmae_sdk.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from lmae_sdk.degrade import degrade
+from lmae_sdk.degrade import class_extents, degrade
 from lmae_sdk.fusion import FEATURES_BY_VERSION, FUSION_FEATURES, PixelFusion, features_at, hole_log_probs
 from lmae_sdk.labels import UNKNOWN
 from lmae_sdk.pipeline import ModelInputs, prepare, propagate_for
@@ -73,13 +73,16 @@ def fusion_input(label: np.ndarray, context: np.ndarray | None, index: int, stra
                  rng: np.random.Generator, background_index: int | None) -> np.ndarray:
     """The partial label the fusion learns from for train image ``index``: its holes of kind
     ``strategy`` made in the label as it is or, for every other image of a partial split that
-    has pseudo-labels (``context``, the label's unknown pixels filled), in the filled label,
-    topped up to ``ratio`` unknown.  The filled half meets inputs as mostly known as complete
-    labels are at the runtime (on two partial CamVid datasets, two fits each: thin bands no
-    longer below nearest-label fill on the bands-0.3 one, benchmarks/RESULTS.md section 1)."""
+    has pseudo-labels (``context``: the label's unknown pixels filled where the model was
+    sure), in that label made complete, the pixels still unknown given the nearest known
+    pixel's class (:func:`lmae_sdk.degrade.class_extents`), with ``ratio`` of it hidden.  That
+    half meets inputs as complete labels with holes are at the runtime (benchmarks/RESULTS.md
+    section 1: two fits on each of two partial CamVid datasets).  The true class stays the
+    label's own."""
     if context is None or context is label or index % 2 == 0:
         return degrade(label, ratio, strategy, rng, background_index=background_index)
-    return degrade(context, hidden_share(context, ratio), strategy, rng, background_index=background_index)
+    filled = class_extents(context)  # complete, unless the context knows no pixel at all
+    return degrade(filled, hidden_share(filled, ratio), strategy, rng, background_index=background_index)
 
 
 def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: int, per_image: int, seed: int,
