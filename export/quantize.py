@@ -9,8 +9,8 @@ that CPUs without VNNI, whose int8 dot products saturate at full range, compute 
 
 The int8 graph sits next to the fp32 one (manifest ``boundary_graph.int8``): the runtime
 runs it on ONNX Runtime's CPU provider; CUDA and TensorRT keep the fp32 graph.  Its parity
-check compares its maps with torch's on images it was not calibrated on, by the mean
-absolute difference of the probabilities.
+check compares its maps with torch's on images it was not calibrated on (val's, where the
+dataset has a val split), by the mean absolute difference of the probabilities.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from .onnx_export import ExportError
 
 INT8_BOUNDARY_FILE = "boundary_int8.onnx"
 CALIBRATION_IMAGES = 24  # train images whose activation ranges set the int8 scales
-CHECK_IMAGES = 8  # other images the int8 maps are compared on
+CHECK_IMAGES = 8  # other images (val's, where the dataset has one) the int8 maps are compared on
 MEAN_DIFF_TOLERANCE = 0.01  # mean |probability difference| against torch fp32
 
 
@@ -35,20 +35,20 @@ class Int8BoundaryError(ExportError):
     """The int8 boundary graph could not be made or departs from torch beyond its tolerance."""
 
 
-def dataset_images(data: str | Path, count: int, skip: int = 0) -> list[np.ndarray]:
-    """``count`` RGB images spread evenly over the dataset's train split (or its first split),
-    starting ``skip`` images in, so two calls with different ``skip`` pick different images."""
+def dataset_images(data: str | Path, count: int, splits: tuple[str, ...] = ("train", "val", "test"),
+                   offset: float = 0.0) -> list[np.ndarray]:
+    """``count`` RGB images spread evenly over the first of ``splits`` the dataset has, each
+    ``offset`` of a spacing in (0.5 falls between the images an offset of 0 picks)."""
     from lmae_sdk.datasets import load_dataset  # noqa: PLC0415
     from lmae_sdk.labels import read_image  # noqa: PLC0415
 
     root = Path(data)
-    split = next((s for s in ("train", "val", "test") if (root / s).is_dir()), "train")
+    split = next((s for s in splits if (root / s).is_dir()), splits[0])
     pairs = load_dataset(root, splits=(split,)).pairs[split]
     if not pairs:
-        raise ValueError(f"{root}: no images in its {split} split to calibrate the int8 boundary graph on")
+        raise ValueError(f"{root}: no images in its {split} split for the int8 boundary graph")
     step = max(1, len(pairs) // max(count, 1))
-    picked = [pairs[(skip + i * step) % len(pairs)][0] for i in range(min(count, len(pairs)))]
-    return [read_image(p) for p in picked]
+    return [read_image(pairs[int((i + offset) * step) % len(pairs)][0]) for i in range(min(count, len(pairs)))]
 
 
 def quantize_boundary_graph(fp32_path: Path, out_path: Path, inputs: list[np.ndarray]) -> None:
@@ -100,7 +100,7 @@ def export_int8_boundary(out: Path, fp32_entry: dict[str, Any], net: torch.nn.Mo
     from .readiness import write_checked_graph  # noqa: PLC0415
 
     calibration = [boundary_input(im, spec) for im in dataset_images(data, CALIBRATION_IMAGES)]
-    held_out = dataset_images(data, CHECK_IMAGES, skip=1)
+    held_out = dataset_images(data, CHECK_IMAGES, ("val", "test", "train"), offset=0.5)  # val where there is one
 
     def write(f: Path) -> None:
         log(f"quantizing the boundary graph to int8 on {len(calibration)} images of {Path(data).name} -> {f.name}")
