@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from lmae_sdk.boundaries import BoundarySpec, boundary_input, boundary_probabilities
+from lmae_sdk.boundaries import BoundarySpec, boundary_input
 
 from .onnx_export import ExportError
 
@@ -76,16 +76,10 @@ def quantize_boundary_graph(fp32_path: Path, out_path: Path, inputs: list[np.nda
 def int8_parity(net: torch.nn.Module, spec: BoundarySpec, path: Path, images: list[np.ndarray],
                 tolerance: float = MEAN_DIFF_TOLERANCE) -> dict[str, Any]:
     """The int8 graph's maps (ONNX Runtime, CPU) against torch fp32 on ``images``."""
-    from .verify import _ort_session  # noqa: PLC0415
+    from .verify import _ort_session, boundary_differences  # noqa: PLC0415
 
     sess = _ort_session(path, 1)
-    diffs = []
-    for image in images:
-        x = boundary_input(image, spec)[None]
-        got = sess.run(None, {"image": x})[0]
-        with torch.no_grad():
-            want = boundary_probabilities(net, torch.from_numpy(x), spec.flip_average).numpy()
-        diffs.append(np.abs(got - want))
+    diffs = [boundary_differences(net, spec, sess, boundary_input(image, spec)[None]) for image in images]
     mean = float(np.mean([d.mean() for d in diffs]))
     return {"mean_abs_diff": mean, "max_abs_diff": float(max(d.max() for d in diffs)), "measure": "mean_abs_diff",
             "tolerance": tolerance, "images": len(images), "passed": mean <= tolerance, "verified": True}

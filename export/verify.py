@@ -106,16 +106,22 @@ def verify_boundary(net: torch.nn.Module, spec, path: str | os.PathLike, toleran
                     seed: int = 0) -> dict[str, Any]:
     """ONNX Runtime against torch on the boundary graph: max |probability difference| over
     two random images."""
-    from lmae_sdk.boundaries import boundary_input, boundary_probabilities  # noqa: PLC0415
+    from lmae_sdk.boundaries import boundary_input  # noqa: PLC0415
 
-    sess = _ort_session(path, 1)
     rng = np.random.default_rng(seed)
     x = np.stack([boundary_input(rng.integers(0, 256, (*spec.size, 3), dtype=np.uint8), spec) for _ in range(2)])
-    got = sess.run(None, {"image": x})[0]
+    diff = float(boundary_differences(net, spec, _ort_session(path, 1), x).max())
+    return {"max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance, "verified": True}
+
+
+def boundary_differences(net: torch.nn.Module, spec, session, x: np.ndarray) -> np.ndarray:
+    """|ONNX Runtime's boundary probabilities - torch's| on the net's inputs ``x`` (B, 3, h, w)."""
+    from lmae_sdk.boundaries import boundary_probabilities  # noqa: PLC0415
+
+    got = session.run(None, {"image": x})[0]
     with torch.no_grad():
         want = boundary_probabilities(net, torch.from_numpy(x), spec.flip_average).numpy()
-    diff = float(np.abs(got - want).max())
-    return {"max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance, "verified": True}
+    return np.abs(got - want)
 
 
 def _batch(items: list[ModelInputs], plans: list[MaskPlan], batch: int) -> list[Case]:

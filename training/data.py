@@ -56,6 +56,28 @@ class SampleSpec:
 MIN_HIDDEN_SHARE = 0.1  # of a partial label's known pixels, at least this share is hidden
 
 
+def _unknown_share(lab: np.ndarray) -> float:
+    return float(np.count_nonzero(lab == UNKNOWN)) / max(lab.size, 1)
+
+
+def _share_of_known(natural: float, total: float) -> float:
+    """The share of a label's known pixels to hide so that ``total`` of it is unknown, its
+    ``natural`` unknown share included; a partial label hides at least ``MIN_HIDDEN_SHARE`` of
+    what it knows, one with no known pixel nothing."""
+    if natural >= 1.0:
+        return 0.0
+    if natural == 0.0:
+        return total
+    total = max(total, natural + MIN_HIDDEN_SHARE * (1 - natural))
+    return (total - natural) / (1 - natural)
+
+
+def hidden_share(lab: np.ndarray, total: float) -> float:
+    """The share of ``lab``'s known pixels to hide so that ``total`` of it is unknown in all
+    (a complete label: ``total``; a partial one topped up: :func:`_share_of_known`)."""
+    return _share_of_known(_unknown_share(lab), total)
+
+
 def known_share_to_hide(lab: np.ndarray, unknown_range: tuple[float, float], rng: np.random.Generator) -> float:
     """The share of ``lab``'s known pixels to hide so that its unknown share, natural holes
     included, is drawn uniformly from ``unknown_range`` (raised to the natural share plus
@@ -63,12 +85,11 @@ def known_share_to_hide(lab: np.ndarray, unknown_range: tuple[float, float], rng
     hides a uniform draw from the range; a label with half its pixels unknown is topped up to
     the same range, so the model meets the unknown shares the runtime will, not half again
     on top of its natural holes."""
-    natural = float(np.count_nonzero(lab == UNKNOWN)) / max(lab.size, 1)
+    natural = _unknown_share(lab)
     if natural >= 1.0:
-        return 0.0
+        return 0.0  # before the draw: the generator's next numbers stay as they were
     low = max(unknown_range[0], natural + MIN_HIDDEN_SHARE * (1 - natural))
-    total = float(rng.uniform(low, max(unknown_range[1], low)))
-    return (total - natural) / (1 - natural)
+    return _share_of_known(natural, float(rng.uniform(low, max(unknown_range[1], low))))
 
 
 def with_context(lab: np.ndarray, context: np.ndarray) -> np.ndarray:

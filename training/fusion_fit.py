@@ -26,7 +26,7 @@ from lmae_sdk.labels import UNKNOWN
 from lmae_sdk.pipeline import ModelInputs, prepare, propagate_for
 
 from .calibrate import runtime_logits
-from .data import MIN_HIDDEN_SHARE, load_pairs, read_contexts
+from .data import hidden_share, load_pairs, read_contexts
 from lmae_sdk.datasets import load_dataset
 
 # every kind of hole the card scores, with boundary bands at two widths: coarse polygon annotation
@@ -56,17 +56,10 @@ class FusionMLP(torch.nn.Module):
                            self.class_bias.detach().numpy(), info, features=self.features)
 
 
-def hidden_share(source: np.ndarray, ratio: float) -> float:
-    """The share of ``source``'s known pixels to hide so that ``ratio`` of it is unknown in all
-    (a complete label: ``ratio``; a partial one is topped up, at least MIN_HIDDEN_SHARE of
-    what it knows hidden)."""
-    natural = float(np.count_nonzero(source == UNKNOWN)) / max(source.size, 1)
-    if natural == 0.0:
-        return ratio
-    if natural >= 1.0:
-        return 0.0
-    total = max(ratio, natural + MIN_HIDDEN_SHARE * (1 - natural))
-    return (total - natural) / (1 - natural)
+def learns_from_context(index: int) -> bool:
+    """Whether train image ``index`` of a partial split with pseudo-labels learns from its
+    filled label (:func:`fusion_input`): every other one."""
+    return index % 2 == 1
 
 
 def fusion_input(label: np.ndarray, context: np.ndarray | None, index: int, strategy: str, ratio: float,
@@ -79,7 +72,7 @@ def fusion_input(label: np.ndarray, context: np.ndarray | None, index: int, stra
     half meets inputs as complete labels with holes are at the runtime (benchmarks/RESULTS.md
     section 1: two fits on each of two partial CamVid datasets).  The true class stays the
     label's own."""
-    if context is None or context is label or index % 2 == 0:
+    if context is None or context is label or not learns_from_context(index):
         return degrade(label, ratio, strategy, rng, background_index=background_index)
     filled = class_extents(context)  # complete, unless the context knows no pixel at all
     return degrade(filled, hidden_share(filled, ratio), strategy, rng, background_index=background_index)
@@ -110,8 +103,12 @@ def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: i
             break
         chunk = load_pairs(pairs[start: start + 16], cfg.num_classes)
         read += len(chunk)
-        contexts = [None] * len(chunk) if context is None else \
-            read_contexts(Path(context), pairs[start: start + 16], chunk)
+        contexts: list = [None] * len(chunk)
+        if context is not None:  # the pseudo-labels of the images that learn from them
+            use = [k for k in range(len(chunk)) if learns_from_context(start + k)]
+            for k, filled in zip(use, read_contexts(Path(context), [pairs[start + k] for k in use],
+                                                    [chunk[k] for k in use])):
+                contexts[k] = filled
         parts, props, inputs = [], [], []
         for i, ((img, lab), filled) in enumerate(zip(chunk, contexts), start):
             strategy, ratio = settings[i % len(settings)]
