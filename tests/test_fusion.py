@@ -10,7 +10,9 @@ from lmae_sdk.degrade import degrade
 from lmae_sdk.fusion import (FEATURES_BY_VERSION, FUSION_FEATURES, NEAREST_FEATURES, FusionError, PixelFusion,
                               class_distances, extra_features, hole_features, hole_log_probs, line_features,
                               pixel_features)
-from lmae_sdk.propagation import NO_PATH, geodesic_class_costs, geodesic_propagate, nearest_fill, propagate
+import lmae_sdk.propagation as propagation_module
+from lmae_sdk.propagation import (NO_PATH, cheapest_class, geodesic_class_costs, geodesic_propagate, nearest_fill,
+                                  propagate)
 from lmae_sdk.upsampling import upsampled_prediction
 from lmae_sdk.pipeline import CompletionSettings, SettingsError, finish
 
@@ -26,7 +28,7 @@ def _scene(seed=0, n=4):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_class_costs_min_and_argmin_are_geodesic_propagation(seed):
+def test_class_costs_min_and_argmin_are_geodesic_propagation(monkeypatch, seed):
     image, _, partial = _scene(seed)
     partial[partial == 3] = 255  # class 3 has no known pixel
     costs = geodesic_class_costs(image, partial, 5, edge_weight=300, blur_sigma=1)
@@ -41,6 +43,15 @@ def test_class_costs_min_and_argmin_are_geodesic_propagation(seed):
     # propagate reads its ids / cost off the class costs when it computes them
     prop = propagate(partial, image, "geodesic", edge_weight=300, blur_sigma=1, num_classes=5)
     np.testing.assert_array_equal(prop.ids, np.where(hole, ids, partial))
+    np.testing.assert_allclose(prop.path_cost, np.where(hole, cost, 0), rtol=1e-6)
+    # the compiled and the numpy reading of the class costs agree, ties to the first class
+    costs[..., 1] = costs[..., 0]
+    compiled_ids, compiled_cost = cheapest_class(costs, partial)
+    monkeypatch.setattr(propagation_module, "_compiled_cheapest_class", lambda: None)
+    numpy_ids, numpy_cost = cheapest_class(costs, partial)
+    np.testing.assert_array_equal(compiled_ids, numpy_ids)
+    np.testing.assert_array_equal(compiled_cost, numpy_cost)
+    assert not (numpy_ids[hole] == 1).any()
 
 
 def _pass_through(feature: int, sign: float, hidden: int = 4, features: tuple[str, ...] = FUSION_FEATURES
@@ -342,3 +353,33 @@ def test_nearest_features_carry_nearest_label_fill():
     assert (np.diff(gap[column == 24, 1]) == 0).all() and gap[column == 24, 1].min() > gap[column == 27, 1].max()
     assert (gap[:, 3] > gap[:, 2]).all()  # class 3 has no known pixel
     assert pixel.shape == (idx.size, len(features) - len(FUSION_FEATURES) - given.shape[2])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_class_distances_in_one_pass_are_opencvs_per_class_distance_transforms(monkeypatch, seed):
+    """The compiled kernel measures every class (and the known pixels) in one pass; the
+    numpy form runs one ``cv2.distanceTransform`` per class: the same distances to float
+    rounding, the same nearest class, 1e4 for a class with no known pixel; a label with no
+    known pixel is 1e4 from everything."""
+    import lmae_sdk.fusion as fusion_module
+    from lmae_sdk.fusion_kernels import compiled
+
+    if compiled("class_distances") is None:
+        pytest.skip("numba is not installed: class_distances runs its OpenCV form only")
+    rng = np.random.default_rng(seed)
+    label = np.kron(rng.integers(0, 4, (7, 9)), np.ones((9, 9), np.int64)).astype(np.uint8)
+    partial = degrade(label, 0.6, "random", rng, patch=6)
+    partial[partial == 2] = 255  # class 2 has no known pixel
+    partial[0, 0] = 200  # known, in no class
+    idx = np.flatnonzero(partial.reshape(-1) == 255)
+    one_pass, known = class_distances(partial, idx, 5)
+    monkeypatch.setattr(fusion_module, "compiled", lambda name: None)
+    per_class, cv_known = class_distances(partial, idx, 5)
+    np.testing.assert_allclose(one_pass, per_class, atol=1e-3)
+    np.testing.assert_allclose(known, cv_known, atol=1e-3)
+    assert (one_pass[:, [2, 4]] == 1e4).all() and (one_pass.argmin(1) == per_class.argmin(1)).mean() > 0.999
+    assert known.min() >= 0.955 - 1e-6 and known.max() < 30
+    monkeypatch.undo()
+    empty = np.full((6, 7), 255, np.uint8)
+    far, far_known = class_distances(empty, np.arange(empty.size), 3)
+    assert (far == 1e4).all() and (far_known == 1e4).all()
