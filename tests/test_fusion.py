@@ -209,7 +209,10 @@ def test_rows_scored_in_batch_equal_every_class_scored_and_confident_agreement_i
                          features=features)
     image, _, partial = _scene(6)
     logits = (2 * rng.standard_normal((5, 16, 24))).astype(np.float32)
-    boundary = rng.random((2, *partial.shape)).astype(np.float32)
+    # weak learned boundaries on the left (holes there may be skipped), strong ones on the right (never)
+    noise = rng.random((2, *partial.shape))
+    left = np.arange(partial.shape[1]) < partial.shape[1] // 2
+    boundary = np.where(left, 0.1 * noise, 0.3 + 0.7 * noise).astype(np.float32)
     costs = propagate(partial, image, "geodesic", num_classes=5).class_costs
     slow, slow_conf = fusion.complete(logits, partial, costs, boundary=boundary)
     decided = slow_conf < 1 - 1e-6  # scored pixels (a sure agreement stands with its model probability)
@@ -229,6 +232,11 @@ def test_rows_scored_in_batch_equal_every_class_scored_and_confident_agreement_i
         nearest = np.zeros(partial.shape, np.int64)
         nearest[hole] = class_distances(partial, np.flatnonzero(hole), 5)[0].argmin(1)
         cheap &= model == nearest
+    if fusion.needs_boundary:  # in holes whose border is not outlined by class boundaries
+        border = np.zeros(partial.shape, np.float32)
+        border[hole] = hole_features(partial, boundary, 5, np.flatnonzero(hole))[1][:, 0]
+        assert (border[hole] < fusion.agree_skip_border).any() and (border[hole] >= fusion.agree_skip_border).any()
+        cheap &= border < fusion.agree_skip_border
     # (pixels at the skip rule's threshold to float rounding may fall either way)
     scored = hole & ~cheap & (np.abs(p_model - fusion.agree_skip_prob) > 1e-4)
     assert scored.sum() > 50 and decided[scored].any()
@@ -383,3 +391,29 @@ def test_class_distances_in_one_pass_are_opencvs_per_class_distance_transforms(m
     empty = np.full((6, 7), 255, np.uint8)
     far, far_known = class_distances(empty, np.arange(empty.size), 3)
     assert (far == 1e4).all() and (far_known == 1e4).all()
+
+
+def test_a_hole_outlined_by_class_boundaries_is_decided_even_where_model_and_copies_agree():
+    """A square removed from class 0's region: the model is sure of class 0, which the
+    geodesic copy and nearest-label fill copy too.  Where the learned boundaries outline
+    the square (a removed object), the fusion decides its pixels (here: the least likely
+    class, 1); where they do not (a cut through one region), the skip keeps class 0."""
+    partial = np.zeros((24, 32), np.uint8)
+    partial[:, 24:] = 1
+    partial[8:16, 8:16] = 255
+    costs = np.full((24, 32, 5), NO_PATH, np.float32)
+    costs[..., 0], costs[..., 1] = 1.0, 2.0
+    logits = np.zeros((5, 3, 4), np.float32)
+    logits[0] = 12.0
+    features = FEATURES_BY_VERSION[4]
+    fusion = _pass_through(1, 1.0, features=features)  # scores path_cost: prefers the costlier copy
+    hole = partial == 255
+    outlined, _ = fusion.complete(logits, partial, costs, boundary=np.full((2, 24, 32), 0.9, np.float32))
+    assert (outlined[hole] == 1).all()
+    cut, cut_conf = fusion.complete(logits, partial, costs, boundary=np.full((2, 24, 32), 0.05, np.float32))
+    assert (cut[hole] == 0).all() and (cut_conf[hole] > 0.99).all()
+    for out in (outlined, cut):
+        np.testing.assert_array_equal(out[~hole], partial[~hole])
+    always = PixelFusion.from_dict({**fusion.to_dict(), "agree_skip_border": 1.0})
+    assert always.agree_skip_border == 1.0 and (always.complete(logits, partial, costs, boundary=np.full(
+        (2, 24, 32), 0.9, np.float32))[0][hole] == 0).all()
