@@ -204,9 +204,12 @@ def _rows_loops(lp: np.ndarray, cost: np.ndarray, dist: np.ndarray, known: np.nd
             starts[i] = r
 
 
+# numba options per kernel: fastmath lets the chamfer's min skip NaN handling (it has no NaN): 10% faster
+_OPTIONS = {"class_distances": {"fastmath": True}}
+
+
 @functools.cache
 def compiled(name: str):
     """The numba-compiled kernel ``name`` (``hole_log_probs``, ``class_distances``, ``agreement``,
     ``line_votes``, ``rows``), or None without numba."""
-    # fastmath for the chamfer's min (no NaN there): 10% faster
-    return numba_compiled(globals()[f"_{name}_loops"], **({"fastmath": True} if name == "class_distances" else {}))
+    return numba_compiled(globals()[f"_{name}_loops"], **_OPTIONS.get(name, {}))
