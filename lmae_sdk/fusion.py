@@ -444,6 +444,8 @@ class PixelFusion:
             return cls([(layer["weight"], layer["bias"]) for layer in d["layers"]], d["class_bias"], d.get("info"),
                        float(d.get("agree_skip_prob", 0.8)), float(d.get("min_log_prob", -3.0)), features,
                        float(d.get("agree_skip_border", 0.2)))
-        except (KeyError, TypeError) as e:
+        except FusionError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:  # ValueError: a rule's number that is not one
             raise FusionError(f"{source}: malformed pixel fusion ({type(e).__name__}: {e})") from None
 
