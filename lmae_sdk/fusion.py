@@ -375,10 +375,7 @@ class PixelFusion:
         fusion with hole features (format 3 on) skips only in holes whose ``border_boundary``
         is below ``agree_skip_border``: a hole outlined by class boundaries is a removed
         object, where model and copies agree, sure and wrong (the surrounding class), and the
-        fusion overrides them (30 CamVid train images with objects removed: 7.8% of the hole
-        pixels were skipped in holes with borders >= 0.2; scored, 23% of them change class and
-        1.1% of all hole pixels become right; with random holes or blocks 0.4% and 0.1% of the
-        hole pixels lie in such holes)."""
+        fusion overrides them (the probe behind 0.2: benchmarks/RESULTS.md, section 3)."""
         out = partial.copy()
         conf = np.ones(partial.shape, np.float32)
         idx = np.flatnonzero((partial == unknown).reshape(-1))

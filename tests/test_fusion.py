@@ -112,6 +112,9 @@ def test_features_and_serialisation():
         PixelFusion.from_dict({**fusion.to_dict(), "features": ["log_prob"]})
     with pytest.raises(FusionError, match="chain"):
         PixelFusion([(np.zeros((3, 2)), np.zeros(2))], np.zeros(5))
+    for rule in ("agree_skip_prob", "agree_skip_border", "min_log_prob"):  # a rule's number that is not one
+        with pytest.raises(FusionError, match="old.json: malformed pixel fusion"):
+            PixelFusion.from_dict({**fusion.to_dict(), rule: "high"}, "old.json")
 
 
 def test_fit_fusion_calibrate_export_and_runtime(tmp_path, synth_root):
