@@ -22,7 +22,7 @@ import copy
 import torch
 from torch import nn
 
-from lmae_sdk.boundaries import boundary_probabilities
+from lmae_sdk.boundaries import BoundaryNet, boundary_probabilities
 from lmae_sdk.model import LMAE, LMAEConfig
 
 PARTS = ("encoder", "decoder")
@@ -166,14 +166,32 @@ def example_inputs(cfg: LMAEConfig, part: str, mask_ratio: float, batch: int = 2
     return {name: full[name] for name in input_names(cfg, part)}
 
 
+def with_strided_stem(net: BoundaryNet) -> BoundaryNet:
+    """The same function as ``net`` without its pixel unshuffle: the unshuffle (a 6-D
+    transpose, a sixth of the int8 graph's time) and the 3x3 convolution after it are one
+    6x6 convolution of stride 2 on the image (each output cell reads the same 36 pixels per
+    channel, padding 2 = the unshuffled grid's padding 1)."""
+    first = net.unet.e1[0][0]
+    if net.unshuffle is None or not isinstance(first, nn.Conv2d) or first.kernel_size != (3, 3):
+        return net
+    out = copy.deepcopy(net)
+    w = first.weight.detach()  # (o, c*4 + i*2 + j, ky, kx): PixelUnshuffle's channel order
+    stem = nn.Conv2d(3, w.shape[0], 6, stride=2, padding=2, bias=False)
+    stem.weight.data = w.reshape(w.shape[0], 3, 2, 2, 3, 3).permute(0, 1, 4, 2, 5, 3).reshape(w.shape[0], 3, 6, 6)
+    out.unshuffle = None
+    out.unet.e1[0][0] = stem
+    return out
+
+
 class BoundaryGraph(nn.Module):
     """image (B, 3, h, w), normalized -> boundary (B, 2, h, w): probability of a class
     boundary to the right / below (:func:`lmae_sdk.boundaries.boundary_probabilities`, the
-    mirror-image average included where the spec asks for it)."""
+    mirror-image average included where the spec asks for it), the net's stem as
+    :func:`with_strided_stem`."""
 
     def __init__(self, net: nn.Module, flip_average: bool = False) -> None:
         super().__init__()
-        self.net = net.eval()
+        self.net = with_strided_stem(net).eval()
         self.flip_average = flip_average
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

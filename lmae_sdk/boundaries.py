@@ -68,7 +68,9 @@ class BoundaryNet(nn.Module):
         self.shuffle = nn.PixelShuffle(2)  # (B, 8, H/2, W/2) -> (B, 2, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.shuffle(self.unet(self.unshuffle(x)))
+        if self.unshuffle is not None:  # None: the export's strided stem reads the image (export/graphs.py)
+            x = self.unshuffle(x)
+        return self.shuffle(self.unet(x))
 
 
 def boundary_probabilities(net: nn.Module, x: torch.Tensor, flip_average: bool = False) -> torch.Tensor:

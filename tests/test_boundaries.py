@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lmae_sdk.boundaries import (BoundaryError, BoundaryNet, BoundarySpec, boundary_targets, flip_boundaries,
-                                 weights_sha256)
+from lmae_sdk.boundaries import (BoundaryError, BoundaryNet, BoundarySpec, boundary_probabilities, boundary_targets,
+                                 flip_boundaries, weights_sha256)
 from lmae_sdk.fusion import FEATURES_BY_VERSION
 from lmae_sdk.propagation import geodesic_class_costs, geodesic_propagate
 from lmae_sdk.model import make_config
@@ -97,6 +97,27 @@ def test_net_shapes_spec_and_fingerprint():
     sd2 = {k: v.clone() for k, v in sd.items()}
     next(v for v in sd2.values() if v.is_floating_point()).add_(1)
     assert weights_sha256(sd2) != weights_sha256(sd)
+
+
+def test_the_exported_strided_stem_is_the_net_without_its_pixel_unshuffle():
+    from lmae_sdk.export.graphs import BoundaryGraph, with_strided_stem
+
+    torch.manual_seed(0)
+    net = BoundaryNet(4).eval()
+    for m in net.modules():  # trained-looking batch norms, so every channel matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+    strided = with_strided_stem(net)
+    assert strided.unshuffle is None and strided.unet.e1[0][0].stride == (2, 2)
+    assert net.unshuffle is not None  # the net itself is left as it was
+    x = torch.randn(2, 3, 36, 50)
+    with torch.no_grad():
+        torch.testing.assert_close(strided(x), net(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(BoundaryGraph(net, True)(x), boundary_probabilities(net, x, True),
+                                   atol=1e-6, rtol=1e-5)
+        net.unet.e1[0][0].weight[0, 5, 1, 2] += 1.0  # one tap of one unshuffled channel moves: the stem did not copy it
+        assert (strided(x) - net(x)).abs().max() > 1e-3
 
 
 def test_flip_average_is_the_mean_of_the_map_and_the_mirror_images_map():

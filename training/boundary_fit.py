@@ -1,8 +1,10 @@
-"""Fit a class-boundary net (``lmae_sdk.boundaries``) on a split's full labels and store it
-in a checkpoint, with the step-cost weights tuned on that split.
+"""Fit a class-boundary net (``lmae_sdk.boundaries``) on a split's labels and store it in a
+checkpoint, with the step-cost weights tuned on that split.
 
 The net learns, per pixel, whether the right / lower neighbour has another class (BCE on
-batches of four random crops, boundaries weighted up: they are ~5% of pixel pairs).  The
+batches of four random crops, boundaries weighted up: they are ~5% of pixel pairs; on
+partial labels also from the gaps between known pixels of two classes,
+:mod:`training.boundary_loss`).  The
 weights and the power of the step cost ``1 + colour_weight * |colour change| + boundary_weight *
 p(boundary) ** power`` are then chosen by the geodesic fill's PA-mIoU on the split's first
 images at 50% random holes (train by default: val stays for calibrate and the benchmarks).  The model's prior changes
@@ -19,9 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from lmae_sdk.boundaries import BoundaryNet, BoundarySpec, TorchBoundaries, boundary_targets
+from lmae_sdk.boundaries import BoundaryNet, BoundarySpec, TorchBoundaries
 from lmae_sdk.checkpoint import load_checkpoint, load_state, save_checkpoint
 from lmae_sdk.datasets import load_dataset
 from lmae_sdk.degrade import degrade
@@ -30,6 +31,7 @@ from lmae_sdk.planes import normalize_image
 from lmae_sdk.propagation import geodesic_nearest
 
 from .amp import check_bf16_autocast, native_bf16
+from .boundary_loss import BoundaryTargets, boundary_loss
 from .data import load_pairs
 
 # (colour weight, boundary weight, boundary power); squaring the map (power 2) lets paths through
@@ -90,7 +92,8 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
                    minutes: float = 40.0, max_steps: int = 0, width: int = 16, crop: int = 256, batch_size: int = 4,
                    lr: float = 3e-3, tune_images: int = 80, weight_grid=DEFAULT_WEIGHT_GRID, seed: int = 0,
                    threads: int = 0, bf16: bool | None = None, continue_net: bool = False, flip_average: bool = False,
-                   augment: bool = False, resume_path: str | Path | None = None, log=print) -> dict:
+                   augment: bool = False, resume_path: str | Path | None = None, gap_weight: float = 1.0,
+                   log=print) -> dict:
     """Train for ``minutes`` (or ``max_steps``), tune the step cost over ``weight_grid``
     ((colour weight, boundary weight[, boundary power]) each), store both in the checkpoint
     (``out``, default in place).  ``continue_net``: start from the checkpoint's net (same
@@ -98,6 +101,7 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
     only the step cost is tuned again).  ``flip_average``: the
     runtime's map averages the image with its mirror image (twice the net's compute).
     ``augment``: random rescaling and colour jitter of the training crops (:func:`_crop`).
+    ``gap_weight``: the weight of the gap bags in the loss (:mod:`training.boundary_loss`; 0: known pairs only).
     ``resume_path``: the training state is saved there every minute (``RESUME_SAVE_EVERY_S``) and a run that finds it
     continues from it (the net, the optimiser, the step, the time spent, the crop sampler)."""
     if threads:
@@ -149,11 +153,10 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
             g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * min(progress, 1.0)))
         batch = [_crop(*pairs[rng.integers(len(pairs))], crop, rng, augment) for _ in range(batch_size)]
         x = torch.from_numpy(np.stack([normalize_image(img, lab.shape) for img, lab in batch]))  # crop size: no resize
-        t = torch.from_numpy(np.stack([boundary_targets(lab) for _, lab in batch]))
+        targets = BoundaryTargets([lab for _, lab in batch], use_gaps=gap_weight > 0)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = net(x).float()
-        valid = t >= 0
-        loss = F.binary_cross_entropy_with_logits(logits[valid], t[valid], pos_weight=torch.tensor(4.0))
+        loss = boundary_loss(logits, targets, gap_weight=gap_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -20,6 +20,8 @@ from lmae_sdk.model import LMAEConfig
 from lmae_sdk.pipeline import ModelInputs, prepare, propagate_for
 from lmae_sdk.routing import mask_plan
 
+from .gaps import gap_ends
+
 # how training holes are made (ours): share of each degrade strategy; "none" = the
 # paper's setting, where the only unknown region is the masked patches themselves.
 # Whole objects at 0.25 (was 0.15): +4.6 val PA-mIoU on whole-object removal at equal
@@ -120,7 +122,8 @@ def make_sample(img: np.ndarray, lab: np.ndarray, cfg: LMAEConfig, spec: SampleS
     (models whose step cost has a boundary term).  ``context``: for a partial ``lab``, the
     label the model's input is made from (:func:`with_context`: its unknown pixels filled
     with confident pseudo-labels), so that the input's known share spans the trained range
-    as a complete label's would; the loss still counts only ``lab``'s known pixels."""
+    as a complete label's would; the loss still counts only ``lab``'s known pixels, and at
+    its unknown pixels the classes their gaps allow (``gap_ends``: :func:`training.gaps.gap_ends`)."""
     h, w = lab.shape
     mh, mw = cfg.img_size
     # random crop with the model's aspect ratio, then resize (paper: crop 448 -> 224)
@@ -155,7 +158,7 @@ def make_sample(img: np.ndarray, lab: np.ndarray, cfg: LMAEConfig, spec: SampleS
     masked = np.kron(plan.masked_grid(cfg.grid)[0], np.ones((cfg.patch_size,) * 2, bool))
     sample = {"image": inputs.image, "label_planes": inputs.label_planes, "target": target.astype(np.int64),
               "complete": (hole | masked), "ids_keep": plan.ids_keep[0], "ids_mask": plan.ids_mask[0],
-              "ids_restore": plan.ids_restore[0]}
+              "ids_restore": plan.ids_restore[0], "gap_ends": gap_ends(target)}
     if inputs.prior is not None:
         sample["prior"] = inputs.prior
     return sample

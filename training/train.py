@@ -31,7 +31,7 @@ from lmae_sdk.routing import mask_plan
 
 from .amp import check_bf16_autocast
 from .data import CompletionTrainSet, SampleSpec, ValSet, collate, load_pairs, read_contexts, train_loader
-from .loss import class_frequencies, class_weights, completion_loss
+from .loss import class_frequencies, class_weights, training_loss
 
 
 @dataclass
@@ -52,6 +52,7 @@ class TrainConfig:
     hole_mix: dict | None = None  # None = data.DEFAULT_HOLE_MIX
     label_resize: str = "soft"
     visible_weight: float = 0.1
+    gap_weight: float = 0.5  # the loss at unknown target pixels: their gaps' end classes (loss.gap_loss)
     class_weighting: bool = True
     threshold: float = DEFAULT_UNKNOWN_THRESHOLD
     seed: int = 0
@@ -250,8 +251,8 @@ def train(tc: TrainConfig) -> Path:
         err = check_bf16_autocast(model, lambda: model(probe["image"], probe["label_planes"], probe["ids_keep"],
                                                        probe["ids_mask"], probe["ids_restore"], probe.get("prior")),
                                   "lmae train --amp bf16", device.split(":")[0],
-                                  loss=lambda logits: completion_loss(logits.float(), probe["target"],
-                                                                      probe["complete"], cw, tc.visible_weight))
+                                  loss=lambda logits: training_loss(logits, probe, cw, tc.visible_weight,
+                                                                    tc.gap_weight))
         if rank == 0:
             print(f"bf16 autocast checked (outputs and gradients): largest layer error {err:.4f} (relative, against "
                   f"float32)", flush=True)
@@ -305,7 +306,7 @@ def train(tc: TrainConfig) -> Path:
             with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=tc.amp == "bf16"):
                 logits = ddp_model(batch["image"], batch["label_planes"], batch["ids_keep"], batch["ids_mask"],
                                    batch["ids_restore"], batch.get("prior"))
-            loss = completion_loss(logits.float(), batch["target"], batch["complete"], cw, tc.visible_weight)
+            loss = training_loss(logits, batch, cw, tc.visible_weight, tc.gap_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

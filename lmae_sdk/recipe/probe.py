@@ -100,7 +100,7 @@ def measure(req: ProbeRequest) -> Timings:
     from lmae_sdk.pipeline import ModelInputs, prepare, propagate_for
     from lmae_sdk.propagation import geodesic_fill, nearest_fill
     from lmae_sdk.training.data import CompletionTrainSet, SampleSpec, collate, load_pairs
-    from lmae_sdk.training.loss import completion_loss
+    from lmae_sdk.training.loss import training_loss
     from lmae_sdk.training.train import TrainConfig
 
     started = time.perf_counter()
@@ -125,7 +125,7 @@ def measure(req: ProbeRequest) -> Timings:
                                                           for i in range(req.batch)]).items()}
         logits = model(batch["image"], batch["label_planes"], batch["ids_keep"], batch["ids_mask"],
                        batch["ids_restore"], batch.get("prior"))
-        loss = completion_loss(logits.float(), batch["target"], batch["complete"], None, defaults.visible_weight)
+        loss = training_loss(logits, batch, None, defaults.visible_weight, defaults.gap_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
