@@ -92,7 +92,7 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
                    minutes: float = 40.0, max_steps: int = 0, width: int = 16, crop: int = 256, batch_size: int = 4,
                    lr: float = 3e-3, tune_images: int = 80, weight_grid=DEFAULT_WEIGHT_GRID, seed: int = 0,
                    threads: int = 0, bf16: bool | None = None, continue_net: bool = False, flip_average: bool = False,
-                   augment: bool = False, resume_path: str | Path | None = None, gap_weight: float = 1.0,
+                   augment: bool = False, resume_path: str | Path | None = None, gap_weight: float = 0.0,
                    log=print) -> dict:
     """Train for ``minutes`` (or ``max_steps``), tune the step cost over ``weight_grid``
     ((colour weight, boundary weight[, boundary power]) each), store both in the checkpoint

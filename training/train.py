@@ -52,7 +52,7 @@ class TrainConfig:
     hole_mix: dict | None = None  # None = data.DEFAULT_HOLE_MIX
     label_resize: str = "soft"
     visible_weight: float = 0.1
-    gap_weight: float = 0.5  # the loss at unknown target pixels: their gaps' end classes (loss.gap_loss)
+    gap_weight: float = 0.0  # the loss at unknown target pixels: their gaps' end classes (loss.gap_loss)
     class_weighting: bool = True
     threshold: float = DEFAULT_UNKNOWN_THRESHOLD
     seed: int = 0

@@ -36,6 +36,12 @@ TUNE_IMAGES = 80  # images that choose the boundary net's step cost
 PARTIAL_BELOW = 0.999  # a train split with a smaller known share is partial: the fine-tune reads pseudo-labels
 PSEUDO_MIN_CONFIDENCE = 0.9  # pseudo-labels: the model stage's completion, its pixels at least this sure
 PSEUDO_RECORD = "pseudo_labels.json"
+# a train split whose class boundaries are mostly unknown (degrade.UNLABELLED_BOUNDARIES: coarse polygons) also
+# learns from its gaps (training/gaps.py): the boundary net with this weight, the model with the next.  Other
+# data does not: on complete CamVid labels (void gaps) and 50% random holes they cost or gave nothing
+# (benchmarks/RESULTS.md, section 1)
+GAP_BOUNDARY_WEIGHT = 1.0
+GAP_MODEL_WEIGHT = 0.5
 
 
 class StageContext:
@@ -69,6 +75,12 @@ class StageContext:
         return "bf16" if native_bf16() else "none"
 
 
+def _learns_from_gaps(ctx: StageContext) -> bool:
+    from lmae_sdk.degrade import UNLABELLED_BOUNDARIES
+
+    return ctx.facts.get("boundaries_unknown", {}).get("train", 0.0) >= UNLABELLED_BOUNDARIES
+
+
 def _train_config(ctx: StageContext, out: Path, **extra: Any):
     """Training that stops when the stage's share ends (counting what earlier runs of the
     stage spent), less the time of the last validation."""
@@ -84,7 +96,8 @@ def _train_config(ctx: StageContext, out: Path, **extra: Any):
                        image_size=tuple(ctx.plan["model_size"]), epochs=100_000, batch_size=batch,
                        threads=ctx.stage.threads, workers=0, seed=ctx.options.seed, layout=ctx.options.layout,
                        val_limit=val, val_every=max(1, round(90 / steps_per_epoch)),  # ~every 90 steps, and at the end
-                       stop_at=stop_at, resume=True, progress=False, device=ctx.device, amp=ctx.amp(), **extra)
+                       stop_at=stop_at, resume=True, progress=False, device=ctx.device, amp=ctx.amp(),
+                       gap_weight=GAP_MODEL_WEIGHT if _learns_from_gaps(ctx) else 0.0, **extra)
 
 
 def _model(ctx: StageContext) -> dict[str, Any]:
@@ -182,7 +195,8 @@ def _boundaries(ctx: StageContext) -> dict[str, Any]:
     minutes = max(0.25, 0.98 * ctx.stage.minutes - tune_min - (time.time() - ctx.started) / 60)
     fit = fit_boundaries(stub, ctx.options.data, ctx.work.artifact("boundaries"), minutes=minutes,
                          tune_images=tune, seed=ctx.options.seed, threads=ctx.stage.threads, flip_average=True,
-                         resume_path=ctx.work.file("boundaries.state.pt"), log=_log)
+                         resume_path=ctx.work.file("boundaries.state.pt"),
+                         gap_weight=GAP_BOUNDARY_WEIGHT if _learns_from_gaps(ctx) else 0.0, log=_log)
     verdict = judge_boundaries(fit)
     if not verdict.adopted:
         _log(f"the boundary net is not used: {verdict.why}; the fine-tune goes on without it")
