@@ -27,13 +27,15 @@ class BoundaryTargets:
 
     def __init__(self, labels: list[np.ndarray], unknown: int = UNKNOWN, use_gaps: bool = True) -> None:
         self.pairs = torch.from_numpy(np.stack([boundary_targets(lab, unknown) for lab in labels]))
-        bags, offset = [], 0
+        self.bags, self.num_bags = None, 0  # without gaps: no bag
+        if not use_gaps:
+            return
+        bags = []
         for lab in labels:
-            b = gap_bags(lab, unknown) if use_gaps else np.full((2,) + lab.shape, -1, np.int64)
-            bags.append(np.where(b >= 0, b + offset, -1))
-            offset += int(b.max()) + 1 if (b >= 0).any() else 0
+            b = gap_bags(lab, unknown)
+            bags.append(np.where(b >= 0, b + self.num_bags, -1))
+            self.num_bags += int(b.max()) + 1 if (b >= 0).any() else 0
         self.bags = torch.from_numpy(np.stack(bags))
-        self.num_bags = offset
 
 
 def boundary_loss(logits: torch.Tensor, targets: BoundaryTargets, pos_weight: float = 4.0,
