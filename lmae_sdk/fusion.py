@@ -69,6 +69,7 @@ FEATURES_BY_VERSION = {1: FUSION_FEATURES, 3: FUSION_FEATURES + HOLE_FEATURES[:1
                        4: FUSION_FEATURES + HOLE_FEATURES[:1] + LINE_FEATURES + NEAREST_FEATURES + HOLE_FEATURES[1:]}
 _COST_CAP = 1e6  # costs above this (labels.NO_PATH included) read as "no path"
 _COST_SCALE = np.float32(1 / np.log1p(_COST_CAP))
+_NO_CLASS_DISTANCE = 1e4  # px: the class distance of a class with no known pixel
 
 
 class FusionError(ValueError):
@@ -91,26 +92,26 @@ def hole_log_probs(logits: np.ndarray, shape: tuple[int, int], idx: np.ndarray) 
 
 
 def model_agreement(lp: np.ndarray, class_costs: np.ndarray, idx: np.ndarray, distances: np.ndarray | None
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """(model (M,), agree (M,)): the model's argmax at flat hole pixels ``idx`` from their
-    log-probs ``lp`` (M, N), and whether it is also geodesic propagation's cheapest class
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(model (M,), agree (M,), its log-prob (M,)): the model's argmax at flat hole pixels ``idx``
+    from their log-probs ``lp`` (M, N), whether it is also geodesic propagation's cheapest class
     (``class_costs`` (H, W, N)) and, given ``distances`` (M, N), nearest-label fill's class
-    (ties: the lowest class id, as argmax and argmin)."""
+    (ties: the lowest class id, as argmax and argmin), and its log-prob."""
     n = lp.shape[1]
     costs = class_costs.reshape(-1, n)
     kernel = compiled("agreement")
     if kernel is not None:
-        model, agree = np.empty(idx.size, np.int64), np.empty(idx.size, np.bool_)
+        model, agree, top = np.empty(idx.size, np.int64), np.empty(idx.size, np.bool_), np.empty(idx.size, np.float32)
         with_nearest = distances is not None
         dist = np.ascontiguousarray(distances, np.float32) if with_nearest else np.empty((0, n), np.float32)
         kernel(np.ascontiguousarray(lp, np.float32), np.ascontiguousarray(costs), np.ascontiguousarray(idx, np.int64),
-               dist, with_nearest, model, agree)
-        return model, agree
+               dist, with_nearest, model, agree, top)
+        return model, agree, top
     model = lp.argmax(1)
     agree = model == costs[idx].argmin(1)
     if distances is not None:
         agree &= model == distances.argmin(1)
-    return model, agree
+    return model, agree, np.take_along_axis(lp, model[:, None], 1)[:, 0]
 
 
 def pixel_features(logits: np.ndarray, partial: np.ndarray, class_costs: np.ndarray, unknown: int = UNKNOWN,
@@ -133,25 +134,25 @@ def class_distances(partial: np.ndarray, idx: np.ndarray, num_classes: int, unkn
     known pixel of each class (M, N) (1e4 for a class with no known pixel) and to any known
     pixel (M,).  Compiled, every class in one pass (:mod:`lmae_sdk.fusion_kernels`); else one
     ``cv2.distanceTransform`` per class."""
-    per_class = np.full((idx.size, num_classes), 1e4, np.float32)
     present = np.bincount(partial.reshape(-1), minlength=num_classes)[:num_classes] > 0
     kernel = compiled("class_distances")
     if kernel is not None and partial.dtype == np.uint8 and unknown <= 255:  # every plane in one pass
         classes = np.flatnonzero(present)
         plane_of = np.full(256, -1, np.int64)
         plane_of[classes] = np.arange(classes.size)
-        out = np.empty((idx.size, classes.size + 1), np.float32)
+        per_class, known = np.empty((idx.size, num_classes), np.float32), np.empty(idx.size, np.float32)
         kernel(np.ascontiguousarray(partial), plane_of, classes.size, int(unknown), np.ascontiguousarray(idx, np.int64),
-               out)
-        per_class[:, classes] = out[:, :-1]
-        known = out[:, -1] if (partial != unknown).any() else np.full(idx.size, 1e4, np.float32)
+               plane_of[:num_classes], np.float32(_NO_CLASS_DISTANCE), per_class, known)
+        if not (partial != unknown).any():
+            known[:] = _NO_CLASS_DISTANCE
         return per_class, known
+    per_class = np.full((idx.size, num_classes), _NO_CLASS_DISTANCE, np.float32)
     for c in np.flatnonzero(present):
         not_c = cv2.compare(partial, int(c), cv2.CMP_NE)  # 255 off class c, in one pass
         per_class[:, c] = cv2.distanceTransform(not_c, cv2.DIST_L2, 3).reshape(-1)[idx]
     unknown_mask = (partial == unknown).astype(np.uint8)
     known = cv2.distanceTransform(unknown_mask, cv2.DIST_L2, 3).reshape(-1)[idx] if not unknown_mask.all() else \
-        np.full(idx.size, 1e4, np.float32)
+        np.full(idx.size, _NO_CLASS_DISTANCE, np.float32)
     return per_class, known
 
 
@@ -387,9 +388,9 @@ class PixelFusion:
                               f"{class_costs.shape[-1]} class costs")
         lp = hole_log_probs(logits, partial.shape, idx)  # (M, N)
         distances, known = class_distances(partial, idx, n, unknown)
-        model, agree = model_agreement(lp, class_costs, idx, distances if NEAREST_FEATURES[0] in self.features
-                                       else None)
-        p_model = np.exp(np.take_along_axis(lp, model[:, None], 1)[:, 0])
+        model, agree, model_lp = model_agreement(lp, class_costs, idx, distances if NEAREST_FEATURES[0] in self.features
+                                                 else None)
+        p_model = np.exp(model_lp)
         sure = agree & (p_model >= self.agree_skip_prob)
         regions = None
         if self.needs_boundary:  # the skip reads the border of each pixel's hole

@@ -1,6 +1,6 @@
 """Compiled host kernels of pixel fusion: the log-probabilities at hole pixels, the class
-distances, where model and copies agree, the line votes and the candidate rows, each in one
-pass over the pixels that need it.
+distances, where model and copies agree, the line votes, the candidate rows and each pixel's
+best row, each in one pass over the pixels that need it.
 
 Each kernel has a numpy form in :mod:`lmae_sdk.fusion` / :mod:`lmae_sdk.fusion_rows` that
 gives the same result (to float rounding); numba compiles these where it is installed
@@ -48,14 +48,17 @@ _FAR = np.float32(1e30)
 
 
 def _class_distances_loops(partial: np.ndarray, plane_of: np.ndarray, known_plane: int, unknown: int,
-                           idx: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled by numba
-    """out (M, P): OpenCV's two-pass 3x3 chamfer distance (``cv2.distanceTransform(..., DIST_L2, 3)``)
-    for P planes at once, read at flat pixels ``idx``: plane ``plane_of[v]`` is 0 on the pixels
-    labelled v, plane ``known_plane`` on every pixel that is not ``unknown``.  One pass over the
-    label for every plane, instead of one per class; the sums are OpenCV's, the order in which
-    equal-length paths are added may differ (float rounding: at most 0.003 px on CamVid's labels)."""
+                           idx: np.ndarray, column_of: np.ndarray, far: float, per_class: np.ndarray,
+                           known: np.ndarray) -> None:  # pragma: no cover - compiled by numba
+    """OpenCV's two-pass 3x3 chamfer distance (``cv2.distanceTransform(..., DIST_L2, 3)``) for
+    ``known_plane + 1`` planes at once, read at flat pixels ``idx``: plane ``plane_of[v]`` is 0
+    on the pixels labelled v, plane ``known_plane`` on every pixel that is not ``unknown``.
+    per_class (M, N): column c is plane ``column_of[c]``, or ``far`` where that is -1 (a class
+    with no pixel); known (M,): the last plane.  One pass over the label for every plane,
+    instead of one per class; the sums are OpenCV's, the order in which equal-length paths are
+    added may differ (float rounding: at most 0.003 px on CamVid's labels)."""
     h, w = partial.shape
-    planes = out.shape[1]
+    planes = known_plane + 1
     tmp = np.empty((h + 2, w + 2, planes), np.float32)  # a border of far pixels around the label
     tmp[0] = _FAR
     tmp[h + 1] = _FAR
@@ -79,17 +82,20 @@ def _class_distances_loops(partial: np.ndarray, plane_of: np.ndarray, known_plan
                 t = min(t, tmp[y + 1, x, p] + CHAMFER_STEP)
                 t = min(t, tmp[y + 1, x - 1, p] + CHAMFER_DIAGONAL)
                 tmp[y, x, p] = min(t, tmp[y, x + 1, p] + CHAMFER_STEP)
+    n = per_class.shape[1]
     for i in range(idx.size):
         y, x = idx[i] // w, idx[i] % w
-        for p in range(planes):
-            out[i, p] = tmp[y + 1, x + 1, p]
+        for c in range(n):
+            per_class[i, c] = tmp[y + 1, x + 1, column_of[c]] if column_of[c] >= 0 else far
+        known[i] = tmp[y + 1, x + 1, known_plane]
 
 
 def _agreement_loops(lp: np.ndarray, class_costs: np.ndarray, idx: np.ndarray, dist: np.ndarray,
-                     with_nearest: bool, model: np.ndarray, agree: np.ndarray) -> None:  # pragma: no cover
-    """model (M,): the first argmax of ``lp`` (M, N); agree (M,): that class is the first
-    cheapest of ``class_costs`` (H*W, N) at flat pixel ``idx`` and, ``with_nearest``, the first
-    nearest of ``dist`` (M, N)."""
+                     with_nearest: bool, model: np.ndarray, agree: np.ndarray,
+                     top: np.ndarray) -> None:  # pragma: no cover - compiled by numba
+    """model (M,): the first argmax of ``lp`` (M, N), top (M,) its value; agree (M,): that class
+    is the first cheapest of ``class_costs`` (H*W, N) at flat pixel ``idx`` and, ``with_nearest``,
+    the first nearest of ``dist`` (M, N)."""
     m, n = lp.shape
     for i in range(m):
         best = 0
@@ -97,6 +103,7 @@ def _agreement_loops(lp: np.ndarray, class_costs: np.ndarray, idx: np.ndarray, d
             if lp[i, c] > lp[i, best]:
                 best = c
         model[i] = best
+        top[i] = lp[i, best]
         row = class_costs[idx[i]]
         cheapest = 0
         for c in range(1, n):
@@ -204,6 +211,25 @@ def _rows_loops(lp: np.ndarray, cost: np.ndarray, dist: np.ndarray, known: np.nd
             starts[i] = r
 
 
+def _best_rows_loops(scores: np.ndarray, starts: np.ndarray, classes: np.ndarray, pred: np.ndarray,
+                     share: np.ndarray) -> None:  # pragma: no cover - compiled by numba
+    """pred (M,): the class of each pixel's first highest-scoring row (pixel i's rows run from
+    ``starts[i]`` to the next pixel's start); share (M,): that row's softmax share among them."""
+    m, r_end = starts.size, scores.size
+    for i in range(m):
+        a = starts[i]
+        b = starts[i + 1] if i + 1 < m else r_end
+        best = a
+        for r in range(a + 1, b):
+            if scores[r] > scores[best]:
+                best = r
+        total = np.float32(0)
+        for r in range(a, b):
+            total += np.exp(scores[r] - scores[best])
+        pred[i] = classes[best]
+        share[i] = np.float32(1) / total
+
+
 # numba options per kernel: fastmath lets the chamfer's min skip NaN handling (it has no NaN): 10% faster
 _OPTIONS = {"class_distances": {"fastmath": True}}
 
@@ -211,5 +237,5 @@ _OPTIONS = {"class_distances": {"fastmath": True}}
 @functools.cache
 def compiled(name: str):
     """The numba-compiled kernel ``name`` (``hole_log_probs``, ``class_distances``, ``agreement``,
-    ``line_votes``, ``rows``), or None without numba."""
+    ``line_votes``, ``rows``, ``best_rows``), or None without numba."""
     return numba_compiled(globals()[f"_{name}_loops"], **_OPTIONS.get(name, {}))

@@ -127,6 +127,12 @@ def candidate_rows(log_probs: np.ndarray, cost: np.ndarray, distances: np.ndarra
 def decide_rows(rows: FusionRows, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(class (M,) uint8, softmax share of that class among the pixel's candidates (M,))."""
     scores = np.asarray(scores, np.float32).reshape(-1)
+    kernel = compiled("best_rows")
+    if kernel is not None:
+        pred, share = np.empty(rows.starts.size, np.uint8), np.empty(rows.starts.size, np.float32)
+        kernel(scores, np.ascontiguousarray(rows.starts, np.int64), np.ascontiguousarray(rows.classes, np.int64), pred,
+               share)
+        return pred, share
     counts = np.diff(np.append(rows.starts, scores.size))
     top = np.maximum.reduceat(scores, rows.starts)
     shifted = scores - np.repeat(top, counts)

@@ -366,36 +366,6 @@ def test_nearest_features_carry_nearest_label_fill():
     assert pixel.shape == (idx.size, len(features) - len(FUSION_FEATURES) - given.shape[2])
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_class_distances_in_one_pass_are_opencvs_per_class_distance_transforms(monkeypatch, seed):
-    """The compiled kernel measures every class (and the known pixels) in one pass; the
-    numpy form runs one ``cv2.distanceTransform`` per class: the same distances to float
-    rounding, the same nearest class, 1e4 for a class with no known pixel; a label with no
-    known pixel is 1e4 from everything."""
-    import lmae_sdk.fusion as fusion_module
-    from lmae_sdk.fusion_kernels import compiled
-
-    if compiled("class_distances") is None:
-        pytest.skip("numba is not installed: class_distances runs its OpenCV form only")
-    rng = np.random.default_rng(seed)
-    label = np.kron(rng.integers(0, 4, (7, 9)), np.ones((9, 9), np.int64)).astype(np.uint8)
-    partial = degrade(label, 0.6, "random", rng, patch=6)
-    partial[partial == 2] = 255  # class 2 has no known pixel
-    partial[0, 0] = 200  # known, in no class
-    idx = np.flatnonzero(partial.reshape(-1) == 255)
-    one_pass, known = class_distances(partial, idx, 5)
-    monkeypatch.setattr(fusion_module, "compiled", lambda name: None)
-    per_class, cv_known = class_distances(partial, idx, 5)
-    np.testing.assert_allclose(one_pass, per_class, atol=1e-3)
-    np.testing.assert_allclose(known, cv_known, atol=1e-3)
-    assert (one_pass[:, [2, 4]] == 1e4).all() and (one_pass.argmin(1) == per_class.argmin(1)).mean() > 0.999
-    assert known.min() >= 0.955 - 1e-6 and known.max() < 30
-    monkeypatch.undo()
-    empty = np.full((6, 7), 255, np.uint8)
-    far, far_known = class_distances(empty, np.arange(empty.size), 3)
-    assert (far == 1e4).all() and (far_known == 1e4).all()
-
-
 def test_a_hole_outlined_by_class_boundaries_is_decided_even_where_model_and_copies_agree():
     """A square removed from class 0's region: the model is sure of class 0, which the
     geodesic copy and nearest-label fill copy too.  Where the learned boundaries outline
@@ -420,3 +390,4 @@ def test_a_hole_outlined_by_class_boundaries_is_decided_even_where_model_and_cop
     always = PixelFusion.from_dict({**fusion.to_dict(), "agree_skip_border": 1.0})
     assert always.agree_skip_border == 1.0 and (always.complete(logits, partial, costs, boundary=np.full(
         (2, 24, 32), 0.9, np.float32))[0][hole] == 0).all()
+
