@@ -376,7 +376,7 @@ class PixelFusion:
         fusion with hole features (format 3 on) skips only in holes whose ``border_boundary``
         is below ``agree_skip_border``: a hole outlined by class boundaries is a removed
         object, where model and copies agree, sure and wrong (the surrounding class), and the
-        fusion overrides them (the probe behind 0.2: benchmarks/RESULTS.md, section 3)."""
+        fusion overrides them (the probe behind 0.2: benchmarks/HISTORY.md, the skip rule)."""
         out = partial.copy()
         conf = np.ones(partial.shape, np.float32)
         idx = np.flatnonzero((partial == unknown).reshape(-1))

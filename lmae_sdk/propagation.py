@@ -292,6 +292,21 @@ def _compiled_cheapest_class():
     return numba_compiled(_cheapest_class_loops)
 
 
+def _class_planes_loops(dist: np.ndarray, slot: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
+    """out (H, W, N): class c's plane is ``dist``'s plane ``slot[c]`` (the swept classes), or
+    ``NO_PATH`` where that is -1 (a class with no known pixel)."""
+    h, w, n = out.shape
+    for y in range(h):
+        for x in range(w):
+            for c in range(n):
+                out[y, x, c] = dist[y, x, slot[c]] if slot[c] >= 0 else NO_PATH
+
+
+@functools.cache
+def _compiled_class_planes():
+    return numba_compiled(_class_planes_loops)
+
+
 def cheapest_class(costs: np.ndarray, label: np.ndarray, unknown: int = UNKNOWN) -> tuple[np.ndarray, np.ndarray]:
     """(ids (H, W) uint8, cost (H, W) float32): geodesic propagation read off the class costs
     (:func:`geodesic_class_costs`): each unknown pixel's cheapest class (the first, on a tie)
@@ -343,6 +358,11 @@ def geodesic_class_costs(image: np.ndarray, label: np.ndarray, num_classes: int,
             dist[..., k] = plane
     if len(present) == num_classes:
         return dist
+    expand = _compiled_class_planes() if compiled is not None else None
+    if expand is not None:  # numpy's out[..., present] = dist took 5 ms with one of 11 classes absent
+        out = np.empty(label.shape + (num_classes,), np.float32)
+        expand(dist, slot[:num_classes], out)
+        return out
     out = np.full(label.shape + (num_classes,), NO_PATH, np.float32)
     out[..., present] = dist
     return out

@@ -69,9 +69,9 @@ def fusion_input(label: np.ndarray, context: np.ndarray | None, index: int, stra
     has pseudo-labels (``context``: the label's unknown pixels filled where the model was
     sure), in that label made complete, the pixels still unknown given the nearest known
     pixel's class (:func:`lmae_sdk.degrade.class_extents`), with ``ratio`` of it hidden.  That
-    half meets inputs as complete labels with holes are at the runtime (benchmarks/RESULTS.md
-    section 1: two fits on each of two partial CamVid datasets).  The true class stays the
-    label's own."""
+    half meets inputs as complete labels with holes are at the runtime (benchmarks/HISTORY.md,
+    the A/Bs behind the partial-label recipe: two fits on each of two partial CamVid datasets).
+    The true class stays the label's own."""
     if context is None or context is label or not learns_from_context(index):
         return degrade(label, ratio, strategy, rng, background_index=background_index)
     filled = class_extents(context)  # complete, unless the context knows no pixel at all
