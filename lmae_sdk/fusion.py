@@ -136,7 +136,7 @@ def class_distances(partial: np.ndarray, idx: np.ndarray, num_classes: int, unkn
     ``cv2.distanceTransform`` per class."""
     present = np.bincount(partial.reshape(-1), minlength=num_classes)[:num_classes] > 0
     kernel = compiled("class_distances")
-    if kernel is not None and partial.dtype == np.uint8 and unknown <= 255:  # every plane in one pass
+    if kernel is not None and partial.dtype == np.uint8 and unknown <= 255 and num_classes <= 256:  # one pass
         classes = np.flatnonzero(present)
         plane_of = np.full(256, -1, np.int64)
         plane_of[classes] = np.arange(classes.size)

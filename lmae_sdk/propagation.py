@@ -358,7 +358,7 @@ def geodesic_class_costs(image: np.ndarray, label: np.ndarray, num_classes: int,
             dist[..., k] = plane
     if len(present) == num_classes:
         return dist
-    expand = _compiled_class_planes() if compiled is not None else None
+    expand = _compiled_class_planes() if compiled is not None and slot.size >= num_classes else None
     if expand is not None:  # numpy's out[..., present] = dist took 5 ms with one of 11 classes absent
         out = np.empty(label.shape + (num_classes,), np.float32)
         expand(dist, slot[:num_classes], out)
