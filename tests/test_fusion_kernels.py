@@ -14,7 +14,8 @@ from lmae_sdk.propagation import NO_PATH, geodesic_class_costs
 
 def test_the_class_sweeps_are_one_geodesic_sweep_per_class_to_the_last_bit():
     """The class sweeps run two rows side by side; each class's costs are still those of
-    the one-label sweeps run for that class alone, an odd last row included."""
+    the one-label sweeps run for that class alone, an odd last row included, and a class
+    with no known pixel gets a ``NO_PATH`` plane (the compiled class planes)."""
     sweeps = propagation_module._compiled_sweeps()
     if sweeps is None:
         pytest.skip("numba is not installed: the class costs run their numpy form only")
