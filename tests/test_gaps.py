@@ -121,3 +121,26 @@ def test_the_fit_learns_from_gaps_only_where_the_class_boundaries_are_mostly_unl
     # outside the fit, training reads known pixels only unless asked
     assert TrainConfig(data="d", out="o").gap_weight == 0.0
     assert inspect.signature(fit_boundaries).parameters["gap_weight"].default == 0.0
+
+
+def test_samples_carry_their_gap_ends_only_for_the_gap_loss():
+    """A sample carries its target's gap ends where the spec asks for them (a training with a
+    gap weight), and they feed the gap loss through the collated batch; without, none are made."""
+    from lmae_sdk.model import make_config
+    from lmae_sdk.training.data import SampleSpec, collate, make_sample
+    from lmae_sdk.training.loss import training_loss
+
+    cfg = make_config("tiny", 4, img_size=(64, 96))
+    image = np.random.default_rng(0).integers(0, 256, (96, 144, 3), dtype=np.uint8)
+    lab = np.ones((96, 144), np.uint8)
+    lab[:, 72:] = 2
+    lab[:, 60:84] = U  # a band over the class boundary
+    spec = SampleSpec(mask_ratios=(0.5,), hole_mix={"random": 1.0}, hole_ratio=(0.2, 0.3), crop_scale=(1.0, 1.0))
+    assert "gap_ends" not in make_sample(image, lab, cfg, spec, 0.5, np.random.default_rng(1))
+    spec.gaps = True
+    sample = make_sample(image, lab, cfg, spec, 0.5, np.random.default_rng(1))
+    np.testing.assert_array_equal(sample["gap_ends"], gap_ends(sample["target"].astype(np.uint8)))
+    batch = collate([sample])
+    logits = torch.zeros((1, 4) + cfg.img_size, requires_grad=True)
+    with_gaps = training_loss(logits, batch, None, 0.1, 1.0)
+    assert with_gaps > training_loss(logits, batch, None, 0.1, 0.0)  # uniform logits: -log(2/4) at band pixels

@@ -53,6 +53,7 @@ class SampleSpec:
     mask_mix: dict | None = None
     threshold: float = DEFAULT_UNKNOWN_THRESHOLD
     background_index: int | None = None
+    gaps: bool = False  # each sample also carries its target's gap ends (the gap loss: training.loss.gap_loss)
 
 
 MIN_HIDDEN_SHARE = 0.1  # of a partial label's known pixels, at least this share is hidden
@@ -122,8 +123,9 @@ def make_sample(img: np.ndarray, lab: np.ndarray, cfg: LMAEConfig, spec: SampleS
     (models whose step cost has a boundary term).  ``context``: for a partial ``lab``, the
     label the model's input is made from (:func:`with_context`: its unknown pixels filled
     with confident pseudo-labels), so that the input's known share spans the trained range
-    as a complete label's would; the loss still counts only ``lab``'s known pixels, and at
-    its unknown pixels the classes their gaps allow (``gap_ends``: :func:`training.gaps.gap_ends`)."""
+    as a complete label's would; the loss still counts only ``lab``'s known pixels, and, with
+    ``spec.gaps``, at its unknown pixels the classes their gaps allow (``gap_ends``:
+    :func:`training.gaps.gap_ends`)."""
     h, w = lab.shape
     mh, mw = cfg.img_size
     # random crop with the model's aspect ratio, then resize (paper: crop 448 -> 224)
@@ -158,7 +160,9 @@ def make_sample(img: np.ndarray, lab: np.ndarray, cfg: LMAEConfig, spec: SampleS
     masked = np.kron(plan.masked_grid(cfg.grid)[0], np.ones((cfg.patch_size,) * 2, bool))
     sample = {"image": inputs.image, "label_planes": inputs.label_planes, "target": target.astype(np.int64),
               "complete": (hole | masked), "ids_keep": plan.ids_keep[0], "ids_mask": plan.ids_mask[0],
-              "ids_restore": plan.ids_restore[0], "gap_ends": gap_ends(target)}
+              "ids_restore": plan.ids_restore[0]}
+    if spec.gaps:
+        sample["gap_ends"] = gap_ends(target)
     if inputs.prior is not None:
         sample["prior"] = inputs.prior
     return sample

@@ -171,7 +171,7 @@ def train(tc: TrainConfig) -> Path:
             print(f"warm start from {tc.init_from}: {len(take)}/{len(own)} tensors", flush=True)
     spec = SampleSpec(mask_ratios=tuple(tc.mask_ratios), holes=tc.holes, label_resize=tc.label_resize,
                       mask_mix=tc.mask_mix, hole_mix=tc.hole_mix,
-                      threshold=tc.threshold, background_index=info.background_index)
+                      threshold=tc.threshold, background_index=info.background_index, gaps=tc.gap_weight > 0)
     contexts = None if not tc.context_labels else read_contexts(Path(tc.context_labels), train_pairs, train_data)
     trainset = CompletionTrainSet(train_data, cfg, spec, tc.batch_size, tc.seed, world, train_maps, contexts)
     loader, sampler = train_loader(trainset, tc.batch_size, tc.workers, world)
