@@ -43,8 +43,8 @@ the model.  ``lmae fit-fusion`` fits it on training images (benchmarks/RESULTS.m
 what to run to refit it.  Format 3 (without the nearest-fill features) is still read.
 The weights travel in the checkpoint and the bundle manifest as plain lists.  At completion
 the candidate classes of the pixels to decide become rows, which the bundle's fusion graph
-scores in one batch (:mod:`lmae_sdk.fusion_rows`; the features' compiled kernels:
-:mod:`lmae_sdk.fusion_kernels`).
+scores in one batch (:mod:`lmae_sdk.fusion_rows`; what the features read at the hole
+pixels: :mod:`lmae_sdk.fusion_inputs`; their compiled kernels: :mod:`lmae_sdk.fusion_kernels`).
 """
 from __future__ import annotations
 
@@ -54,11 +54,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .fusion_inputs import class_distances, hole_log_probs, model_agreement
 from .fusion_kernels import compiled
 from .fusion_rows import (DIST_SCALE, NEAREST_FEATURES, ExtraParts, HostRowScorer, RowScorer, candidate_rows,
                           decide_rows)
 from .labels import UNKNOWN
-from .upsampling import resize_logits, upsampling_taps
 
 FUSION_FEATURES = ("log_prob", "path_cost", "path_cost_gap", "is_nearest", "class_distance", "known_distance")
 HOLE_FEATURES = ("border_share", "border_boundary", "hole_size", "pixel_boundary")
@@ -69,49 +69,10 @@ FEATURES_BY_VERSION = {1: FUSION_FEATURES, 3: FUSION_FEATURES + HOLE_FEATURES[:1
                        4: FUSION_FEATURES + HOLE_FEATURES[:1] + LINE_FEATURES + NEAREST_FEATURES + HOLE_FEATURES[1:]}
 _COST_CAP = 1e6  # costs above this (labels.NO_PATH included) read as "no path"
 _COST_SCALE = np.float32(1 / np.log1p(_COST_CAP))
-_NO_CLASS_DISTANCE = 1e4  # px: the class distance of a class with no known pixel
 
 
 class FusionError(ValueError):
     pass
-
-
-def hole_log_probs(logits: np.ndarray, shape: tuple[int, int], idx: np.ndarray) -> np.ndarray:
-    """(M, N) log-softmax of the bilinear-upsampled logits at flat pixel indices ``idx``."""
-    n = logits.shape[0]
-    logits = np.ascontiguousarray(logits, dtype=np.float32)
-    kernel = compiled("hole_log_probs")
-    if kernel is not None and logits.shape[1:] != tuple(shape):
-        out = np.empty((idx.size, n), np.float32)
-        (y0, y1, wy), (x0, x1, wx) = upsampling_taps(logits.shape[1:], tuple(shape))
-        kernel(logits, np.ascontiguousarray(idx, np.int64), shape[1], y0, y1, wy, x0, x1, wx, out)
-        return out
-    up = resize_logits(logits, shape).reshape(n, -1)[:, idx].T
-    up -= up.max(1, keepdims=True)
-    return up - np.log(np.exp(up).sum(1, keepdims=True))
-
-
-def model_agreement(lp: np.ndarray, class_costs: np.ndarray, idx: np.ndarray, distances: np.ndarray | None
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(model (M,), agree (M,), its log-prob (M,)): the model's argmax at flat hole pixels ``idx``
-    from their log-probs ``lp`` (M, N), whether it is also geodesic propagation's cheapest class
-    (``class_costs`` (H, W, N)) and, given ``distances`` (M, N), nearest-label fill's class
-    (ties: the lowest class id, as argmax and argmin), and its log-prob."""
-    n = lp.shape[1]
-    costs = class_costs.reshape(-1, n)
-    kernel = compiled("agreement")
-    if kernel is not None:
-        model, agree, top = np.empty(idx.size, np.int64), np.empty(idx.size, np.bool_), np.empty(idx.size, np.float32)
-        with_nearest = distances is not None
-        dist = np.ascontiguousarray(distances, np.float32) if with_nearest else np.empty((0, n), np.float32)
-        kernel(np.ascontiguousarray(lp, np.float32), np.ascontiguousarray(costs), np.ascontiguousarray(idx, np.int64),
-               dist, with_nearest, model, agree, top)
-        return model, agree, top
-    model = lp.argmax(1)
-    agree = model == costs[idx].argmin(1)
-    if distances is not None:
-        agree &= model == distances.argmin(1)
-    return model, agree, np.take_along_axis(lp, model[:, None], 1)[:, 0]
 
 
 def pixel_features(logits: np.ndarray, partial: np.ndarray, class_costs: np.ndarray, unknown: int = UNKNOWN,
@@ -126,34 +87,6 @@ def pixel_features(logits: np.ndarray, partial: np.ndarray, class_costs: np.ndar
     idx = np.flatnonzero((partial == unknown).reshape(-1))
     return idx, features_at(hole_log_probs(logits, partial.shape, idx), partial, class_costs, idx, unknown, boundary,
                             features)
-
-
-def class_distances(partial: np.ndarray, idx: np.ndarray, num_classes: int, unknown: int = UNKNOWN
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Euclidean distances (px, OpenCV's 3x3 chamfer) at flat indices ``idx``: to the nearest
-    known pixel of each class (M, N) (1e4 for a class with no known pixel) and to any known
-    pixel (M,).  Compiled, every class in one pass (:mod:`lmae_sdk.fusion_kernels`); else one
-    ``cv2.distanceTransform`` per class."""
-    present = np.bincount(partial.reshape(-1), minlength=num_classes)[:num_classes] > 0
-    kernel = compiled("class_distances")
-    if kernel is not None and partial.dtype == np.uint8 and unknown <= 255 and num_classes <= 256:  # one pass
-        classes = np.flatnonzero(present)
-        plane_of = np.full(256, -1, np.int64)
-        plane_of[classes] = np.arange(classes.size)
-        per_class, known = np.empty((idx.size, num_classes), np.float32), np.empty(idx.size, np.float32)
-        kernel(np.ascontiguousarray(partial), plane_of, classes.size, int(unknown), np.ascontiguousarray(idx, np.int64),
-               plane_of[:num_classes], np.float32(_NO_CLASS_DISTANCE), per_class, known)
-        if not (partial != unknown).any():
-            known[:] = _NO_CLASS_DISTANCE
-        return per_class, known
-    per_class = np.full((idx.size, num_classes), _NO_CLASS_DISTANCE, np.float32)
-    for c in np.flatnonzero(present):
-        not_c = cv2.compare(partial, int(c), cv2.CMP_NE)  # 255 off class c, in one pass
-        per_class[:, c] = cv2.distanceTransform(not_c, cv2.DIST_L2, 3).reshape(-1)[idx]
-    unknown_mask = (partial == unknown).astype(np.uint8)
-    known = cv2.distanceTransform(unknown_mask, cv2.DIST_L2, 3).reshape(-1)[idx] if not unknown_mask.all() else \
-        np.full(idx.size, _NO_CLASS_DISTANCE, np.float32)
-    return per_class, known
 
 
 @dataclass

@@ -17,29 +17,48 @@ import numpy as np
 from .jit import numba_compiled
 
 
-def _hole_log_probs_loops(logits: np.ndarray, idx: np.ndarray, width: int, y0: np.ndarray, y1: np.ndarray,
-                          wy: np.ndarray, x0: np.ndarray, x1: np.ndarray, wx: np.ndarray,
-                          out: np.ndarray) -> None:  # pragma: no cover - compiled by numba
-    """out (M, N): the log-softmax of the bilinear-upsampled logits at flat pixels ``idx``
-    (OpenCV's INTER_LINEAR taps, :func:`lmae_sdk.upsampling.upsampling_taps`)."""
+def _hole_logits_loops(logits: np.ndarray, idx: np.ndarray, width: int, y0: np.ndarray, y1: np.ndarray,
+                       wy: np.ndarray, x0: np.ndarray, x1: np.ndarray, wx: np.ndarray, out: np.ndarray,
+                       shifted: np.ndarray, top: np.ndarray) -> None:  # pragma: no cover - compiled by numba
+    """out (M, N): the bilinear-upsampled logits at flat pixels ``idx`` (OpenCV's INTER_LINEAR
+    taps, :func:`lmae_sdk.upsampling.upsampling_taps`); top (M,): each pixel's largest;
+    shifted (M, N): out minus top.  The exponentials of the log-softmax are left to numpy,
+    whose vectorised ``exp`` is about 20 times numba's scalar one."""
     n = logits.shape[0]
     one = np.float32(1)
     for i in range(idx.size):
         y, x = idx[i] // width, idx[i] % width
         a, b, ty = y0[y], y1[y], wy[y]
         c0, c1, tx = x0[x], x1[x], wx[x]
-        top = np.float32(-np.inf)
+        t = np.float32(-np.inf)
         for c in range(n):
             v = (logits[c, a, c0] * (one - tx) + logits[c, a, c1] * tx) * (one - ty) \
                 + (logits[c, b, c0] * (one - tx) + logits[c, b, c1] * tx) * ty
             out[i, c] = v
-            top = max(top, v)
-        total = np.float32(0)
+            t = max(t, v)
+        top[i] = t
         for c in range(n):
-            total += np.exp(out[i, c] - top)
-        shift = top + np.log(total)
+            shifted[i, c] = out[i, c] - t
+
+
+def _row_sums_loops(x: np.ndarray, total: np.ndarray) -> None:  # pragma: no cover - compiled by numba
+    """total (M,): the sum of each row of x (M, N), in column order."""
+    m, n = x.shape
+    for i in range(m):
+        s = np.float32(0)
         for c in range(n):
-            out[i, c] -= shift
+            s += x[i, c]
+        total[i] = s
+
+
+def _subtract_rows_loops(x: np.ndarray, top: np.ndarray, log_total: np.ndarray
+                         ) -> None:  # pragma: no cover - compiled by numba
+    """x (M, N) -= top + log_total, row by row (the log-softmax's shift)."""
+    m, n = x.shape
+    for i in range(m):
+        s = top[i] + log_total[i]
+        for c in range(n):
+            x[i, c] -= s
 
 
 CHAMFER_STEP = np.float32(0.955)  # OpenCV's 3x3 mask for DIST_L2: a step across, and a diagonal one
@@ -95,27 +114,31 @@ def _agreement_loops(lp: np.ndarray, class_costs: np.ndarray, idx: np.ndarray, d
                      top: np.ndarray) -> None:  # pragma: no cover - compiled by numba
     """model (M,): the first argmax of ``lp`` (M, N), top (M,) its value; agree (M,): that class
     is the first cheapest of ``class_costs`` (H*W, N) at flat pixel ``idx`` and, ``with_nearest``,
-    the first nearest of ``dist`` (M, N)."""
+    the first nearest of ``dist`` (M, N).  Branch-free selects: which class wins is data, and
+    mispredicted branches took a third of the time."""
     m, n = lp.shape
     for i in range(m):
-        best = 0
+        best, best_v = 0, lp[i, 0]
         for c in range(1, n):
-            if lp[i, c] > lp[i, best]:
-                best = c
+            v = lp[i, c]
+            best = c if v > best_v else best
+            best_v = v if v > best_v else best_v
         model[i] = best
-        top[i] = lp[i, best]
+        top[i] = best_v
         row = class_costs[idx[i]]
-        cheapest = 0
+        cheapest, cheapest_v = 0, row[0]
         for c in range(1, n):
-            if row[c] < row[cheapest]:
-                cheapest = c
+            v = row[c]
+            cheapest = c if v < cheapest_v else cheapest
+            cheapest_v = v if v < cheapest_v else cheapest_v
         ok = cheapest == best
-        if ok and with_nearest:
-            nearest = 0
+        if with_nearest:
+            nearest, nearest_v = 0, dist[i, 0]
             for c in range(1, n):
-                if dist[i, c] < dist[i, nearest]:
-                    nearest = c
-            ok = nearest == best
+                v = dist[i, c]
+                nearest = c if v < nearest_v else nearest
+                nearest_v = v if v < nearest_v else nearest_v
+            ok = ok and nearest == best
         agree[i] = ok
 
 
@@ -158,39 +181,40 @@ def _line_votes_loops(partial: np.ndarray, unknown: int, num_classes: int, idx: 
                 votes[i, v, way // 2] += 0.5
 
 
-def _rows_loops(lp: np.ndarray, cost: np.ndarray, dist: np.ndarray, known: np.ndarray, share: np.ndarray,
+def _rows_loops(lp: np.ndarray, cost: np.ndarray, dist: np.ndarray, log_cost: np.ndarray, log_cost_gap: np.ndarray,
+                log_dist: np.ndarray, log_dist_gap: np.ndarray, log_known: np.ndarray, share: np.ndarray,
                 votes: np.ndarray, pixel_extra: np.ndarray, with_share: bool, nearest: bool, min_log_prob: float,
-                cap: float, cost_scale: float, dist_scale: float, fill: bool, starts: np.ndarray, feats: np.ndarray,
-                classes: np.ndarray) -> None:  # pragma: no cover - compiled by numba
+                fill: bool, starts: np.ndarray, feats: np.ndarray, classes: np.ndarray
+                ) -> None:  # pragma: no cover - compiled by numba
     """The rows of :func:`fusion_rows.candidate_rows`.  ``fill=False``: only count each
     pixel's candidate classes into ``starts``; ``fill=True``: write the rows of each pixel
     from ``starts[i]`` on: the first six features, the border share (``with_share``), the
-    line votes, the nearest-fill features (``nearest``), the per-pixel ones."""
+    line votes, the nearest-fill features (``nearest``), the per-pixel ones.  The scaled
+    logarithms come computed (``log_*``, :func:`fusion_rows.log_features`): numpy's
+    vectorised ``log1p`` over every class is faster than numba's scalar one over the
+    candidates."""
     m, n = lp.shape
     v, q = votes.shape[2], pixel_extra.shape[1]
     for i in range(m):
         best = cost[i, 0]  # the smallest and second smallest cost, as np.partition(cost, 1)
         second = np.float32(np.inf) if n > 1 else best
         closest = dist[i, 0]
-        for c in range(1, n):
+        for c in range(1, n):  # branch-free: which class is cheapest is data
             x = cost[i, c]
-            if x < best:
-                second, best = best, x
-            elif x < second:
-                second = x
+            second = min(second, max(best, x))
+            best = min(best, x)
             closest = min(closest, dist[i, c])
-        kd = np.log1p(known[i]) * dist_scale
         r = starts[i] if fill else 0
         for c in range(n):
             if not (lp[i, c] >= min_log_prob or cost[i, c] <= second or dist[i, c] <= closest):
                 continue
             if fill:
                 feats[r, 0] = lp[i, c]
-                feats[r, 1] = np.log1p(min(cost[i, c], cap)) * cost_scale
-                feats[r, 2] = np.log1p(min(cost[i, c] - best, cap)) * cost_scale
+                feats[r, 1] = log_cost[i, c]
+                feats[r, 2] = log_cost_gap[i, c]
                 feats[r, 3] = 1.0 if cost[i, c] == best else 0.0
-                feats[r, 4] = np.log1p(dist[i, c]) * dist_scale
-                feats[r, 5] = kd
+                feats[r, 4] = log_dist[i, c]
+                feats[r, 5] = log_known[i]
                 k = 6
                 if with_share:
                     feats[r, k] = share[i, c]
@@ -199,9 +223,8 @@ def _rows_loops(lp: np.ndarray, cost: np.ndarray, dist: np.ndarray, known: np.nd
                     feats[r, k + e] = votes[i, c, e]
                 k += v
                 if nearest:
-                    gap = dist[i, c] - closest
-                    feats[r, k] = 1.0 if gap == 0 else 0.0
-                    feats[r, k + 1] = np.log1p(gap) * dist_scale
+                    feats[r, k] = 1.0 if dist[i, c] == closest else 0.0
+                    feats[r, k + 1] = log_dist_gap[i, c]
                     k += 2
                 for e in range(q):
                     feats[r, k + e] = pixel_extra[i, e]
@@ -212,21 +235,32 @@ def _rows_loops(lp: np.ndarray, cost: np.ndarray, dist: np.ndarray, known: np.nd
 
 
 def _best_rows_loops(scores: np.ndarray, starts: np.ndarray, classes: np.ndarray, pred: np.ndarray,
-                     share: np.ndarray) -> None:  # pragma: no cover - compiled by numba
+                     shifted: np.ndarray) -> None:  # pragma: no cover - compiled by numba
     """pred (M,): the class of each pixel's first highest-scoring row (pixel i's rows run from
-    ``starts[i]`` to the next pixel's start); share (M,): that row's softmax share among them."""
+    ``starts[i]`` to the next pixel's start); shifted (R,): each row's score minus its pixel's
+    highest (the softmax's exponentials are left to numpy's vectorised ``exp``)."""
     m, r_end = starts.size, scores.size
     for i in range(m):
         a = starts[i]
         b = starts[i + 1] if i + 1 < m else r_end
-        best = a
-        for r in range(a + 1, b):
-            if scores[r] > scores[best]:
-                best = r
-        total = np.float32(0)
+        best, top = a, scores[a]
+        for r in range(a + 1, b):  # branch-free selects
+            best = r if scores[r] > top else best
+            top = max(top, scores[r])
         for r in range(a, b):
-            total += np.exp(scores[r] - scores[best])
+            shifted[r] = scores[r] - top
         pred[i] = classes[best]
+
+
+def _pixel_shares_loops(weights: np.ndarray, starts: np.ndarray, share: np.ndarray
+                        ) -> None:  # pragma: no cover - compiled by numba
+    """share (M,): 1 over the sum of each pixel's row ``weights`` (its best row's softmax share)."""
+    m, r_end = starts.size, weights.size
+    for i in range(m):
+        b = starts[i + 1] if i + 1 < m else r_end
+        total = np.float32(0)
+        for r in range(starts[i], b):
+            total += weights[r]
         share[i] = np.float32(1) / total
 
 
@@ -236,6 +270,7 @@ _OPTIONS = {"class_distances": {"fastmath": True}}
 
 @functools.cache
 def compiled(name: str):
-    """The numba-compiled kernel ``name`` (``hole_log_probs``, ``class_distances``, ``agreement``,
-    ``line_votes``, ``rows``, ``best_rows``), or None without numba."""
+    """The numba-compiled kernel ``name`` (``hole_logits``, ``row_sums``, ``subtract_rows``,
+    ``class_distances``, ``agreement``, ``line_votes``, ``rows``, ``best_rows``, ``pixel_shares``),
+    or None without numba."""
     return numba_compiled(globals()[f"_{name}_loops"], **_OPTIONS.get(name, {}))

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 # rows per call of a scorer on a CPU: the MLP's (rows, 64) activations stay in cache
 # (100k rows of a 14-64-64-1 MLP on one core: 13 ms in 2048-row calls, 36-57 ms in one call)
 CPU_ROWS_PER_CALL = 2048
+PIXELS_PER_PASS = 8192  # pixels per pass of the rows' logarithms: their (8192, N) arrays stay in cache
 
 
 class RowScorer(Protocol):
@@ -84,40 +85,83 @@ def candidate_mask(log_probs: np.ndarray, cost: np.ndarray, distances: np.ndarra
     return (log_probs >= min_log_prob) | (cost <= second) | (distances <= distances.min(1, keepdims=True))
 
 
+def row_min(x: np.ndarray) -> np.ndarray:
+    """(M, 1): the smallest of each row of x (M, N), column by column (``x.min(1)``, whose
+    reduction along a short last axis took 14 times as long: 1.9 ms for (25000, 11))."""
+    out = x[:, 0].copy()
+    for c in range(1, x.shape[1]):
+        np.minimum(out, x[:, c], out=out)
+    return out[:, None]
+
+
+def log_features(cost: np.ndarray, distances: np.ndarray, known: np.ndarray, scales: tuple[float, float, float],
+                 nearest: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The rows' scaled logarithms at every class of M pixels, for the rows to read: the path
+    cost and its gap to the cheapest class's (capped), the class distance and its gap to the
+    nearest class's (``nearest``, else (M, 0)), all (M, N), and the known distance (M,).
+    Vectorised over every class: about 20 times faster per value than a compiled scalar
+    ``log1p`` over the candidates alone."""
+    cap, cost_scale, dist_scale = (np.float32(s) for s in scales)
+
+    def scaled_log1p(x: np.ndarray, scale: np.float32) -> np.ndarray:
+        np.log1p(x, out=x)
+        x *= scale
+        return x
+
+    log_cost = scaled_log1p(np.minimum(cost, cap), cost_scale)
+    log_cost_gap = scaled_log1p(np.minimum(cost - row_min(cost), cap), cost_scale)
+    log_dist = scaled_log1p(np.array(distances, np.float32), dist_scale)
+    log_dist_gap = (scaled_log1p(distances - row_min(distances), dist_scale) if nearest
+                    else np.empty((cost.shape[0], 0), np.float32))
+    log_known = scaled_log1p(np.array(known, np.float32), dist_scale)
+    return log_cost, log_cost_gap, log_dist, log_dist_gap, log_known
+
+
 def candidate_rows(log_probs: np.ndarray, cost: np.ndarray, distances: np.ndarray, known: np.ndarray,
                    extra: ExtraParts, min_log_prob: float, scales: tuple[float, float, float]) -> FusionRows:
     """The rows of M pixels: ``log_probs``, ``cost`` (geodesic class costs), ``distances``
     (Euclidean class distances) (M, N); ``known`` (M,) the distance to any known pixel;
     ``extra`` the features after the first six; ``scales``: (cost cap, cost scale, distance
     scale) of :mod:`lmae_sdk.fusion`.  The features are those of
-    :func:`lmae_sdk.fusion.features_at`, computed only at the candidate classes."""
-    cap, cost_scale, dist_scale = (np.float32(s) for s in scales)
+    :func:`lmae_sdk.fusion.features_at`, read only at the candidate classes."""
     m, n = log_probs.shape
+    cost, distances = np.ascontiguousarray(cost, np.float32), np.ascontiguousarray(distances, np.float32)
     width = 6 + int(extra.with_share) + extra.votes.shape[2] + 2 * int(extra.nearest) + extra.pixel.shape[1]
     kernel = compiled("rows")
     if kernel is not None:
-        args = [np.ascontiguousarray(a, np.float32) for a in (log_probs, cost, distances, known, extra.share,
-                                                             extra.votes, extra.pixel)]
-        flags = (bool(extra.with_share), bool(extra.nearest), np.float32(min_log_prob), cap, cost_scale, dist_scale)
+        per_pixel = [np.ascontiguousarray(a, np.float32) for a in (log_probs, cost, distances, extra.share,
+                                                                  extra.votes, extra.pixel)]
+        known = np.ascontiguousarray(known, np.float32)
+        flags = (bool(extra.with_share), bool(extra.nearest), np.float32(min_log_prob))
+
+        def call(s: int, e: int, logs: tuple, fill: bool, starts: np.ndarray, feats: np.ndarray,
+                 classes: np.ndarray) -> None:
+            lp, c, d, share, votes, pixel = (a[s:e] for a in per_pixel)
+            kernel(lp, c, d, *logs, share, votes, pixel, *flags, fill, starts, feats, classes)
+
         starts = np.empty(m, np.int64)
-        kernel(*args, *flags, False, starts, np.empty((0, width), np.float32), np.empty(0, np.int64))
+        no_logs = (np.empty((0, n), np.float32),) * 4 + (np.empty(0, np.float32),)
+        call(0, m, no_logs, False, starts, np.empty((0, width), np.float32), np.empty(0, np.int64))
         counts = starts.copy()
         starts[0], starts[1:] = 0, np.cumsum(counts)[:-1]
         feats, classes = np.empty((int(counts.sum()), width), np.float32), np.empty(int(counts.sum()), np.int64)
-        kernel(*args, *flags, True, starts, feats, classes)
+        for s in range(0, m, PIXELS_PER_PASS):  # the logarithms in cache-sized parts
+            e = min(m, s + PIXELS_PER_PASS)
+            logs = log_features(cost[s:e], distances[s:e], known[s:e], scales, extra.nearest)
+            call(s, e, logs, True, starts[s:e], feats, classes)
         return FusionRows(feats, classes, starts)
-    class_extra = extra.class_extra(distances)
+    logs = log_features(cost, distances, known, scales, extra.nearest)
+    log_cost, log_cost_gap, log_dist, _, log_known = logs
     pixel, cls = np.nonzero(candidate_mask(log_probs, cost, distances, min_log_prob))
-    p, q = class_extra.shape[2], extra.pixel.shape[1]
+    class_extra = extra.class_extra(distances)
+    p = class_extra.shape[2]
     feats = np.empty((pixel.size, width), np.float32)
-    c = cost[pixel, cls]
-    best = cost.min(1)[pixel]
     feats[:, 0] = log_probs[pixel, cls]
-    feats[:, 1] = np.log1p(np.minimum(c, cap)) * cost_scale
-    feats[:, 2] = np.log1p(np.minimum(c - best, cap)) * cost_scale
-    feats[:, 3] = c == best
-    feats[:, 4] = np.log1p(distances[pixel, cls]) * dist_scale
-    feats[:, 5] = (np.log1p(known.astype(np.float32)) * dist_scale)[pixel]
+    feats[:, 1] = log_cost[pixel, cls]
+    feats[:, 2] = log_cost_gap[pixel, cls]
+    feats[:, 3] = cost[pixel, cls] == cost.min(1)[pixel]
+    feats[:, 4] = log_dist[pixel, cls]
+    feats[:, 5] = log_known[pixel]
     feats[:, 6:6 + p] = class_extra[pixel, cls]
     feats[:, 6 + p:] = extra.pixel[pixel]
     starts = np.searchsorted(pixel, np.arange(m))
@@ -129,9 +173,11 @@ def decide_rows(rows: FusionRows, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     scores = np.asarray(scores, np.float32).reshape(-1)
     kernel = compiled("best_rows")
     if kernel is not None:
-        pred, share = np.empty(rows.starts.size, np.uint8), np.empty(rows.starts.size, np.float32)
-        kernel(scores, np.ascontiguousarray(rows.starts, np.int64), np.ascontiguousarray(rows.classes, np.int64), pred,
-               share)
+        starts = np.ascontiguousarray(rows.starts, np.int64)
+        pred, share, shifted = (np.empty(starts.size, np.uint8), np.empty(starts.size, np.float32),
+                                np.empty(scores.size, np.float32))
+        kernel(scores, starts, np.ascontiguousarray(rows.classes, np.int64), pred, shifted)
+        compiled("pixel_shares")(np.exp(shifted, out=shifted), starts, share)
         return pred, share
     counts = np.diff(np.append(rows.starts, scores.size))
     top = np.maximum.reduceat(scores, rows.starts)

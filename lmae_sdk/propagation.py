@@ -279,12 +279,13 @@ def _cheapest_class_loops(costs: np.ndarray, label: np.ndarray, unknown: int, id
                 ids[y, x] = label[y, x]
                 cost[y, x] = 0
                 continue
-            best = 0
-            for c in range(1, n):
-                if costs[y, x, c] < costs[y, x, best]:
-                    best = c
+            best, best_cost = 0, costs[y, x, 0]
+            for c in range(1, n):  # branch-free selects: which class wins is data
+                v = costs[y, x, c]
+                best = c if v < best_cost else best
+                best_cost = v if v < best_cost else best_cost
             ids[y, x] = best
-            cost[y, x] = costs[y, x, best]
+            cost[y, x] = best_cost
 
 
 @functools.cache

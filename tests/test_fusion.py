@@ -177,9 +177,10 @@ def test_fit_fusion_calibrate_export_and_runtime(tmp_path, synth_root):
 def _without_kernels(monkeypatch) -> None:
     """The numpy forms of the fusion's compiled kernels (as without numba) for this test."""
     import lmae_sdk.fusion as fusion_module
+    import lmae_sdk.fusion_inputs as inputs_module
     import lmae_sdk.fusion_rows as rows_module
 
-    for module in (fusion_module, rows_module):
+    for module in (fusion_module, inputs_module, rows_module):
         monkeypatch.setattr(module, "compiled", lambda name: None)
 
 

@@ -3,12 +3,13 @@ import numpy as np
 import pytest
 
 import lmae_sdk.fusion as fusion_module
+import lmae_sdk.fusion_inputs as inputs_module
 import lmae_sdk.fusion_rows as rows_module
 import lmae_sdk.propagation as propagation_module
 from lmae_sdk.degrade import degrade
-from lmae_sdk.fusion import class_distances
+from lmae_sdk.fusion import class_distances, hole_log_probs, model_agreement
 from lmae_sdk.fusion_kernels import compiled
-from lmae_sdk.fusion_rows import FusionRows, decide_rows
+from lmae_sdk.fusion_rows import ExtraParts, FusionRows, candidate_rows, decide_rows
 from lmae_sdk.propagation import NO_PATH, geodesic_class_costs
 
 
@@ -47,7 +48,7 @@ def test_class_distances_in_one_pass_are_opencvs_per_class_distance_transforms(m
     partial[0, 0] = 200  # known, in no class
     idx = np.flatnonzero(partial.reshape(-1) == 255)
     one_pass, known = class_distances(partial, idx, 5)
-    monkeypatch.setattr(fusion_module, "compiled", lambda name: None)
+    monkeypatch.setattr(inputs_module, "compiled", lambda name: None)
     per_class, cv_known = class_distances(partial, idx, 5)
     np.testing.assert_allclose(one_pass, per_class, atol=1e-3)
     np.testing.assert_allclose(known, cv_known, atol=1e-3)
@@ -57,6 +58,77 @@ def test_class_distances_in_one_pass_are_opencvs_per_class_distance_transforms(m
     empty = np.full((6, 7), 255, np.uint8)
     far, far_known = class_distances(empty, np.arange(empty.size), 3)
     assert (far == 1e4).all() and (far_known == 1e4).all()
+
+
+def test_hole_log_probs_compiled_are_the_log_softmax_of_opencvs_upsampling(monkeypatch):
+    """The compiled log-probabilities at hole pixels (the upsampling taps in numba, the
+    exponentials in numpy): those of ``cv2.resize`` and a log-softmax to float rounding,
+    the same argmax, each pixel's probabilities summing to 1."""
+    if compiled("hole_logits") is None:
+        pytest.skip("numba is not installed: the log-probabilities run their numpy form only")
+    rng = np.random.default_rng(4)
+    logits = (4 * rng.standard_normal((7, 14, 18))).astype(np.float32)
+    shape = (45, 61)
+    idx = np.flatnonzero(rng.random(shape[0] * shape[1]) < 0.6)
+    lp = hole_log_probs(logits, shape, idx)
+    monkeypatch.setattr(inputs_module, "compiled", lambda name: None)
+    plain = hole_log_probs(logits, shape, idx)
+    assert lp.shape == plain.shape == (idx.size, 7) and lp.dtype == np.float32
+    np.testing.assert_allclose(lp, plain, atol=1e-4)
+    np.testing.assert_array_equal(lp.argmax(1), plain.argmax(1))
+    np.testing.assert_allclose(np.exp(lp).sum(1), 1, rtol=1e-5)
+    monkeypatch.undo()
+    monkeypatch.setattr(inputs_module, "PIXELS_PER_PASS", 300)  # in parts, the last one short
+    np.testing.assert_array_equal(hole_log_probs(logits, shape, idx), lp)
+
+
+def test_candidate_rows_compiled_in_parts_are_its_numpy_form(monkeypatch):
+    """The compiled rows (the logarithms computed in parts of pixels, the last part short):
+    the same rows, classes and starts as in one part, and as the numpy form to float rounding."""
+    if compiled("rows") is None:
+        pytest.skip("numba is not installed: the rows are built by numpy only")
+    rng = np.random.default_rng(6)
+    m, n = 700, 6
+    log_probs = np.log(rng.dirichlet(np.ones(n), m)).astype(np.float32)
+    cost = rng.exponential(50, (m, n)).astype(np.float32)
+    cost[rng.random((m, n)) < 0.1] = NO_PATH  # no path: capped
+    distances = rng.exponential(20, (m, n)).astype(np.float32).round(1)  # rounded: ties for the nearest
+    known = distances.min(1) * np.float32(0.5)
+    extra = ExtraParts(rng.random((m, n)).astype(np.float32), rng.random((m, n, 2)).astype(np.float32), True,
+                       rng.random((m, 3)).astype(np.float32), with_share=True)
+    scales = (fusion_module._COST_CAP, fusion_module._COST_SCALE, rows_module.DIST_SCALE)
+    whole = candidate_rows(log_probs, cost, distances, known, extra, -3.0, scales)
+    monkeypatch.setattr(rows_module, "PIXELS_PER_PASS", 128)
+    parts = candidate_rows(log_probs, cost, distances, known, extra, -3.0, scales)
+    monkeypatch.setattr(rows_module, "compiled", lambda name: None)
+    plain = candidate_rows(log_probs, cost, distances, known, extra, -3.0, scales)
+    assert whole.features.shape == (whole.classes.size, 6 + 1 + 2 + 2 + 3) and whole.classes.size > 2 * m
+    for rows in (parts, plain):
+        np.testing.assert_array_equal(rows.classes, whole.classes)
+        np.testing.assert_array_equal(rows.starts, whole.starts)
+    np.testing.assert_array_equal(parts.features, whole.features)
+    np.testing.assert_allclose(plain.features, whole.features, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_nearest", [True, False])
+def test_model_agreement_compiled_is_its_numpy_form(monkeypatch, with_nearest):
+    """The compiled agreement of model, geodesic copy and nearest fill: the same classes,
+    agreement and log-probability as numpy's argmax / argmin, ties to the first class."""
+    if compiled("agreement") is None:
+        pytest.skip("numba is not installed: the agreement is numpy's only")
+    rng = np.random.default_rng(7)
+    m, n = 3000, 5
+    lp = rng.integers(-4, 1, (m, n)).astype(np.float32)  # small integers: many ties
+    costs = rng.integers(0, 4, (40, 100, n)).astype(np.float32)
+    idx = rng.choice(4000, m, replace=False)
+    dist = rng.integers(0, 4, (m, n)).astype(np.float32)
+    distances = dist if with_nearest else None
+    got = model_agreement(lp, costs, idx, distances)
+    monkeypatch.setattr(inputs_module, "compiled", lambda name: None)
+    want = model_agreement(lp, costs, idx, distances)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    assert 0.05 < got[1].mean() < 0.95
 
 
 def test_each_pixels_best_row_compiled_is_its_numpy_form(monkeypatch):
