@@ -10,12 +10,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .fusion_kernels import compiled
+from .fusion_kernels import PIXELS_PER_PASS, compiled
 from .labels import UNKNOWN
 from .upsampling import resize_logits, upsampling_taps
 
 NO_CLASS_DISTANCE = 1e4  # px: the class distance of a class with no known pixel
-PIXELS_PER_PASS = 8192  # hole pixels per pass of the log-probabilities: their (8192, N) scratch stays in cache
 
 
 def hole_log_probs(logits: np.ndarray, shape: tuple[int, int], idx: np.ndarray) -> np.ndarray:

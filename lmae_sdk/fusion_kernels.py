@@ -16,6 +16,10 @@ import numpy as np
 
 from .jit import numba_compiled
 
+# pixels per part where a host step leaves its exponentials or logarithms to numpy: the part's
+# (4096, N) float32 scratch stays in a core's L2 cache
+PIXELS_PER_PASS = 4096
+
 
 def _hole_logits_loops(logits: np.ndarray, idx: np.ndarray, width: int, y0: np.ndarray, y1: np.ndarray,
                        wy: np.ndarray, x0: np.ndarray, x1: np.ndarray, wx: np.ndarray, out: np.ndarray,

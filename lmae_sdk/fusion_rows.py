@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from .fusion_kernels import compiled
+from .fusion_kernels import PIXELS_PER_PASS, compiled
 
 if TYPE_CHECKING:
     from .fusion import PixelFusion
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 # rows per call of a scorer on a CPU: the MLP's (rows, 64) activations stay in cache
 # (100k rows of a 14-64-64-1 MLP on one core: 13 ms in 2048-row calls, 36-57 ms in one call)
 CPU_ROWS_PER_CALL = 2048
-PIXELS_PER_PASS = 8192  # pixels per pass of the rows' logarithms: their (8192, N) arrays stay in cache
 
 
 class RowScorer(Protocol):
