@@ -84,6 +84,36 @@ def test_batch_keeps_order_across_engines(completer):
         assert agree > 0.999  # batched vs single: float noise only
 
 
+def test_lanes_take_one_engine_call_of_images_at_a_time(completer, monkeypatch):
+    """A lane takes as many images as its engine runs per call (one on ONNX Runtime's CPU
+    provider), so that the lanes end within one call of each other instead of one core
+    idling through the last chunk; ``chunk_size`` overrides it."""
+    import lmae_sdk.runtime.completer as completer_module
+
+    sizes = []
+
+    class Pool(completer_module.ThreadPoolExecutor):
+        def submit(self, fn, *args, **kwargs):
+            sizes.append(len(args[0]))
+            return super().submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(completer_module, "ThreadPoolExecutor", Pool)
+    rng = np.random.default_rng(9)
+    pairs = [(*_pair(rng, 40, 60), f"p{i}") for i in range(7)]
+    for engine in completer.engines.values():
+        monkeypatch.setattr(engine.backend, "images_per_call", 1)
+    names = [r.name for r in completer.complete_batch(pairs, batch_size=4, lanes=2)]
+    assert names == [f"p{i}" for i in range(7)] and sizes == [1] * 7
+    sizes.clear()
+    list(completer.complete_batch(pairs, batch_size=4, lanes=2, chunk_size=3))
+    assert sizes == [3, 3, 1]
+    sizes.clear()
+    for engine in completer.engines.values():  # a whole batch per call (a GPU): a batch per lane
+        monkeypatch.setattr(engine.backend, "images_per_call", 0)
+    list(completer.complete_batch(pairs, batch_size=4, lanes=2))
+    assert sizes == [4, 3]
+
+
 def test_lanes_keep_order_and_match_one_lane(completer):
     """Batches completed side by side come back in input order, with one lane's results;
     a bad input in a lane is reported in place and on_result sees every good result."""

@@ -210,7 +210,7 @@ class LMAECompleter:
         if chunk_size is not None:
             check_count("chunk_size", chunk_size)
         if lanes > 1:
-            return self._complete_in_lanes(call, pairs, batch_size, chunk_size or batch_size, lanes)
+            return self._complete_in_lanes(call, pairs, batch_size, chunk_size, lanes)
         return self._complete_chunks(call, pairs, batch_size, workers, chunk_size or max(2 * batch_size, 8))
 
     # ------------------------------------------------------------------ scheduling
@@ -234,12 +234,15 @@ class LMAECompleter:
             for f in prev:
                 yield f.result()
 
-    def _complete_in_lanes(self, call: _Call, pairs: Iterable, batch_size: int, chunk: int,
+    def _complete_in_lanes(self, call: _Call, pairs: Iterable, batch_size: int, chunk: int | None,
                            lanes: int) -> Iterator[CompletionResult]:
         # engines that run a batch a few images per call anyway (ONNX Runtime on CPU): the lane
         # takes its chunk that many images at a time from reading to on_result, so each image's
         # arrays are still in cache when the engine and the finish read them
         step = min([batch_size] + [e.backend.images_per_call or batch_size for e in self.engines.values()])
+        # by default a lane takes that many images at a time: the lanes then end within one call
+        # of each other (with chunks of 16, 101 images left one core idle for 5 of them)
+        chunk = chunk or step
 
         def run_chunk(chunk_pairs: list) -> list[CompletionResult]:
             results = []
