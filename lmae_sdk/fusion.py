@@ -123,6 +123,13 @@ def hole_regions(partial: np.ndarray, boundary: np.ndarray | None, num_classes: 
     bmap = boundary.astype(np.float32, copy=False)
     hole = partial == unknown
     regions, region = cv2.connectedComponents(hole.astype(np.uint8), connectivity=4)
+    kernel = compiled("hole_borders")
+    if kernel is not None and partial.dtype == np.uint8:
+        count, share, border = np.zeros(regions), np.zeros((regions, num_classes)), np.zeros(regions)
+        kernel(np.ascontiguousarray(partial), region, np.ascontiguousarray(bmap), int(unknown), int(num_classes),
+               count, share, border)
+        count = np.maximum(count, 1)
+        return _regions(partial, region, regions, share / count[:, None], border / count, bmap)
     owners, classes, probs = [], [], []
     # pixel pairs across the border: right neighbours (plane 0), lower neighbours (plane 1)
     for plane, a, b in ((0, np.s_[:, :-1], np.s_[:, 1:]), (1, np.s_[:-1, :], np.s_[1:, :])):
@@ -137,12 +144,18 @@ def hole_regions(partial: np.ndarray, boundary: np.ndarray | None, num_classes: 
     owner, cls, prob = owner[keep], cls[keep], prob[keep].astype(np.float64)
     count = np.maximum(np.bincount(owner, minlength=regions), 1).astype(np.float64)
     share = np.bincount(owner * num_classes + cls, minlength=regions * num_classes).reshape(regions, num_classes)
+    border = np.bincount(owner, prob, minlength=regions) / count
+    return _regions(partial, region, regions, share / count[:, None], border, bmap)
+
+
+def _regions(partial: np.ndarray, region: np.ndarray, regions: int, share: np.ndarray, border: np.ndarray,
+             bmap: np.ndarray) -> HoleRegions:
+    """:class:`HoleRegions` from the regions' border shares and mean border probabilities."""
     area = np.bincount(region.reshape(-1), minlength=regions)
     strongest = np.maximum(bmap[0], bmap[1])  # right and lower sides; then left and upper
     np.maximum(strongest[:, 1:], bmap[0][:, :-1], out=strongest[:, 1:])
     np.maximum(strongest[1:], bmap[1][:-1], out=strongest[1:])
-    return HoleRegions(region.reshape(-1), (share / count[:, None]).astype(np.float32),
-                       (np.bincount(owner, prob, minlength=regions) / count).astype(np.float32),
+    return HoleRegions(region.reshape(-1), share.astype(np.float32), border.astype(np.float32),
                        (np.log1p(area) / np.log1p(partial.size)).astype(np.float32), strongest.reshape(-1))
 
 

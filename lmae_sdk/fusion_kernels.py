@@ -1,8 +1,9 @@
 """Compiled host kernels of pixel fusion: the log-probabilities at hole pixels, the class
-distances, where model and copies agree, the line votes, the candidate rows and each pixel's
-best row, each in one pass over the pixels that need it.
+distances, where model and copies agree, the borders of the hole regions, the line votes,
+the candidate rows and each pixel's best row, each in one pass over the pixels that need it.
 
-Each kernel has a numpy form in :mod:`lmae_sdk.fusion` / :mod:`lmae_sdk.fusion_rows` that
+Each kernel has a numpy form in :mod:`lmae_sdk.fusion`, :mod:`lmae_sdk.fusion_inputs` or
+:mod:`lmae_sdk.fusion_rows` that
 gives the same result (to float rounding); numba compiles these where it is installed
 (:mod:`lmae_sdk.jit`).  They stay on the host because what they compute is chosen per pixel
 from data (which pixels are holes, which classes are candidates, the nearest known pixel
@@ -146,6 +147,31 @@ def _agreement_loops(lp: np.ndarray, class_costs: np.ndarray, idx: np.ndarray, d
         agree[i] = ok
 
 
+def _hole_borders_loops(partial: np.ndarray, region: np.ndarray, boundary: np.ndarray, unknown: int,
+                        num_classes: int, count: np.ndarray, share: np.ndarray,
+                        border: np.ndarray) -> None:  # pragma: no cover - compiled by numba
+    """Per hole region (``region`` (H, W), 0 for known pixels), over the pixel pairs that cross
+    its border (right neighbours: ``boundary[0]``, lower ones: ``boundary[1]``) whose known
+    pixel has a class below ``num_classes``: count (R,) the pairs, share (R, N) the pairs per
+    class of the known pixel, border (R,) the sum of the pairs' boundary probabilities."""
+    h, w = partial.shape
+    for y in range(h):
+        for x in range(w):
+            a = partial[y, x]
+            for plane in range(2):
+                y2, x2 = (y, x + 1) if plane == 0 else (y + 1, x)
+                if y2 >= h or x2 >= w:
+                    continue
+                b = partial[y2, x2]
+                if (a == unknown) == (b == unknown):
+                    continue
+                owner, cls = (region[y, x], b) if a == unknown else (region[y2, x2], a)
+                if cls < num_classes:
+                    count[owner] += 1
+                    share[owner, cls] += 1
+                    border[owner] += boundary[plane, y, x]
+
+
 def _line_votes_loops(partial: np.ndarray, unknown: int, num_classes: int, idx: np.ndarray,
                       votes: np.ndarray) -> None:  # pragma: no cover - compiled by numba
     """votes (M, N, 2) += 0.5 for the class of the nearest known pixel straight up, down
@@ -275,6 +301,6 @@ _OPTIONS = {"class_distances": {"fastmath": True}}
 @functools.cache
 def compiled(name: str):
     """The numba-compiled kernel ``name`` (``hole_logits``, ``row_sums``, ``subtract_rows``,
-    ``class_distances``, ``agreement``, ``line_votes``, ``rows``, ``best_rows``, ``pixel_shares``),
-    or None without numba."""
+    ``class_distances``, ``agreement``, ``hole_borders``, ``line_votes``, ``rows``, ``best_rows``,
+    ``pixel_shares``), or None without numba."""
     return numba_compiled(globals()[f"_{name}_loops"], **_OPTIONS.get(name, {}))

@@ -131,6 +131,26 @@ def test_model_agreement_compiled_is_its_numpy_form(monkeypatch, with_nearest):
     assert 0.05 < got[1].mean() < 0.95
 
 
+def test_hole_regions_compiled_are_their_numpy_form(monkeypatch):
+    """The compiled border pass of the hole regions: the same regions, class shares and areas
+    as the numpy form, the same mean border probability to float rounding; a known pixel in
+    no class (200) counts for neither."""
+    if compiled("hole_borders") is None:
+        pytest.skip("numba is not installed: the hole regions are numpy's only")
+    rng = np.random.default_rng(8)
+    label = np.kron(rng.integers(0, 4, (6, 8)), np.ones((8, 8), np.int64)).astype(np.uint8)
+    partial = degrade(label, 0.5, "random", rng, patch=5)
+    partial[rng.random(partial.shape) < 0.02] = 200
+    boundary = rng.random((2, *partial.shape)).astype(np.float32)
+    got = fusion_module.hole_regions(partial, boundary, 4)
+    monkeypatch.setattr(fusion_module, "compiled", lambda name: None)
+    want = fusion_module.hole_regions(partial, boundary, 4)
+    assert got.share.shape[0] > 5 and (got.border > 0).any()
+    for name in ("region", "share", "size", "strongest"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+    np.testing.assert_allclose(got.border, want.border, rtol=1e-6)
+
+
 def test_each_pixels_best_row_compiled_is_its_numpy_form(monkeypatch):
     """The compiled best row of each pixel: the same class as the numpy form (the first
     highest score on a tie, one-row pixels included) and the same softmax share to float
