@@ -3,9 +3,8 @@ distances, where model and copies agree, the borders of the hole regions, the li
 the candidate rows and each pixel's best row, each in one pass over the pixels that need it.
 
 Each kernel has a numpy form in :mod:`lmae_sdk.fusion`, :mod:`lmae_sdk.fusion_inputs` or
-:mod:`lmae_sdk.fusion_rows` that
-gives the same result (to float rounding); numba compiles these where it is installed
-(:mod:`lmae_sdk.jit`).  They stay on the host because what they compute is chosen per pixel
+:mod:`lmae_sdk.fusion_rows` that gives the same result (to float rounding); numba compiles
+these where it is installed (:mod:`lmae_sdk.jit`).  They stay on the host because what they compute is chosen per pixel
 from data (which pixels are holes, which classes are candidates, the nearest known pixel
 along a line): the rows they build are what the fusion graph scores.
 """
@@ -120,7 +119,7 @@ def _agreement_loops(lp: np.ndarray, class_costs: np.ndarray, idx: np.ndarray, d
     """model (M,): the first argmax of ``lp`` (M, N), top (M,) its value; agree (M,): that class
     is the first cheapest of ``class_costs`` (H*W, N) at flat pixel ``idx`` and, ``with_nearest``,
     the first nearest of ``dist`` (M, N).  Branch-free selects: which class wins is data, and
-    mispredicted branches took a third of the time."""
+    mispredicted branches took about a quarter of the time."""
     m, n = lp.shape
     for i in range(m):
         best, best_v = 0, lp[i, 0]
