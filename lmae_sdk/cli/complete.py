@@ -99,12 +99,14 @@ def run_record(completer, model_path: Path, inputs: dict[str, str], min_confiden
 @click.option("--precision", default=None, type=click.Choice(["fp32", "fp16"]),
               help="the engines' (default: fp32 on a CPU, fp16 on a GPU where the bundle has it); fp32 also runs "
                    "the boundary graph in fp32 where the bundle holds an int8 one")
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
+              help="images per engine call (ONNX Runtime's CPU provider runs them one at a time)")
 @click.option("--threads", default=0, type=int, help="inference threads (0 = all cores)")
 @click.option("--workers", default=2, show_default=True, type=int, help="pre/post-processing threads (one lane)")
 @click.option("--lanes", default=0, show_default=True, type=int,
-              help="batches completed side by side, each on its own thread from reading to writing (0 = auto: "
-                   "one per core with one engine thread each on a CPU, 1 with a GPU)")
+              help="lanes completing images side by side, each on its own thread from reading to writing, one "
+                   "engine call of images at a time (0 = auto: one per core with one engine thread each on a CPU, "
+                   "1 with a GPU)")
 @click.option("--unknown-index", default=255, show_default=True, type=click.IntRange(0, 255),
               help="the label value of unknown pixels (8-bit, no class id of the model)")
 @click.option("--confidence-dir", default=None, type=click.Path(file_okay=False),
