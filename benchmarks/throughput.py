@@ -73,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="e2e also computes and writes the confidence maps (lmae complete --confidence-dir); "
                          "default: labels only, as lmae complete writes by default")
     ap.add_argument("--lanes", type=int, default=1,
-                    help="batches completed side by side (complete_batch lanes), each engine on threads / lanes "
+                    help="images completed side by side (complete_batch lanes), each engine on threads / lanes "
                          "threads; engine-only is then the better of lanes concurrent calls and one call on all "
                          "threads")
     ap.add_argument("--lane-threads", type=int, default=0,
