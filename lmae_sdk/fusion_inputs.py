@@ -27,10 +27,11 @@ def hole_log_probs(logits: np.ndarray, shape: tuple[int, int], idx: np.ndarray) 
         taps = [t for axis in upsampling_taps(logits.shape[1:], tuple(shape)) for t in axis]
         step = max(1, min(idx.size, PIXELS_PER_PASS))
         shifted, top, total = np.empty((step, n), np.float32), np.empty(step, np.float32), np.empty(step, np.float32)
+        rows = np.arange(0, step * n, n)  # where each pixel's row starts in the flat scratch
         for s in range(0, idx.size, step):  # in cache-sized parts
             part, k = out[s: s + step], min(step, idx.size - s)
             kernel(logits, idx[s: s + step], shape[1], *taps, part, shifted[:k], top[:k])
-            compiled("row_sums")(np.exp(shifted[:k], out=shifted[:k]), total[:k])
+            compiled("segment_sums")(np.exp(shifted[:k], out=shifted[:k]).reshape(-1), rows[:k], total[:k])
             compiled("subtract_rows")(part, top[:k], np.log(total[:k], out=total[:k]))
         return out
     up = resize_logits(logits, shape).reshape(n, -1)[:, idx].T

@@ -4,8 +4,8 @@ the candidate rows and each pixel's best row, each in one pass over the pixels t
 
 Each kernel has a numpy form in :mod:`lmae_sdk.fusion`, :mod:`lmae_sdk.fusion_inputs` or
 :mod:`lmae_sdk.fusion_rows` that gives the same result (to float rounding); numba compiles
-these where it is installed (:mod:`lmae_sdk.jit`).  They stay on the host because what they compute is chosen per pixel
-from data (which pixels are holes, which classes are candidates, the nearest known pixel
+these where it is installed (:mod:`lmae_sdk.jit`).  They stay on the host because what they
+compute is chosen per pixel from data (which pixels are holes, which classes are candidates, the nearest known pixel
 along a line): the rows they build are what the fusion graph scores.
 """
 from __future__ import annotations
@@ -43,16 +43,6 @@ def _hole_logits_loops(logits: np.ndarray, idx: np.ndarray, width: int, y0: np.n
         top[i] = t
         for c in range(n):
             shifted[i, c] = out[i, c] - t
-
-
-def _row_sums_loops(x: np.ndarray, total: np.ndarray) -> None:  # pragma: no cover - compiled by numba
-    """total (M,): the sum of each row of x (M, N), in column order."""
-    m, n = x.shape
-    for i in range(m):
-        s = np.float32(0)
-        for c in range(n):
-            s += x[i, c]
-        total[i] = s
 
 
 def _subtract_rows_loops(x: np.ndarray, top: np.ndarray, log_total: np.ndarray
@@ -281,16 +271,17 @@ def _best_rows_loops(scores: np.ndarray, starts: np.ndarray, classes: np.ndarray
         pred[i] = classes[best]
 
 
-def _pixel_shares_loops(weights: np.ndarray, starts: np.ndarray, share: np.ndarray
+def _segment_sums_loops(x: np.ndarray, starts: np.ndarray, total: np.ndarray
                         ) -> None:  # pragma: no cover - compiled by numba
-    """share (M,): 1 over the sum of each pixel's row ``weights`` (its best row's softmax share)."""
-    m, r_end = starts.size, weights.size
+    """total (M,): the sum of each segment of x (R,), segment i running from ``starts[i]`` to
+    the next segment's start, in order (the rows of an (M, N) array: starts 0, N, 2N, ...)."""
+    m, r_end = starts.size, x.size
     for i in range(m):
         b = starts[i + 1] if i + 1 < m else r_end
-        total = np.float32(0)
+        s = np.float32(0)
         for r in range(starts[i], b):
-            total += weights[r]
-        share[i] = np.float32(1) / total
+            s += x[r]
+        total[i] = s
 
 
 # numba options per kernel: fastmath lets the chamfer's min skip NaN handling (it has no NaN): 10% faster
@@ -299,7 +290,7 @@ _OPTIONS = {"class_distances": {"fastmath": True}}
 
 @functools.cache
 def compiled(name: str):
-    """The numba-compiled kernel ``name`` (``hole_logits``, ``row_sums``, ``subtract_rows``,
-    ``class_distances``, ``agreement``, ``hole_borders``, ``line_votes``, ``rows``, ``best_rows``,
-    ``pixel_shares``), or None without numba."""
+    """The numba-compiled kernel ``name`` (``hole_logits``, ``subtract_rows``, ``class_distances``,
+    ``agreement``, ``hole_borders``, ``line_votes``, ``rows``, ``best_rows``, ``segment_sums``),
+    or None without numba."""
     return numba_compiled(globals()[f"_{name}_loops"], **_OPTIONS.get(name, {}))

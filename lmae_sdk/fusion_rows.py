@@ -176,8 +176,8 @@ def decide_rows(rows: FusionRows, scores: np.ndarray) -> tuple[np.ndarray, np.nd
         pred, share, shifted = (np.empty(starts.size, np.uint8), np.empty(starts.size, np.float32),
                                 np.empty(scores.size, np.float32))
         kernel(scores, starts, np.ascontiguousarray(rows.classes, np.int64), pred, shifted)
-        compiled("pixel_shares")(np.exp(shifted, out=shifted), starts, share)
-        return pred, share
+        compiled("segment_sums")(np.exp(shifted, out=shifted), starts, share)
+        return pred, np.divide(np.float32(1), share, out=share)
     counts = np.diff(np.append(rows.starts, scores.size))
     top = np.maximum.reduceat(scores, rows.starts)
     shifted = scores - np.repeat(top, counts)
