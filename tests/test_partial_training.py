@@ -110,31 +110,51 @@ def test_context_labels_are_read_by_name_and_checked(tmp_path):
         read_contexts(tmp_path, [("a.jpg", "labels/a.png")], data[:1])
 
 
-def test_the_fine_tune_of_a_partial_dataset_writes_confident_pseudo_labels_once(tmp_path, synth_root):
+def test_the_fine_tune_of_a_partial_dataset_writes_confident_pseudo_labels_once(tmp_path, synth_root, monkeypatch):
     """The fine-tune stage completes the train labels of a partial dataset with the model
-    stage's model: known pixels stay, holes take the model's class where it is sure and stay
-    unknown elsewhere; a resumed stage reads them again instead of recomputing."""
+    stage's model: known pixels stay, holes take the model's class where its confidence
+    reaches ``PSEUDO_MIN_CONFIDENCE`` and stay unknown elsewhere; a resumed stage reads them
+    again instead of recomputing."""
+    import shutil
     from types import SimpleNamespace
 
     from conftest import tiny_checkpoint
-    from lmae_sdk.labels import read_label
+    from lmae_sdk.degrade import degrade
+    from lmae_sdk.labels import read_label, write_label
     from lmae_sdk.recipe import stages
     from lmae_sdk.recipe.plan import FitOptions
     from lmae_sdk.recipe.state import WorkFolder
+    from lmae_sdk.runtime import LMAECompleter
 
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    train = sorted((data / "train" / "labels").glob("*.png"))
+    for i, lab_path in enumerate(train):  # partial: half of each train label unknown
+        lab, palette = read_label(lab_path)
+        write_label(lab_path, degrade(lab, 0.5, "random", np.random.default_rng(i), patch=8), palette)
     model = tiny_checkpoint(tmp_path / "model.pt", mask_ratios=(0.5,))
+    completer = LMAECompleter.load(model, backend="torch")
+    images = {p.stem: p for p in (data / "train" / "images").iterdir()}
+    results = {p.stem: completer.complete(str(images[p.stem]), str(p)) for p in train[:4]}
+    holes = np.concatenate([r.confidence[read_label(p)[0] == UNKNOWN] for p, r in zip(train, results.values())])
+    # a threshold between the random model's confidences: some hole pixels filled, some left unknown
+    monkeypatch.setattr(stages, "PSEUDO_MIN_CONFIDENCE", float(np.median(holes)))
     (tmp_path / "work").mkdir()
     ctx = SimpleNamespace(work=WorkFolder(tmp_path / "work"), device="cpu",
-                          options=FitOptions(data=str(synth_root), budget_min=5.0))
+                          options=FitOptions(data=str(data), budget_min=5.0))
     folder = Path(stages._pseudo_labels(ctx, model))
     record = json.loads((folder / stages.PSEUDO_RECORD).read_text())
-    train = sorted((synth_root / "train" / "labels").glob("*.png"))
     assert record["images"] == len(train) == len(list(folder.glob("*.png")))
     assert record["min_confidence"] == stages.PSEUDO_MIN_CONFIDENCE
+    assert 0.2 < record["filled_share_of_unknown"] < 0.8
     for lab_path in train[:4]:
         lab, pseudo = read_label(lab_path)[0], read_label(folder / lab_path.name)[0]
         known = lab != UNKNOWN
         np.testing.assert_array_equal(pseudo[known], lab[known])
+        result = results[lab_path.stem]
+        sure = ~known & (result.confidence >= stages.PSEUDO_MIN_CONFIDENCE)
+        np.testing.assert_array_equal(pseudo[sure], result.label[sure])
+        assert (pseudo[~known & ~sure] == UNKNOWN).all()
     (folder / train[0].name).unlink()
     assert stages._pseudo_labels(ctx, model) == str(folder) and not (folder / train[0].name).exists()
 

@@ -122,7 +122,7 @@ def make_sample(img: np.ndarray, lab: np.ndarray, cfg: LMAEConfig, spec: SampleS
     """``boundary``: the image's class-boundary map (2, H, W), cropped and flipped with it
     (models whose step cost has a boundary term).  ``context``: for a partial ``lab``, the
     label the model's input is made from (:func:`with_context`: its unknown pixels filled
-    with confident pseudo-labels), so that the input's known share spans the trained range
+    with the pseudo-labels' known pixels), so that the input's known share spans the trained range
     as a complete label's would; the loss still counts only ``lab``'s known pixels, and, with
     ``spec.gaps``, at its unknown pixels the classes their gaps allow (``gap_ends``:
     :func:`training.gaps.gap_ends`)."""

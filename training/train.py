@@ -73,7 +73,7 @@ class TrainConfig:
     # a checkpoint with a boundary net (lmae fit-boundaries): its net and step-cost weights make the prior
     boundaries_from: str | None = None
     # a folder of label PNGs named as the train labels: where a train label is unknown, the model's inputs take
-    # these labels' known pixels (confident pseudo-labels of a partial dataset: data.make_sample's context)
+    # these labels' known pixels (pseudo-labels of a partial dataset: data.make_sample's context)
     context_labels: str | None = None
 
 
