@@ -152,9 +152,10 @@ def test_the_fine_tune_of_a_partial_dataset_writes_confident_pseudo_labels_once(
         known = lab != UNKNOWN
         np.testing.assert_array_equal(pseudo[known], lab[known])
         result = results[lab_path.stem]
-        sure = ~known & (result.confidence >= stages.PSEUDO_MIN_CONFIDENCE)
+        clear = np.abs(result.confidence - stages.PSEUDO_MIN_CONFIDENCE) > 1e-4  # batched runs may differ by ~1e-7
+        sure = ~known & clear & (result.confidence >= stages.PSEUDO_MIN_CONFIDENCE)
         np.testing.assert_array_equal(pseudo[sure], result.label[sure])
-        assert (pseudo[~known & ~sure] == UNKNOWN).all()
+        assert (pseudo[~known & clear & ~sure] == UNKNOWN).all()
     (folder / train[0].name).unlink()
     assert stages._pseudo_labels(ctx, model) == str(folder) and not (folder / train[0].name).exists()
 
