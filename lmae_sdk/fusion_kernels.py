@@ -5,8 +5,8 @@ the candidate rows and each pixel's best row, each in one pass over the pixels t
 Each kernel has a numpy form in :mod:`lmae_sdk.fusion`, :mod:`lmae_sdk.fusion_inputs` or
 :mod:`lmae_sdk.fusion_rows` that gives the same result (to float rounding); numba compiles
 these where it is installed (:mod:`lmae_sdk.jit`).  They stay on the host because what they
-compute is chosen per pixel from data (which pixels are holes, which classes are candidates, the nearest known pixel
-along a line): the rows they build are what the fusion graph scores.
+compute is chosen per pixel from data (which pixels are holes, which classes are candidates,
+the nearest known pixel along a line): the rows they build are what the fusion graph scores.
 """
 from __future__ import annotations
 

@@ -195,8 +195,8 @@ class LMAECompleter:
 
         ``lanes``: images completed side by side, each lane on its own thread from reading to
         ``on_result``, ``chunk_size`` images at a time (default: as many as its engine runs per
-        call, one on ONNX Runtime's CPU provider; ``workers`` is then unused).  On a CPU, load with ``threads=1`` (torch
-        backend: ``set_torch_threads(1)`` in your process) and set ``lanes`` to
+        call, one on ONNX Runtime's CPU provider; ``workers`` is then unused).  On a CPU, load
+        with ``threads=1`` (torch backend: ``set_torch_threads(1)`` in your process) and set ``lanes`` to
         ``usable_cores()``: every core runs engine and host work in turn, where
         one engine over all cores waits while the host works (1.13-1.18x for ``small`` on 2 cores,
         benchmarks/HISTORY.md).  TensorRT's engine calls take turns (one execution
