@@ -57,21 +57,29 @@ def test_complete_writes_one_png_per_label(ckpt, tmp_path):
         assert c.shape == part.shape and (c[part != 255] == 255).all()
 
 
-def test_auto_lanes_one_per_core_on_cpu_one_with_gpu(monkeypatch):
+def test_auto_lanes_one_per_core_on_cpu_one_with_gpu(monkeypatch, tmp_path):
     import lmae_sdk.runtime.backends as backends
     import lmae_sdk.runtime.loading as loading
     from lmae_sdk.cli.complete import auto_lanes
     from lmae_sdk.cores import usable_cores
 
     cores = usable_cores()
+    bundle, ckpt = tmp_path / "bundle", tmp_path / "m.pt"
+    bundle.mkdir()
+    ckpt.write_bytes(b"")
     for mod, name in ((backends, "ort_cuda_available"), (backends, "trt_available"), (loading, "cuda_available")):
         monkeypatch.setattr(mod, name, lambda: False)
-    assert auto_lanes("auto", None, 0) == (cores, 1)
-    assert auto_lanes("onnxruntime", "cpu", 1) == (cores, 1)
-    assert auto_lanes("auto", None, 2 * cores) == (1, 2 * cores)
-    assert auto_lanes("auto", "cuda:0", 0) == (1, 0)
+    assert auto_lanes("auto", None, 0, bundle) == (cores, 1)
+    assert auto_lanes("onnxruntime", "cpu", 1, bundle) == (cores, 1)
+    assert auto_lanes("auto", None, 2 * cores, bundle) == (1, 2 * cores)
+    assert auto_lanes("auto", "cuda:0", 0, bundle) == (1, 0)
+    # torch's CUDA counts only where torch runs the model: a checkpoint, or --backend torch
+    monkeypatch.setattr(loading, "cuda_available", lambda: True)
+    assert auto_lanes("auto", None, 0, bundle) == (cores, 1)
+    assert auto_lanes("auto", None, 0, ckpt) == (1, 0) and auto_lanes("torch", None, 0, bundle) == (1, 0)
+    monkeypatch.setattr(loading, "cuda_available", lambda: False)
     monkeypatch.setattr(backends, "ort_cuda_available", lambda: True)
-    assert auto_lanes("auto", None, 0) == (1, 0) and auto_lanes("torch", None, 0) == (cores, 1)
+    assert auto_lanes("auto", None, 0, bundle) == (1, 0) and auto_lanes("torch", None, 0, ckpt) == (cores, 1)
 
 
 def test_lanes_in_report_and_same_labels_as_one_lane(ckpt, tmp_path):

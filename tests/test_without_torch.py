@@ -94,6 +94,22 @@ def test_complete_without_torch_gives_the_same_bytes(onnx_bundle, folder, tmp_pa
         assert r.returncode == 0, r.stderr
 
 
+def test_complete_of_a_bundle_leaves_an_installed_torch_unimported(onnx_bundle, folder, tmp_path):
+    """With torch installed, ``lmae complete`` of an ONNX bundle on the CPU (its default
+    ``--backend auto`` and ``--lanes 0``) never imports it: torch adds about 200 MB to the
+    process and a second to its start, and would run nothing here."""
+    pytest.importorskip("torch")
+    args = ["complete", "--model", str(onnx_bundle), "--images", str(folder / "images"), "--labels",
+            str(folder / "labels"), "--out", str(tmp_path / "o"), "--quiet"]
+    script = ("import sys\nfrom lmae_sdk.cli import main\ntry:\n    main(sys.argv[1:], prog_name='lmae')\n"
+              "finally:\n    print('torch imported' if 'torch' in sys.modules else 'torch not imported')\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=300,
+                       cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[-2] == "torch not imported", r.stdout + r.stderr
+
+
 @pytest.mark.parametrize("command", [
     ["lmae", "train", "--data", "{data}", "--out", "{tmp}/m.pt"],
     ["lmae", "fit-fusion", "--ckpt", "{ckpt}", "--data", "{data}"],

@@ -19,18 +19,22 @@ from lmae_sdk.runtime.backends import BACKENDS
 REPORT = "report.json"
 
 
-def auto_lanes(backend: str, device: str | None, threads: int) -> tuple[int, int]:
+def auto_lanes(backend: str, device: str | None, threads: int, model: Path) -> tuple[int, int]:
     """(lanes, engine threads) for ``--lanes 0``: on a CPU every core completes its own batches
     (1.13-1.18x the throughput of one engine over both cores for ``small`` on 2 cores,
     benchmarks/HISTORY.md); with a GPU, one lane whose workers prepare while the GPU
-    runs."""
-    from lmae_sdk.runtime.backends import ort_cuda_available, trt_available
+    runs.  torch's view of CUDA is asked only where torch would run ``model``: a checkpoint,
+    ``--backend torch``, or a bundle with neither ONNX Runtime nor TensorRT installed (torch
+    would otherwise be imported for nothing: about 200 MB and a second)."""
+    from lmae_sdk.runtime.backends import ort_available, ort_cuda_available, trt_available
     from lmae_sdk.runtime.loading import cuda_available
 
+    on_torch = backend == "torch" or (backend == "auto" and (model.is_file() or not (ort_available()
+                                                                                      or trt_available())))
     on_gpu = (device or "").startswith("cuda") or (device is None and (
         (backend in ("auto", "tensorrt") and trt_available())
         or (backend in ("auto", "onnxruntime") and ort_cuda_available())
-        or (backend in ("auto", "torch") and cuda_available())))
+        or (on_torch and cuda_available())))
     if on_gpu:
         return 1, threads
     cores = usable_cores()
@@ -193,7 +197,7 @@ def complete(model_path: str, images: str, labels_dir: str, label_format: str, o
         sys.exit(1)
 
     if lanes == 0:
-        lanes, threads = auto_lanes(backend, device, threads)
+        lanes, threads = auto_lanes(backend, device, threads, Path(model_path))
     try:
         completer = LMAECompleter.load(model_path, backend=backend, device=device, threads=threads,
                                        precision=precision, unknown_index=unknown_index, mask_ratios=ratios,

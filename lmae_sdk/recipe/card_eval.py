@@ -84,9 +84,9 @@ def load_val_images(root, layout: str = "auto", limit: int = CARD_MAX_IMAGES
 
 
 def load_warm_completer(bundle, data: list[tuple[str, np.ndarray, np.ndarray]]):
-    """The bundle as ``lmae complete`` runs it on a CPU (ONNX Runtime, one-thread engines), run
-    once on two of ``data``'s images so that numba's first compile and ONNX Runtime's first run
-    stay outside the clock."""
+    """The bundle as ``lmae complete`` runs it on a CPU (ONNX Runtime, one-thread engines; its
+    load warms the host's kernels), run once on two of ``data``'s images so that each graph's
+    first run stays outside the clock too."""
     from lmae_sdk.runtime import LMAECompleter
 
     completer = LMAECompleter.load(bundle, backend="onnxruntime", threads=1)

@@ -105,7 +105,7 @@ class LMAECompleter:
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "auto", *, device: str | None = None, threads: int = 0,
              precision: str | None = None, mask_ratios: Sequence[float] | None = None,
-             unknown_index: int | None = None, pixel_fusion: bool = True) -> "LMAECompleter":
+             unknown_index: int | None = None, pixel_fusion: bool = True, warm_up: bool = True) -> "LMAECompleter":
         """A bundle folder (manifest.json) or a ``.pt`` checkpoint.
 
         backend: auto | torch | onnxruntime | tensorrt.  ``auto`` picks TensorRT > ONNX Runtime
@@ -127,11 +127,34 @@ class LMAECompleter:
         use, :func:`lmae_sdk.cores.usable_cores`).  The torch backend runs on torch's
         process-wide thread count, which the library never changes: the caller sets it
         (``torch.set_num_threads`` or :func:`lmae_sdk.runtime.backends.set_torch_threads`).
+
+        ``warm_up``: run the host's steps once on a synthetic image before returning
+        (:meth:`warm_up`), so that the first real image does not wait for the compiled kernels.
         """
         opts = LoadOptions(backend, device, threads, precision, mask_ratios, unknown_index, pixel_fusion)
         m = loading.load(Path(path), opts)
-        return cls(m.cfg, m.engines, m.settings, boundaries=m.boundaries, fusion_scorer=m.fusion_scorer,
-                   source=m.source, backend_name=m.backend_name)
+        completer = cls(m.cfg, m.engines, m.settings, boundaries=m.boundaries, fusion_scorer=m.fusion_scorer,
+                        source=m.source, backend_name=m.backend_name)
+        if warm_up:
+            completer.warm_up()
+        return completer
+
+    def warm_up(self) -> None:
+        """Run the host's part of a completion once on a synthetic image, with a synthetic
+        boundary map and zero logits in place of the graphs: the first call of each compiled
+        kernel loads it from numba's cache (with numba's import, about 0.4 s on a CPU core),
+        which the first real image would otherwise wait for.  ``load`` calls it.  The boundary
+        graph and the engines do not run (their first run costs little more than any other);
+        the fusion graph scores the synthetic image's rows."""
+        h, w = self.cfg.img_size  # larger than the model's size: the logits are upsampled as usual
+        image, partial = warm_up_pair((h + h // 4, w + w // 4), self.num_classes, self.unknown_index)
+        bmap = np.full((2, *partial.shape), 0.5, np.float32)
+        pipeline = ImagePipeline(self.cfg, self.settings, self.engines,
+                                 None if self.boundaries is None else (lambda _: bmap), self.fusion_scorer)
+        work = pipeline.start(None, image, partial, None)
+        for job in work.jobs:
+            job.logits = np.zeros((self.num_classes, *job.inputs.image.shape[1:]), np.float32)
+        pipeline.finish(work, confidence=False)
 
     # ------------------------------------------------------------------ info
     @property
@@ -297,3 +320,21 @@ class LMAECompleter:
                     raise
                 return replace(result, error=e)
         return result
+
+
+def warm_up_pair(size: tuple[int, int], num_classes: int, unknown: int) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic (image, partial label) of ``size`` for :meth:`LMAECompleter.warm_up`:
+    bands of up to four classes in colours of their own, with noise, and a third of the label
+    unknown in a central block and scattered squares, so that every host step runs."""
+    h, w = size
+    rng = np.random.default_rng(0)
+    classes = min(num_classes, 4)
+    band = (np.arange(w) * classes // w).astype(np.uint8)
+    partial = np.broadcast_to(band, (h, w)).copy()
+    colours = rng.integers(0, 256, (classes, 3))
+    image = np.clip(colours[partial] + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+    partial[h // 4: 3 * h // 4, w // 3: 2 * w // 3] = unknown
+    for y, x in rng.integers(0, (max(h - 8, 1), max(w - 8, 1)), (12, 2)):
+        partial[y: y + 8, x: x + 8] = unknown
+    return image, partial
+
