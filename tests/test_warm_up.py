@@ -16,7 +16,7 @@ from conftest import tiny_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 
 # in a fresh process: which numba kernels have a compiled signature after loading (warmed or
-# not), then after one real completion; and how many engine and boundary-graph runs the load made
+# not), then after one real completion, and that completion's label
 KERNELS = r"""
 import json, sys
 import numpy as np
@@ -83,7 +83,8 @@ def test_warm_up_runs_no_graph(whole_bundle, monkeypatch):
     calls = []
     for engine in c.engines.values():
         run = engine.backend.run_images
-        monkeypatch.setattr(engine.backend, "run_images", lambda *a, run=run, **k: calls.append("engine") or run(*a, **k))
+        monkeypatch.setattr(engine.backend, "run_images",
+                            lambda *a, run=run, **k: calls.append("engine") or run(*a, **k))
     boundaries = c.boundaries
     c.boundaries = lambda image: calls.append("boundary") or boundaries(image)
     c.warm_up()

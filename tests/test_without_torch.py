@@ -96,7 +96,7 @@ def test_complete_without_torch_gives_the_same_bytes(onnx_bundle, folder, tmp_pa
 
 def test_complete_of_a_bundle_leaves_an_installed_torch_unimported(onnx_bundle, folder, tmp_path):
     """With torch installed, ``lmae complete`` of an ONNX bundle on the CPU (its default
-    ``--backend auto`` and ``--lanes 0``) never imports it: torch adds about 200 MB to the
+    ``--backend auto`` and ``--lanes 0``) never imports it: torch adds about 160 MB to the
     process and a second to its start, and would run nothing here."""
     pytest.importorskip("torch")
     args = ["complete", "--model", str(onnx_bundle), "--images", str(folder / "images"), "--labels",

@@ -25,7 +25,7 @@ def auto_lanes(backend: str, device: str | None, threads: int, model: Path) -> t
     benchmarks/HISTORY.md); with a GPU, one lane whose workers prepare while the GPU
     runs.  torch's view of CUDA is asked only where torch would run ``model``: a checkpoint,
     ``--backend torch``, or a bundle with neither ONNX Runtime nor TensorRT installed (torch
-    would otherwise be imported for nothing: about 200 MB and a second)."""
+    would otherwise be imported for nothing: about 160 MB and a second)."""
     from lmae_sdk.runtime.backends import ort_available, ort_cuda_available, trt_available
     from lmae_sdk.runtime.loading import cuda_available
 

@@ -286,7 +286,8 @@ def complete_export(fmt: str, params: dict[str, Any]) -> None:
 
     class_names = _model_class_names(job.model_path)
     export = _read_export(job, class_names) if class_names is not None else None  # input errors before loading
-    lanes, threads = auto_lanes(job.backend, job.device, job.threads, job.model_path) if job.lanes == 0 else (job.lanes, job.threads)
+    lanes, threads = (auto_lanes(job.backend, job.device, job.threads, job.model_path) if job.lanes == 0
+                      else (job.lanes, job.threads))
     completer = _load_completer(job, threads)
     set_engine_threads(completer, threads)
     if export is None:  # a checkpoint: its class names are known once loaded

@@ -337,4 +337,3 @@ def warm_up_pair(size: tuple[int, int], num_classes: int, unknown: int) -> tuple
     for y, x in rng.integers(0, (max(h - 8, 1), max(w - 8, 1)), (12, 2)):
         partial[y: y + 8, x: x + 8] = unknown
     return image, partial
-
