@@ -8,7 +8,9 @@ threshold), the fit (budget, each stage with its planned and spent minutes and w
 on, the machine), val PA-mIoU per hole protocol beside nearest-label fill and the geodesic fill
 on the same partial labels, per-class IoU at 50% random holes, the completer's seconds per
 image, and the fit's final gate: whether the completer beats nearest-label fill at the
-headline kind of hole (:func:`card_warning` is what ``lmae complete`` prints when it does not).
+headline kind of hole.  :func:`card_warning` is what ``lmae complete`` prints when it does not,
+or when the labels it was fitted on leave the class boundaries unknown (the card cannot score
+them).
 """
 from __future__ import annotations
 
@@ -69,15 +71,24 @@ def card_line(card: dict[str, Any]) -> str:
 
 
 def card_warning(card: dict[str, Any]) -> str | None:
-    """A warning for a bundle that failed its fit's final gate (None when it passed, or has no gate)."""
+    """A warning for a bundle that failed its fit's final gate, or that was fitted on labels
+    whose class boundaries are unknown (its card cannot score them); None otherwise."""
+    warnings = []
     gate = card.get("gate")
-    if not gate or gate.get("passed", True):
-        return None
-    lost = (f"{_fmt(gate.get('completer'))} against {_fmt(gate.get('nearest'))} PA-mIoU" if "completer" in gate
-            else gate.get("why", ""))
-    return (f"warning: this bundle's completer does not beat nearest-label fill at {gate['protocol']} holes on its "
-            f"val split ({lost}); its labels may be worse than the simplest fill. Refit it with a larger "
-            f"lmae fit --budget")
+    if gate and not gate.get("passed", True):
+        lost = (f"{_fmt(gate.get('completer'))} against {_fmt(gate.get('nearest'))} PA-mIoU" if "completer" in gate
+                else gate.get("why", ""))
+        warnings.append(f"warning: this bundle's completer does not beat nearest-label fill at {gate['protocol']} "
+                        f"holes on its val split ({lost}); its labels may be worse than the simplest fill. Refit it "
+                        f"with a larger lmae fit --budget")
+    unlabelled = unlabelled_boundaries(card.get("dataset", {}).get("boundaries_unknown") or {})
+    if unlabelled:
+        warnings.append(f"warning: this bundle was fitted on labels whose class boundaries are unknown ({unlabelled} "
+                        f"of the boundary pixels), so its card's figures do not cover where it places a boundary; "
+                        f"such a bundle fell below geodesic fill at small random holes and below nearest-label fill "
+                        f"in thin bands along the boundaries of complete labels (benchmarks/RESULTS.md, section 1). "
+                        f"Check completed samples with lmae visualize before using them")
+    return "\n".join(warnings) or None
 
 
 def unlabelled_boundaries(boundaries_unknown: dict[str, float]) -> str:
@@ -91,7 +102,8 @@ def unlabelled_boundaries(boundaries_unknown: dict[str, float]) -> str:
 def render_markdown(card: dict[str, Any]) -> str:
     d, m, fit, val = card["dataset"], card["model"], card.get("fit", {}), card.get("val", {})
     warning = card_warning(card)
-    out = [f"# Model card: {d['name']}", "", card_line(card), ""] + ([f"**{warning}**", ""] if warning else []) + [
+    out = [f"# Model card: {d['name']}", "", card_line(card), ""] + [
+        line for w in (warning.split("\n") if warning else []) for line in (f"**{w}**", "")] + [
            "## Dataset", "",
            f"- root: `{d['root']}` (layout {d['layout']})",
            f"- {d['train']} train / {d['val']} val images, commonest size {d['image_size'][0]}x{d['image_size'][1]}",
@@ -106,8 +118,9 @@ def render_markdown(card: dict[str, Any]) -> str:
     if unlabelled:
         out.append(f"- class boundaries unlabelled ({unlabelled} of the boundary pixels unknown): the known pixels "
                    f"do not reach the boundaries, so the bands below lie away from them and where the completer "
-                   f"places a boundary is not scored; fitted on such labels, bundles have fallen below nearest-label "
-                   f"fill on complete labels' boundary bands (benchmarks/RESULTS.md, section 1)")
+                   f"places a boundary is not scored; fitted on such labels, bundles have fallen below geodesic "
+                   f"fill at small random holes and below nearest-label fill on thin boundary bands of complete "
+                   f"labels (benchmarks/RESULTS.md, section 1)")
     out += ["", "## Model", "",
             f"- preset `{m['preset']}`, {m['parameters_m']:.2f}M parameters, input {m['input'][0]}x{m['input'][1]}",
             f"- engines at mask ratios {', '.join(f'{r:g}' for r in m['mask_ratios'])}; finishing rule "

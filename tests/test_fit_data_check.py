@@ -80,7 +80,7 @@ def test_a_good_dataset_passes_with_its_known_shares(data, tmp_path, stages):
 def test_labels_whose_class_boundaries_are_unlabelled_are_named_in_the_plan_and_the_card(data, tmp_path, stages):
     """Coarse polygon annotation leaves every class boundary unknown: the card's boundary
     bands then lie away from the boundaries, and the plan and the card say so."""
-    from lmae_sdk.card import render_markdown
+    from lmae_sdk.card import card_warning, render_markdown
     from lmae_sdk.degrade import degrade
 
     complete = check_dataset(load_dataset(data))
@@ -99,6 +99,11 @@ def test_labels_whose_class_boundaries_are_unlabelled_are_named_in_the_plan_and_
             "model": {"preset": "small", "parameters_m": 1.0, "input": [32, 48], "mask_ratios": [0.5],
                       "finishing_rule": "argmax", "unknown_threshold": 0.5}}
     assert "class boundaries unlabelled (train 100.0%" in render_markdown(card)
+    # lmae complete prints the card's warning: the card's figures do not cover the boundaries
+    warning = card_warning(card)
+    assert warning and "class boundaries" in warning and "lmae visualize" in warning
+    card["dataset"]["boundaries_unknown"] = complete.boundaries_unknown
+    assert card_warning(card) is None
 
 
 def test_class_ids_beyond_the_class_list_are_named(data, tmp_path, stages):

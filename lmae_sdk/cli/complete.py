@@ -213,7 +213,7 @@ def complete(model_path: str, images: str, labels_dir: str, label_format: str, o
     else:
         if card is not None:
             click.echo(card_line(card), err=True)
-            warning = card_warning(card)  # its fit's final gate failed
+            warning = card_warning(card)  # a failed final gate; labels without class boundaries
             if warning:
                 click.echo(warning, err=True)
     record = run_record(completer, Path(model_path).resolve(), {"images": str(src_img), "labels": str(src_lab)},
