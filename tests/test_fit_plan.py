@@ -71,24 +71,6 @@ def test_pixel_fusion_has_time_to_sample_every_train_image_at_any_budget():
     assert plan.stage("fusion").minutes == pytest.approx(48)
 
 
-def test_pixel_fusion_of_partial_labels_learns_every_image_from_the_fine_tuned_completion_with_time_for_it():
-    from lmae_sdk.recipe.plan import fusion_fills_every_image, is_partial, tail_minutes
-
-    def facts(known, boundaries_unknown):
-        return replace(CAMVID_LIKE, known_share={"train": known, "val": known},
-                       boundaries_unknown={"train": boundaries_unknown, "val": boundaries_unknown})
-
-    random_holes, coarse_polygons, with_void = facts(0.48, 0.51), facts(0.67, 1.0), facts(0.961, 0.11)
-    assert fusion_fills_every_image(random_holes)
-    assert not fusion_fills_every_image(coarse_polygons)  # its pseudo-labels guess every boundary
-    assert not fusion_fills_every_image(with_void) and is_partial(with_void)  # void only: every other image
-    assert not fusion_fills_every_image(CAMVID_LIKE) and not is_partial(CAMVID_LIKE)
-    completion_min = random_holes.train * (CAMVID_TIMINGS.prepare_s + CAMVID_TIMINGS.boundary_s
-                                           + CAMVID_TIMINGS.model_s) / 60
-    filled, half = (tail_minutes(f, CAMVID_TIMINGS, 2)["fusion"] for f in (random_holes, coarse_polygons))
-    assert filled - half == pytest.approx(completion_min)
-
-
 def test_the_later_stages_get_what_this_machine_needs_for_them():
     slow = replace(CAMVID_TIMINGS, prepare_s=0.3, model_s=0.6, finish_s=3.5, features_s=0.25)
     fast_plan, slow_plan = (make_plan(FitOptions("d", budget_min=120), CAMVID_LIKE, t, cores=2)

@@ -106,17 +106,18 @@ def test_the_gap_loss_puts_a_band_pixel_into_one_of_the_bands_two_classes():
 
 def test_the_fit_learns_from_gaps_only_where_the_class_boundaries_are_mostly_unlabelled():
     import inspect
+    from types import SimpleNamespace
 
-    from lmae_sdk.recipe.plan import DataFacts, learns_from_gaps
+    from lmae_sdk.recipe.stages import _learns_from_gaps
     from lmae_sdk.training.boundary_fit import fit_boundaries
     from lmae_sdk.training.train import TrainConfig
 
-    def facts(unknown):
-        return DataFacts(11, 367, 101, (360, 480), boundaries_unknown={"train": unknown, "val": unknown})
+    def ctx(unknown):
+        return SimpleNamespace(facts={"boundaries_unknown": {"train": unknown, "val": unknown}})
 
-    assert learns_from_gaps(facts(1.0)) and learns_from_gaps(facts(0.95))  # coarse polygons
-    assert not learns_from_gaps(facts(0.51)) and not learns_from_gaps(facts(0.11))  # random holes; void only
-    assert not learns_from_gaps(DataFacts(11, 367, 101, (360, 480)))
+    assert _learns_from_gaps(ctx(1.0)) and _learns_from_gaps(ctx(0.95))  # coarse polygons
+    assert not _learns_from_gaps(ctx(0.51)) and not _learns_from_gaps(ctx(0.11))  # random holes; void only
+    assert not _learns_from_gaps(SimpleNamespace(facts={}))
     # outside the fit, training reads known pixels only unless asked
     assert TrainConfig(data="d", out="o").gap_weight == 0.0
     assert inspect.signature(fit_boundaries).parameters["gap_weight"].default == 0.0

@@ -218,11 +218,11 @@ def test_holes_in_a_complete_label_follow_its_own_classes():
     assert np.abs(np.nonzero(hidden)[1] + 0.5 - 240).max() < 50
 
 
-def test_the_fusion_learns_every_other_partial_image_or_every_one_from_its_filled_label():
+def test_the_fusion_learns_every_other_partial_image_from_its_filled_label():
     """Pixel fusion of a partial split: even images' holes are made in the label as it is,
     odd images' in the label filled by its pseudo-labels and made complete (what they leave
     unknown takes the nearest known class), the kind's share hidden, so that half its inputs
-    are complete labels with holes, as at the runtime; with ``every_image``, all of them."""
+    are complete labels with holes, as at the runtime."""
     from lmae_sdk.training.fusion_fit import fusion_input, hidden_share
 
     rng = np.random.default_rng(0)
@@ -246,51 +246,5 @@ def test_the_fusion_learns_every_other_partial_image_or_every_one_from_its_fille
     assert (odd[known] == filled[known]).all() and (known & (sure_only == UNKNOWN)).any()
     as_is = fusion_input(label, None, 1, "random", 0.3, np.random.default_rng(1), None)  # no pseudo-labels
     assert np.mean(as_is == UNKNOWN) > 0.5
-    # where every image learns from its filled label, the even ones do too
-    even = fusion_input(label, filled, 0, "random", 0.3, np.random.default_rng(0), None, every_image=True)
-    assert abs(np.mean(even == UNKNOWN) - 0.3) < 0.1 and ((even != UNKNOWN) & (label == UNKNOWN)).any()
     assert hidden_share(filled, 0.3) == 0.3  # a complete label: the share itself
     assert hidden_share(label, 0.3) == pytest.approx(MIN_HIDDEN_SHARE, abs=0.02)  # topped up by the minimum
-
-
-@pytest.mark.parametrize("known, boundaries_unknown, expected", [
-    (0.48, 0.51, ("fusion_pseudo_labels", "tuned.pt", True)),  # random holes: the fine-tuned model's, every image
-    (0.67, 1.0, ("pseudo_labels", None, False)),  # coarse polygons: the fine-tune's, every other image
-    (0.961, 0.11, ("pseudo_labels", None, False)),  # complete labels with void: likewise
-])
-def test_pixel_fusion_reads_the_pseudo_labels_its_partial_data_calls_for(tmp_path, monkeypatch, known,
-                                                                        boundaries_unknown, expected):
-    import time
-    from types import SimpleNamespace
-
-    from lmae_sdk.recipe import stages
-    from lmae_sdk.recipe.plan import DataFacts, FitOptions
-    from lmae_sdk.recipe.probe import Timings
-    from lmae_sdk.recipe.state import WorkFolder
-    from lmae_sdk.training import fusion_fit
-
-    work = WorkFolder(tmp_path)
-    made, seen = [], {}
-    (tmp_path / "pseudo_labels").mkdir()  # what the fine-tune of a partial split wrote
-    (tmp_path / "pseudo_labels" / stages.PSEUDO_RECORD).write_text("{}")
-
-    def pseudo_labels(ctx, model, name="pseudo_labels"):
-        made.append((name, Path(model).name))
-        return str(tmp_path / name)
-
-    def fit_fusion(ckpt, data, out, **kwargs):
-        seen.update(kwargs)
-        return {"images": 1, "pixels": 1, "steps": 1, "fit_loss": 0.5, "fit_pixel_acc": 0.9}
-
-    monkeypatch.setattr(stages, "_pseudo_labels", pseudo_labels)
-    monkeypatch.setattr(fusion_fit, "fit_fusion", fit_fusion)
-    facts = DataFacts(11, 367, 101, (360, 480), known_share={"train": known},
-                      boundaries_unknown={"train": boundaries_unknown})
-    ctx = SimpleNamespace(work=work, data_facts=facts, facts={"train": 367}, minutes=3.0, started=time.time(),
-                          timings=Timings(1.0, 0.03, 0.08, 0.06, 0.35, 0.006, 0.025), options=FitOptions("d", 30.0),
-                          stage=SimpleNamespace(threads=2))
-    stages._fusion(ctx)
-    name, model, every_image = expected
-    assert made == ([(name, model)] if model else [])
-    assert Path(seen["context_labels"].folder) == tmp_path / name
-    assert seen["context_labels"].every_image is every_image

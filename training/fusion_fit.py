@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,34 +56,23 @@ class FusionMLP(torch.nn.Module):
                            self.class_bias.detach().numpy(), info, features=self.features)
 
 
-@dataclass(frozen=True)
-class FusionContext:
-    """A partial train split's pseudo-labels for the fusion's inputs (:func:`fusion_input`):
-    the folder of labels named as the split's, and whether every image learns from them
-    (``every_image``) or every other one."""
-
-    folder: str
-    every_image: bool = False
-
-
-def learns_from_context(index: int, every_image: bool = False) -> bool:
+def learns_from_context(index: int) -> bool:
     """Whether train image ``index`` of a partial split with pseudo-labels learns from its
-    filled label (:func:`fusion_input`): every image, or every other one."""
-    return every_image or index % 2 == 1
+    filled label (:func:`fusion_input`): every other one."""
+    return index % 2 == 1
 
 
 def fusion_input(label: np.ndarray, context: np.ndarray | None, index: int, strategy: str, ratio: float,
-                 rng: np.random.Generator, background_index: int | None, every_image: bool = False) -> np.ndarray:
+                 rng: np.random.Generator, background_index: int | None) -> np.ndarray:
     """The partial label the fusion learns from for train image ``index``: its holes of kind
-    ``strategy`` made in the label as it is or, for the images of a partial split that
-    learn from pseudo-labels (:func:`learns_from_context`; ``context``: the label's unknown
-    pixels filled where the model was sure), in that label made complete, the pixels still
-    unknown given the nearest known pixel's class (:func:`lmae_sdk.degrade.class_extents`),
-    with ``ratio`` of it hidden.  Those images meet inputs as complete labels with holes are
-    at the runtime (benchmarks/HISTORY.md, the A/Bs behind the partial-label recipe: two fits
-    on each of two partial CamVid datasets; RESULTS.md section 1 for every image).  The true
-    class stays the label's own."""
-    if context is None or context is label or not learns_from_context(index, every_image):
+    ``strategy`` made in the label as it is or, for every other image of a partial split that
+    has pseudo-labels (``context``: the label's unknown pixels filled where the model was
+    sure), in that label made complete, the pixels still unknown given the nearest known
+    pixel's class (:func:`lmae_sdk.degrade.class_extents`), with ``ratio`` of it hidden.  That
+    half meets inputs as complete labels with holes are at the runtime (benchmarks/HISTORY.md,
+    the A/Bs behind the partial-label recipe: two fits on each of two partial CamVid datasets).
+    The true class stays the label's own."""
+    if context is None or context is label or not learns_from_context(index):
         return degrade(label, ratio, strategy, rng, background_index=background_index)
     filled = class_extents(context)  # complete, unless the context knows no pixel at all
     return degrade(filled, hidden_share(filled, ratio), strategy, rng, background_index=background_index)
@@ -92,11 +80,11 @@ def fusion_input(label: np.ndarray, context: np.ndarray | None, index: int, stra
 
 def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: int, per_image: int, seed: int,
                    features: tuple[str, ...] = FUSION_FEATURES, deadline: float | None = None,
-                   log=print, context: FusionContext | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+                   log=print, context: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """(features (P, N, F), true class (P,), images read) of pixels sampled from the holes;
     ``deadline`` (a ``time.time()``): no chunk of images starts after it, the first excepted.
-    ``context``: for partial labels, the fit's pseudo-labels: see :func:`fusion_input`.  The
-    true class is always the label's own."""
+    ``context``: for partial labels, a folder of labels of the same names (the fit's
+    pseudo-labels): see :func:`fusion_input`.  The true class is always the label's own."""
     model = model_from_checkpoint(ckpt)
     cfg = model.cfg
     boundaries = boundaries_from_checkpoint(ckpt)
@@ -117,15 +105,14 @@ def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: i
         read += len(chunk)
         contexts: list = [None] * len(chunk)
         if context is not None:  # the pseudo-labels of the images that learn from them
-            use = [k for k in range(len(chunk)) if learns_from_context(start + k, context.every_image)]
-            for k, filled in zip(use, read_contexts(Path(context.folder), [pairs[start + k] for k in use],
+            use = [k for k in range(len(chunk)) if learns_from_context(start + k)]
+            for k, filled in zip(use, read_contexts(Path(context), [pairs[start + k] for k in use],
                                                     [chunk[k] for k in use])):
                 contexts[k] = filled
         parts, props, inputs = [], [], []
         for i, ((img, lab), filled) in enumerate(zip(chunk, contexts), start):
             strategy, ratio = settings[i % len(settings)]
-            partial = fusion_input(lab, filled, i, strategy, ratio, np.random.default_rng([seed, i]), bg,
-                                   context is not None and context.every_image)
+            partial = fusion_input(lab, filled, i, strategy, ratio, np.random.default_rng([seed, i]), bg)
             prop = propagate_for(cfg, partial, img, class_costs=True,
                                  boundary=None if boundaries is None else boundaries(img))
             parts.append(partial)
@@ -153,7 +140,7 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
                settings=DEFAULT_FIT_SETTINGS, images: int = 0, per_image: int = 6000, hidden: int = 64,
                steps: int = 4000, class_weight_power: float = 0.25, seed: int = 0, threads: int = 0,
                hole_features: bool | None = None, minutes: float = 0.0, collect_minutes: float = 0.0,
-               log=print, context_labels: FusionContext | None = None) -> dict:
+               log=print, context_labels: str | Path | None = None) -> dict:
     """Fit pixel fusion on ``split`` and store it in the checkpoint (``out``, default in place).
 
     ``hole_features`` (default: when the checkpoint has a boundary net) adds the features of
@@ -173,7 +160,7 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
     after the call started, its learning rate decaying to 0 by whichever comes first.
     ``collect_minutes`` (0 = no limit): sampling pixels starts no new chunk of 16 images after
     that many minutes, so a loaded machine samples fewer images instead of eating the MLP's time.
-    ``context_labels``: pseudo-labels for partial train labels (:class:`FusionContext`, :func:`fusion_input`).
+    ``context_labels``: a folder of pseudo-labels for partial train labels (:func:`fusion_input`).
     """
     started = time.time()
     if threads:
@@ -228,7 +215,6 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
     info = {"split": split, "settings": [f"{s}:{r:g}" for s, r in settings], "images": read, "pixels": int(len(y)),
             "features": list(features), "hidden": hidden, "steps": done,
             "class_weight_power": class_weight_power, "context_labels": bool(context_labels),
-            "context_every_image": bool(context_labels and context_labels.every_image),
             "seed": seed, "fit_loss": full_loss, "fit_pixel_acc": acc}
     ck["fusion"] = net.to_fusion(info).to_dict()
     for retired in ("near_copy_px", "near_copy_min_prob"):  # the finishing rule fusion replaced

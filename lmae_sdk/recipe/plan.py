@@ -60,11 +60,6 @@ VAL_PROTOCOLS = 3  # random, background-first and objects holes
 MIN_MODEL_STEPS = 100
 MIN_FINETUNE_STEPS = 30
 MODEL_PIXELS = 224 * 288  # the model input's area: the default preset's, at CamVid's aspect ratio
-PARTIAL_BELOW = 0.999  # a train split with a smaller known share is partial: the fine-tune reads pseudo-labels
-# a partial train split that knows less than this share of its pixels (complete labels with void know more: CamVid
-# 96%), its class boundaries not mostly unknown: pixel fusion learns every train image from the fine-tuned model's
-# completion, not every other one from the model stage's (benchmarks/RESULTS.md, section 1)
-FUSION_FILLS_EVERY_IMAGE_BELOW = 0.9
 
 
 class PlanError(ValueError):
@@ -173,26 +168,6 @@ def model_size_for(image_size: tuple[int, int], area: int = MODEL_PIXELS) -> tup
     return tuple(max(32, 16 * round(side * scale / 16)) for side in (h, w))  # type: ignore[return-value]
 
 
-def is_partial(facts: DataFacts) -> bool:
-    """Whether the train split is partial: the fine-tune's inputs then take pseudo-labels."""
-    return facts.known_share.get("train", 1.0) < PARTIAL_BELOW
-
-
-def learns_from_gaps(facts: DataFacts) -> bool:
-    """Whether the train split's class boundaries are mostly unknown (coarse polygons): its gaps
-    then teach the boundary net and the model (training/gaps.py)."""
-    from lmae_sdk.degrade import UNLABELLED_BOUNDARIES
-
-    return facts.boundaries_unknown.get("train", 0.0) >= UNLABELLED_BOUNDARIES
-
-
-def fusion_fills_every_image(facts: DataFacts) -> bool:
-    """Whether pixel fusion learns every train image from the fine-tuned model's completion
-    (:data:`FUSION_FILLS_EVERY_IMAGE_BELOW`); otherwise a partial split's every other image
-    learns from the model stage's, which the fine-tune read."""
-    return facts.known_share.get("train", 1.0) < FUSION_FILLS_EVERY_IMAGE_BELOW and not learns_from_gaps(facts)
-
-
 def train_batch(facts: DataFacts) -> int:
     """The training stages' batch size."""
     return max(1, min(8, facts.train))
@@ -218,9 +193,7 @@ def tail_minutes(facts: DataFacts, t: Timings, lanes: int) -> dict[str, float]:
     card_val = min(facts.val, CARD_MAX_IMAGES)
     card = CARD_KINDS * card_val * ((t.prepare_s + t.boundary_s + t.model_s + fused) / lanes + t.fill_s)
     verify = 3 * min(facts.val, VERIFY_IMAGES) * (t.prepare_s + t.boundary_s + t.model_s + fused)
-    # the fine-tuned model's completion of every train image, before the fusion samples them
-    pseudo = facts.train * (t.prepare_s + t.boundary_s + t.model_s) if fusion_fills_every_image(facts) else 0.0
-    seconds = {"fusion": 2 * collect + pseudo, "calibrate": calibrate, "export": 60 * EXPORT_MIN, "verify": verify,
+    seconds = {"fusion": 2 * collect, "calibrate": calibrate, "export": 60 * EXPORT_MIN, "verify": verify,
                "card": card}
     return {k: (v + t.startup_s) / 60 for k, v in seconds.items()}
 

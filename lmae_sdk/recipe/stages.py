@@ -27,13 +27,13 @@ from lmae_sdk.recipe.definition import RECIPE, definition
 from lmae_sdk.recipe.guards import (STAGE_FAILED, StageError, Verdict, judge_boundaries, judge_fusion, judge_training,
                                     keep_previous, selection_score, training_log)
 from lmae_sdk.recipe.plan import (CALIBRATE_IMAGES, CALIBRATE_THRESHOLDS, FUSION_MAX_MLP_STEPS, RULE_IMAGES,
-                                  VAL_IMAGES_WHILE_TRAINING, FitOptions, Plan, fusion_fills_every_image, is_partial,
-                                  last_validation_s, learns_from_gaps, train_batch)
+                                  VAL_IMAGES_WHILE_TRAINING, FitOptions, Plan, last_validation_s, train_batch)
 from lmae_sdk.recipe.state import WorkFolder
 
 FIT_MASK_RATIOS = (0.25, 0.5, 0.75)
 FINETUNE_LR = 5e-4  # half the first training's peak: the fine-tune starts from a trained model
 TUNE_IMAGES = 80  # images that choose the boundary net's step cost
+PARTIAL_BELOW = 0.999  # a train split with a smaller known share is partial: the fine-tune reads pseudo-labels
 # pseudo-labels: the model stage's completion, its pixels at least this sure (about 93% of a CamVid split's unknown
 # pixels with 50% random holes, against 40% at 0.9: the fine-tune's inputs are then mostly known, as a complete
 # label's are; benchmarks/RESULTS.md, section 1)
@@ -60,7 +60,6 @@ class StageContext:
         self.stage = plan.stage(stage)
         self.timings = plan.timings
         self.facts = self.plan["facts"]
-        self.data_facts = plan.facts
         self.device = self.plan["device"]
         self.minutes = self.stage.minutes
         if definition(stage).elastic:  # takes what earlier phases left unspent, gives back overruns
@@ -79,6 +78,12 @@ class StageContext:
         return "bf16" if native_bf16() else "none"
 
 
+def _learns_from_gaps(ctx: StageContext) -> bool:
+    from lmae_sdk.degrade import UNLABELLED_BOUNDARIES
+
+    return ctx.facts.get("boundaries_unknown", {}).get("train", 0.0) >= UNLABELLED_BOUNDARIES
+
+
 def _train_config(ctx: StageContext, out: Path, **extra: Any):
     """Training that stops when the stage's share ends (counting what earlier runs of the
     stage spent), less the time of the last validation."""
@@ -95,7 +100,7 @@ def _train_config(ctx: StageContext, out: Path, **extra: Any):
                        threads=ctx.stage.threads, workers=0, seed=ctx.options.seed, layout=ctx.options.layout,
                        val_limit=val, val_every=max(1, round(90 / steps_per_epoch)),  # ~every 90 steps, and at the end
                        stop_at=stop_at, resume=True, progress=False, device=ctx.device, amp=ctx.amp(),
-                       gap_weight=GAP_MODEL_WEIGHT if learns_from_gaps(ctx.data_facts) else 0.0, **extra)
+                       gap_weight=GAP_MODEL_WEIGHT if _learns_from_gaps(ctx) else 0.0, **extra)
 
 
 def _model(ctx: StageContext) -> dict[str, Any]:
@@ -115,7 +120,8 @@ def _finetune(ctx: StageContext) -> dict[str, Any]:
     model, edges, tuned = ctx.work.artifact("model"), ctx.work.artifact("boundaries"), ctx.work.artifact("finetune")
     use_edges = ctx.work.result("boundaries").get("adopted", True)
     baseline = selection_score(load_checkpoint(model).get("metrics", {}))
-    context = _pseudo_labels(ctx, model) if is_partial(ctx.data_facts) else None
+    context = _pseudo_labels(ctx, model) if ctx.facts.get("known_share", {}).get("train", 1.0) < PARTIAL_BELOW \
+        else None
     result, verdict = _train_result(train(_train_config(ctx, tuned, lr=FINETUNE_LR, init_from=str(model),
                                                         boundaries_from=str(edges) if use_edges else None,
                                                         context_labels=context)),
@@ -128,17 +134,16 @@ def _finetune(ctx: StageContext) -> dict[str, Any]:
     return result
 
 
-def _pseudo_labels(ctx: StageContext, model: Path, name: str = "pseudo_labels") -> str:
-    """The train split of a partial dataset completed by ``model``, its pixels below
-    :data:`PSEUDO_MIN_CONFIDENCE` left unknown, in the work folder's ``name``: the fine-tune's
-    inputs take the model stage's where the labels are unknown (training/data.py, ``context``),
-    pixel fusion's the fine-tuned model's or the model stage's (:func:`_fusion`).  Written once
-    (a resumed stage reads them again)."""
+def _pseudo_labels(ctx: StageContext, model: Path) -> str:
+    """The train split of a partial dataset completed by the model stage's model, its
+    pixels below :data:`PSEUDO_MIN_CONFIDENCE` left unknown: the fine-tune's inputs take
+    these where the labels are unknown (training/data.py, ``context``).  Written once into
+    the work folder (a resumed fine-tune reads them again)."""
     from lmae_sdk.datasets import load_dataset
     from lmae_sdk.labels import write_label
     from lmae_sdk.runtime import LMAECompleter
 
-    folder = ctx.work.file(name)
+    folder = ctx.work.file("pseudo_labels")
     if (folder / PSEUDO_RECORD).is_file():
         return str(folder)
     folder.mkdir(exist_ok=True)
@@ -152,7 +157,7 @@ def _pseudo_labels(ctx: StageContext, model: Path, name: str = "pseudo_labels") 
     record = {"images": len(pairs), "min_confidence": PSEUDO_MIN_CONFIDENCE, "seconds": round(time.time() - t0, 1),
               "filled_share_of_unknown": filled / max(holes, 1)}
     atomic_write_bytes(folder / PSEUDO_RECORD, json.dumps(record).encode())  # marks the folder complete
-    _log(f"pseudo-labels from {model.name}: {len(pairs)} train images, "
+    _log(f"pseudo-labels for the fine-tune's inputs: {len(pairs)} train images, "
          f"{100 * record['filled_share_of_unknown']:.1f}% of their unknown pixels at confidence >= "
          f"{PSEUDO_MIN_CONFIDENCE:g}, {record['seconds']:.0f} s")
     return str(folder)
@@ -194,7 +199,7 @@ def _boundaries(ctx: StageContext) -> dict[str, Any]:
     fit = fit_boundaries(stub, ctx.options.data, ctx.work.artifact("boundaries"), minutes=minutes,
                          tune_images=tune, seed=ctx.options.seed, threads=ctx.stage.threads, flip_average=True,
                          resume_path=ctx.work.file("boundaries.state.pt"),
-                         gap_weight=GAP_BOUNDARY_WEIGHT if learns_from_gaps(ctx.data_facts) else 0.0, log=_log)
+                         gap_weight=GAP_BOUNDARY_WEIGHT if _learns_from_gaps(ctx) else 0.0, log=_log)
     verdict = judge_boundaries(fit)
     if not verdict.adopted:
         _log(f"the boundary net is not used: {verdict.why}; the fine-tune goes on without it")
@@ -203,20 +208,16 @@ def _boundaries(ctx: StageContext) -> dict[str, Any]:
 
 
 def _fusion(ctx: StageContext) -> dict[str, Any]:
-    from lmae_sdk.training.fusion_fit import FusionContext, fit_fusion
+    from lmae_sdk.training.fusion_fit import fit_fusion
 
-    tuned, fused = ctx.work.artifact("finetune"), ctx.work.artifact("fusion")
-    context = None
-    if fusion_fills_every_image(ctx.data_facts):  # the fine-tuned model knows more and places boundaries better
-        context = FusionContext(_pseudo_labels(ctx, tuned, "fusion_pseudo_labels"), every_image=True)
-    elif (ctx.work.file("pseudo_labels") / PSEUDO_RECORD).is_file():  # a partial train split's, for the fine-tune
-        context = FusionContext(str(ctx.work.file("pseudo_labels")))
-    minutes = ctx.minutes - (time.time() - ctx.started) / 60  # what the pseudo-labels left of the share
-    # at most half of it samples pixels (the time as measured before the plan, and a deadline
+    # at most half the share samples pixels (the time as measured before the plan, and a deadline
     # besides); the MLP trains for the rest of it
-    images = int(min(ctx.facts["train"], max(16, 0.5 * minutes * 60 / ctx.timings.collect_s)))
+    images = int(min(ctx.facts["train"], max(16, 0.5 * ctx.minutes * 60 / ctx.timings.collect_s)))
+    tuned, fused = ctx.work.artifact("finetune"), ctx.work.artifact("fusion")
+    pseudo = ctx.work.file("pseudo_labels")  # a partial train split's, written for the fine-tune
+    context = str(pseudo) if (pseudo / PSEUDO_RECORD).is_file() else None
     info = fit_fusion(tuned, ctx.options.data, fused, images=images, steps=FUSION_MAX_MLP_STEPS,
-                      minutes=max(0.95 * minutes, 1e-3), collect_minutes=max(0.5 * minutes, 1e-3),
+                      minutes=max(0.95 * ctx.minutes, 1e-3), collect_minutes=max(0.5 * ctx.minutes, 1e-3),
                       seed=ctx.options.seed, threads=ctx.stage.threads, log=_log, context_labels=context)
     verdict = judge_fusion(info)
     if not verdict.adopted:
