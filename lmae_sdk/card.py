@@ -71,8 +71,13 @@ def card_line(card: dict[str, Any]) -> str:
 
 
 def card_warning(card: dict[str, Any]) -> str | None:
-    """A warning for a bundle that failed its fit's final gate, or that was fitted on labels
-    whose class boundaries are unknown (its card cannot score them); None otherwise."""
+    """:func:`card_warnings` as one text, a line each; None when there is none."""
+    return "\n".join(card_warnings(card)) or None
+
+
+def card_warnings(card: dict[str, Any]) -> list[str]:
+    """Warnings for a bundle that failed its fit's final gate, or that was fitted on labels
+    whose class boundaries are unknown (its card cannot score them)."""
     warnings = []
     gate = card.get("gate")
     if gate and not gate.get("passed", True):
@@ -88,7 +93,7 @@ def card_warning(card: dict[str, Any]) -> str | None:
                         f"such a bundle fell below geodesic fill at small random holes and below nearest-label fill "
                         f"in thin bands along the boundaries of complete labels (benchmarks/RESULTS.md, section 1). "
                         f"Check completed samples with lmae visualize before using them")
-    return "\n".join(warnings) or None
+    return warnings
 
 
 def unlabelled_boundaries(boundaries_unknown: dict[str, float]) -> str:
@@ -101,9 +106,8 @@ def unlabelled_boundaries(boundaries_unknown: dict[str, float]) -> str:
 
 def render_markdown(card: dict[str, Any]) -> str:
     d, m, fit, val = card["dataset"], card["model"], card.get("fit", {}), card.get("val", {})
-    warning = card_warning(card)
     out = [f"# Model card: {d['name']}", "", card_line(card), ""] + [
-        line for w in (warning.split("\n") if warning else []) for line in (f"**{w}**", "")] + [
+        line for warning in card_warnings(card) for line in (f"**{warning}**", "")] + [
            "## Dataset", "",
            f"- root: `{d['root']}` (layout {d['layout']})",
            f"- {d['train']} train / {d['val']} val images, commonest size {d['image_size'][0]}x{d['image_size'][1]}",
