@@ -93,7 +93,7 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
                    lr: float = 3e-3, tune_images: int = 80, weight_grid=DEFAULT_WEIGHT_GRID, seed: int = 0,
                    threads: int = 0, bf16: bool | None = None, continue_net: bool = False, flip_average: bool = False,
                    augment: bool = False, resume_path: str | Path | None = None, gap_weight: float = 0.0,
-                   log=print) -> dict:
+                   tune_on: list[int] | None = None, log=print) -> dict:
     """Train for ``minutes`` (or ``max_steps``), tune the step cost over ``weight_grid``
     ((colour weight, boundary weight[, boundary power]) each), store both in the checkpoint
     (``out``, default in place).  ``continue_net``: start from the checkpoint's net (same
@@ -102,6 +102,8 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
     runtime's map averages the image with its mirror image (twice the net's compute).
     ``augment``: random rescaling and colour jitter of the training crops (:func:`_crop`).
     ``gap_weight``: the weight of the gap bags in the loss (:mod:`training.boundary_loss`; 0: known pairs only).
+    ``tune_on``: the indices of the split's images the step cost is tuned on (the first ``tune_images`` of them;
+    default: the split's first images), e.g. the complete labels of a split that mixes complete and partial ones.
     ``resume_path``: the training state is saved there every minute (``RESUME_SAVE_EVERY_S``) and a run that finds it
     continues from it (the net, the optimiser, the step, the time spent, the crop sampler)."""
     if threads:
@@ -172,7 +174,7 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
     train_s = time.time() - t0
     net.eval()
     boundaries = TorchBoundaries(net, spec)
-    tune = pairs[:tune_images]
+    tune = [pairs[i] for i in tune_on][:tune_images] if tune_on else pairs[:tune_images]
     partials = [degrade(lab, 0.5, "random", np.random.default_rng([seed, i]), patch=32,
                         background_index=ck.get("background_index")) for i, (_, lab) in enumerate(tune)]
     t1 = time.perf_counter()
@@ -191,6 +193,7 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
     fit = {"split": split, "steps": step, "train_seconds": round(train_s, 1), "crop": crop, "batch_size": batch_size,
            "final_loss": loss_avg, "seed": seed, "tune_images": len(tune), "fill_colour_only": colour_only,
            "fill_with_boundaries": scores[(cw, bw, power)], "map_seconds_per_image": map_s,
+           "tune_on_given": bool(tune_on),  # tuned on the images tune_on named, not the split's first
            "threads": torch.get_num_threads(), "lr": lr, "augment": augment}
     if previous:
         fit["continued_from"] = previous.get("fit", {})

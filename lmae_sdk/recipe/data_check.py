@@ -8,7 +8,8 @@ naming the file, and :func:`check_dataset` raises one :class:`DatasetError` with
 label without any known pixel is a warning, a split without any known pixel a problem.
 
 It also counts what the plan reports: each split's share of known pixels, the share of its
-class-boundary pixels that are unknown, and the train split's commonest image size.
+class-boundary pixels that are unknown, which of its labels are complete
+(:func:`lmae_sdk.degrade.complete_boundaries`), and the train split's commonest image size.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from lmae_sdk.datasets import DatasetError, DatasetInfo
-from lmae_sdk.degrade import unlabelled_boundary_pixels
+from lmae_sdk.degrade import complete_boundaries, unlabelled_boundary_pixels
 from lmae_sdk.labels import UNKNOWN, InputError, read_image, read_label
 from lmae_sdk.recipe.plan import DataFacts
 
@@ -45,10 +46,11 @@ class DataReport:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     boundaries_unknown: dict[str, float] = field(default_factory=dict)  # split -> unknown share of boundary pixels
+    complete_labels: dict[str, list[int]] = field(default_factory=dict)  # split -> indices of its complete labels
 
     def facts(self) -> DataFacts:
         return DataFacts(self.num_classes, self.train, self.val, self.image_size, dict(self.known_share),
-                         dict(self.boundaries_unknown))
+                         dict(self.boundaries_unknown), {k: list(v) for k, v in self.complete_labels.items()})
 
 
 @dataclass
@@ -121,18 +123,22 @@ def inspect_dataset(info: DatasetInfo) -> DataReport:
                         f"(ids 0..{MAX_CLASSES - 1}, {UNKNOWN} = unknown)")
     known_share: dict[str, float] = {}
     boundaries_unknown: dict[str, float] = {}
+    complete_labels: dict[str, list[int]] = {}
     totals: dict[str, np.ndarray] = {}
     sizes: Counter[tuple[int, int]] = Counter()
     for split, pairs in info.pairs.items():
         total = np.zeros(256, np.int64)
         edges = np.zeros(2, np.int64)
-        for image, label in pairs:
+        complete_labels[split] = []
+        for index, (image, label) in enumerate(pairs):
             r = _inspect_pair(image, label, n, source)
             problems += r.problems
             if r.counts is None:
                 continue
             total += r.counts
             edges += r.boundary
+            if complete_boundaries(r.boundary):
+                complete_labels[split].append(index)
             if split == "train":
                 sizes[r.size] += 1  # type: ignore[index]
             if r.counts[UNKNOWN] == r.counts.sum():
@@ -150,7 +156,7 @@ def inspect_dataset(info: DatasetInfo) -> DataReport:
                         f"({', '.join(names)}); training needs at least {MIN_CLASSES} classes present")
     image_size = sizes.most_common(1)[0][0] if sizes else (0, 0)
     return DataReport(n, len(info.pairs.get("train", [])), len(info.pairs.get("val", [])), image_size,
-                      known_share, present, problems, warnings, boundaries_unknown)
+                      known_share, present, problems, warnings, boundaries_unknown, complete_labels)
 
 
 def problems_message(root: Path, problems: list[str], limit: int = MAX_LISTED_PROBLEMS) -> str:

@@ -38,6 +38,8 @@ from lmae_sdk.recipe.definition import RECIPE, Shares, definition
 from lmae_sdk.recipe.probe import Timings
 
 FUSION_MAX_SAMPLED_IMAGES = 400
+MIX_MIN_COMPLETE = 32  # a split with fewer complete labels tunes the step cost on its first labels
+MIX_MAX_COMPLETE_SHARE = 0.9  # a split with this share of complete labels or more counts as complete
 # the fusion MLP trains for the rest of its share, up to this many steps (about 15 min of 2 cores)
 FUSION_MAX_MLP_STEPS = 20000
 FUSION_MIN_SHARE = 0.08
@@ -104,6 +106,20 @@ class DataFacts:
     known_share: dict[str, float] = field(default_factory=dict)  # split -> share of label pixels not unknown
     # split -> share of the class-boundary pixels (degrade.unlabelled_boundary_pixels) that are unknown
     boundaries_unknown: dict[str, float] = field(default_factory=dict)
+    # split -> the indices (in the dataset's order) of its complete labels (degrade.complete_boundaries)
+    complete_labels: dict[str, list[int]] = field(default_factory=dict)
+
+    def complete_of_mix(self, split: str = "train") -> list[int]:
+        """The indices of ``split``'s complete labels when it mixes complete and partial ones
+        (at least :data:`MIX_MIN_COMPLETE` complete, fewer than :data:`MIX_MAX_COMPLETE_SHARE`
+        of it); else empty.  The boundary net's step cost is tuned on these: a partial label's
+        known pixels keep away from the unknown boundaries, so it cannot show which step cost
+        places them best (benchmarks/RESULTS.md, section 1)."""
+        complete = self.complete_labels.get(split, [])
+        images = self.train if split == "train" else self.val
+        if len(complete) < MIX_MIN_COMPLETE or len(complete) >= MIX_MAX_COMPLETE_SHARE * images:
+            return []
+        return list(complete)
 
 
 @dataclass
@@ -147,6 +163,8 @@ class Plan:
             if f.known_share else ""
         if unlabelled_boundaries(f.boundaries_unknown):
             known += f"; class boundaries unlabelled: {unlabelled_boundaries(f.boundaries_unknown)}"
+        if f.complete_of_mix():
+            known += f"; complete labels: train {len(f.complete_of_mix())} of {f.train}"
         lines = [f"plan: {f.train} train / {f.val} val images, {f.num_classes} classes, images {f.image_size[0]}x"
                  f"{f.image_size[1]} -> model input {self.model_size[0]}x{self.model_size[1]}{known}; {self.cores} CPU "
                  f"core(s), device {self.device}", f"  {self.timings.describe()}"]

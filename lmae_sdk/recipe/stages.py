@@ -192,19 +192,21 @@ def _boundaries(ctx: StageContext) -> dict[str, Any]:
         save_checkpoint(make_checkpoint(model, class_names=info.class_names, palette=info.palette,
                                         mask_ratios=list(FIT_MASK_RATIOS), label_resize="soft",
                                         unknown_threshold=0.5, background_index=info.background_index), stub)
-    tune = min(TUNE_IMAGES, int(ctx.facts["train"]))
+    complete = Plan.from_dict(ctx.plan).facts.complete_of_mix()  # a mix tunes on its complete labels
+    tune = min(TUNE_IMAGES, len(complete) or int(ctx.facts["train"]))
     # the step-cost grid after training: 14 geodesic fills and one flip-averaged map per tuning image
     tune_min = tune * (ctx.timings.boundary_s + len(DEFAULT_WEIGHT_GRID) * ctx.timings.prepare_s) / 60
     minutes = max(0.25, 0.98 * ctx.stage.minutes - tune_min - (time.time() - ctx.started) / 60)
     fit = fit_boundaries(stub, ctx.options.data, ctx.work.artifact("boundaries"), minutes=minutes,
                          tune_images=tune, seed=ctx.options.seed, threads=ctx.stage.threads, flip_average=True,
                          resume_path=ctx.work.file("boundaries.state.pt"),
-                         gap_weight=GAP_BOUNDARY_WEIGHT if _learns_from_gaps(ctx) else 0.0, log=_log)
+                         gap_weight=GAP_BOUNDARY_WEIGHT if _learns_from_gaps(ctx) else 0.0, tune_on=complete or None,
+                         log=_log)
     verdict = judge_boundaries(fit)
     if not verdict.adopted:
         _log(f"the boundary net is not used: {verdict.why}; the fine-tune goes on without it")
     return {**{k: fit[k] for k in ("steps", "train_seconds", "fill_colour_only", "fill_with_boundaries")},
-            **verdict.record()}
+            "tuned_on_complete_labels": bool(complete), **verdict.record()}
 
 
 def _fusion(ctx: StageContext) -> dict[str, Any]:
