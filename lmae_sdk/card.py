@@ -117,9 +117,9 @@ def render_markdown(card: dict[str, Any]) -> str:
         out.append("- known pixels: " + ", ".join(f"{split} {100 * v:.1f}%" for split, v in known.items()))
     complete = d.get("complete_labels") or {}
     if complete and known.get("train", 1.0) < 0.999:
+        counts = ", ".join(f"{split} {n} of {d.get(split, '?')}" for split, n in complete.items())
         out.append(f"- complete labels (at most {COMPLETE_LABEL_BOUNDARIES_UNKNOWN:.0%} of their class-boundary pixels "
-                   f"unknown): " + ", ".join(
-            f"{split} {n} of {d.get(split, '?')}" for split, n in complete.items()))
+                   f"unknown): {counts}")
     if known.get("val", 1.0) < 0.999:
         out.append("- the val labels are partial: each kind of hole below hides that share of their known pixels, "
                    "and only the hidden known pixels are scored")

@@ -17,13 +17,12 @@ from lmae_sdk.degrade import degrade, rng_for_name
 from dataclasses import replace
 
 from lmae_sdk.recipe.plan import DataFacts, FitOptions, PlanError, make_plan, model_size_for
-from lmae_sdk.recipe.probe import Timings
 from lmae_sdk.recipe.state import FitStateError, WorkFolder
 
+from conftest import camvid_timings
+
 CAMVID_LIKE = DataFacts(num_classes=11, train=367, val=101, image_size=(360, 480))
-# what the probe measured for CamVid on a 2-core AMD EPYC
-CAMVID_TIMINGS = Timings(train_step_s=1.69, prepare_s=0.03, boundary_s=0.08, model_s=0.06, finish_s=0.35, fill_s=0.006,
-                         features_s=0.025)
+CAMVID_TIMINGS = camvid_timings()
 TRAINING = ("model", "boundaries", "finetune")
 
 

@@ -12,10 +12,10 @@ from lmae_sdk.degrade import complete_boundaries, degrade, unlabelled_boundary_p
 from lmae_sdk.labels import UNKNOWN, read_label, write_label
 from lmae_sdk.recipe import plan as plan_module
 from lmae_sdk.recipe.plan import DataFacts, FitOptions, Plan, make_plan
-from lmae_sdk.recipe.probe import Timings
 
-TIMINGS = Timings(train_step_s=1.69, prepare_s=0.03, boundary_s=0.08, model_s=0.06, finish_s=0.35, fill_s=0.006,
-                  features_s=0.025)
+from conftest import camvid_timings
+
+TIMINGS = camvid_timings()
 
 
 def _scene() -> np.ndarray:
@@ -48,8 +48,7 @@ def _mixed_copy(synth_root, tmp_path, complete: list[int]):
     return data
 
 
-def test_the_data_check_lists_the_complete_labels_and_the_plan_names_a_mix(synth_root, tmp_path,
-                                                                                  monkeypatch):
+def test_the_data_check_lists_the_complete_labels_and_the_plan_names_a_mix(synth_root, tmp_path, monkeypatch):
     from lmae_sdk.datasets import load_dataset
     from lmae_sdk.recipe.data_check import inspect_dataset
 

@@ -163,8 +163,9 @@ class Plan:
             if f.known_share else ""
         if unlabelled_boundaries(f.boundaries_unknown):
             known += f"; class boundaries unlabelled: {unlabelled_boundaries(f.boundaries_unknown)}"
-        if f.complete_of_mix():
-            known += f"; complete labels: train {len(f.complete_of_mix())} of {f.train}"
+        complete = f.complete_of_mix()
+        if complete:
+            known += f"; complete labels: train {len(complete)} of {f.train}"
         lines = [f"plan: {f.train} train / {f.val} val images, {f.num_classes} classes, images {f.image_size[0]}x"
                  f"{f.image_size[1]} -> model input {self.model_size[0]}x{self.model_size[1]}{known}; {self.cores} CPU "
                  f"core(s), device {self.device}", f"  {self.timings.describe()}"]
