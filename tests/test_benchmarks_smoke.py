@@ -12,13 +12,14 @@ REPO = Path(__file__).resolve().parents[1]
 COMMON = {"benchmark", "smoke", "args", "machine", "seconds"}
 MACHINE = {"date", "cpu_model", "cpu_count", "versions", "threads"}
 
-TABLES_ONLY = {"hole_kinds"}  # benchmarks that print a table and write JSON, no plot
+TABLES_ONLY = {"hole_kinds", "boundary_nets"}  # benchmarks that print a table and write JSON, no plot
 CASES = {
     "throughput": COMMON | {"matmul_peak", "flops", "results", "target_checks", "skipped_backends", "stage_profile"},
     "quality": COMMON | {"results", "random_walker_beta", "target_checks", "dataset"},
     "ablations": COMMON | {"runs", "summary", "paper_note"},
     "label_augmentation": COMMON | {"results", "completion_on_train_holes", "dataset"},
     "hole_kinds": COMMON | {"results", "bundle", "dataset", "images"},
+    "boundary_nets": COMMON | {"results", "dataset", "split"},
 }
 ROW_KEYS = {
     "throughput": {"preset", "backend", "batch_size", "e2e_ips", "engine_ips", "e2e_latency_ms_p50",
@@ -28,6 +29,7 @@ ROW_KEYS = {
     "ablations": {"arm", "pa_miou", "delta", "paper_delta", "status"},
     "label_augmentation": {"model", "variant", "val_miou"},
     "hole_kinds": {"protocol", "completer", "nearest", "geodesic", "completer_pixel_acc"},
+    "boundary_nets": {"net", "weights", "own_random_0.5", "own_random_0.3", "best_random_0.5"},
 }
 
 
@@ -60,6 +62,10 @@ def test_smoke(name, tmp_path):
         for (method, setting), acc in by.items():  # the oracle only turns geodesic-fill pixels right
             if method == "border-label oracle":
                 assert acc >= by[("geodesic", setting)] - 1e-9
+    if name == "boundary_nets":  # the colour-only fill, then the net's: each a PA-mIoU
+        assert [r["net"] for r in rows][0].startswith("colour only") and len(rows) == 2
+        assert all(0 <= r["own_random_0.5"] <= 100 for r in rows)
+        assert rows[1]["best_random_0.5"] >= rows[1]["own_random_0.5"] - 1e-9  # the grid holds the own weights
     if name not in TABLES_ONLY:  # the others plot where matplotlib is installed
         assert out.with_suffix(".png").is_file() or not _has_matplotlib()
 
@@ -112,3 +118,18 @@ def test_hole_kinds_names_a_bad_kind_and_a_missing_bundle(tmp_path):
                                capture_output=True, text=True, timeout=60)
     assert no_bundle.returncode == 2 and str(tmp_path / "nowhere") in no_bundle.stderr, no_bundle.stderr
     assert "Traceback" not in no_bundle.stderr
+
+
+def test_boundary_nets_names_a_checkpoint_without_a_net(tmp_path):
+    from benchmarks._common import random_checkpoint
+
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "-c", "import sys; from lmae_sdk.synthetic import make_synthetic_dataset; "
+                    "make_synthetic_dataset(sys.argv[1], n_train=2, n_val=2, size=(32, 48))", str(data)],
+                   check=True, timeout=60)
+    plain = random_checkpoint(tmp_path / "plain.pt", num_classes=5, img_size=(32, 48))
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "boundary_nets.py"), "--data", str(data),
+                           "--nets", str(plain), "--images", "2", "--out", str(tmp_path / "b.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"{plain}: no boundary net" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
