@@ -7,11 +7,11 @@ Each checkpoint's net (``lmae fit-boundaries``, the ``boundaries.pt`` of a ``lma
 folder) gives the step cost of the geodesic fill (``lmae_sdk.propagation.geodesic_nearest``),
 and the fill's PA-mIoU is scored on the first ``--images`` labels of ``--split`` (train by
 default: val stays for the cards) with 32-px random holes seeded ``[seed, i]``, as
-``fit_boundaries`` tunes the step cost.  Two figures per net and kind of hole: with the step-cost
-weights stored in the checkpoint ("own": what the bundle uses), and at random 0.5 the best of
-``DEFAULT_WEIGHT_GRID`` ("best": the net alone, its tuning aside).  The colour-only fill is the
-first row.  The labels must be complete: a net fitted on partial labels is scored where its own
-labels could not show a boundary.
+``fit_boundaries`` tunes the step cost.  Per net: the fill at random 0.5 and 0.3 with the
+step-cost weights stored in the checkpoint ("own": what the bundle uses), and at random 0.5 the
+best of ``DEFAULT_WEIGHT_GRID`` ("best": the net alone, its tuning aside).  The first row is the
+colour-only fill (colour weight 1000).  Give a split whose labels are complete: only there is a
+net scored on where it places the boundaries that partial labels leave out.
 """
 from __future__ import annotations
 
