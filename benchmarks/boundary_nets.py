@@ -7,11 +7,12 @@ Each checkpoint's net (``lmae fit-boundaries``, the ``boundaries.pt`` of a ``lma
 folder) gives the step cost of the geodesic fill (``lmae_sdk.propagation.geodesic_nearest``),
 and the fill's PA-mIoU is scored on the first ``--images`` labels of ``--split`` (train by
 default: val stays for the cards) with 32-px random holes seeded ``[seed, i]``, as
-``fit_boundaries`` tunes the step cost.  Per net: the fill at random 0.5 and 0.3 with the
-step-cost weights stored in the checkpoint ("own": what the bundle uses), and at random 0.5 the
-best of ``DEFAULT_WEIGHT_GRID`` ("best": the net alone, its tuning aside).  The first row is the
-colour-only fill (colour weight 1000).  Give a split whose labels are complete: only there is a
-net scored on where it places the boundaries that partial labels leave out.
+``fit_boundaries`` tunes the step cost (``training.boundary_fit.tuning_holes``).  Per net: the
+fill at random 0.5 and 0.3 with the step-cost weights stored in the checkpoint ("own": what
+the bundle uses), and at random 0.5 the best of ``DEFAULT_WEIGHT_GRID`` ("best": the net
+alone, its tuning aside).  The first row is the colour-only fill (colour weight
+``lmae_sdk.propagation.TUNED_EDGE_WEIGHT``).  Give a split whose labels are complete: only
+there is a net scored on where it places the boundaries that partial labels leave out.
 """
 from __future__ import annotations
 
@@ -33,13 +34,11 @@ KINDS = (0.5, 0.3)  # random-hole ratios, 32-px patches
 def score_nets(nets: list[Path], data: Path, split: str, images: int, seed: int, log=print) -> list[dict]:
     """One row per net (and a first, colour-only row): the fill's PA-mIoU at each of
     :data:`KINDS` with its own weights, and the best of the weight grid at random 0.5."""
-    import numpy as np
-
     from lmae_sdk.boundaries import boundaries_from_checkpoint
     from lmae_sdk.checkpoint import load_checkpoint
     from lmae_sdk.datasets import load_dataset
-    from lmae_sdk.degrade import degrade
-    from lmae_sdk.training.boundary_fit import DEFAULT_WEIGHT_GRID, fill_score
+    from lmae_sdk.propagation import TUNED_BLUR, TUNED_EDGE_WEIGHT
+    from lmae_sdk.training.boundary_fit import DEFAULT_WEIGHT_GRID, fill_score, score_weight_grid, tuning_holes
     from lmae_sdk.training.data import load_pairs
 
     info = load_dataset(data, (split,))
@@ -47,27 +46,24 @@ def score_nets(nets: list[Path], data: Path, split: str, images: int, seed: int,
     if not pairs:
         raise ValueError(f"{data}: no {split} images")
     n = info.num_classes
-    partials = {r: [degrade(lab, r, "random", np.random.default_rng([seed, i]), patch=32)
-                    for i, (_, lab) in enumerate(pairs)] for r in KINDS}
-    blur = 1.2
+    partials = {r: tuning_holes([lab for _, lab in pairs], seed, r) for r in KINDS}
     none = [None] * len(pairs)
-    rows = [{"net": "colour only (no net)", **{f"own_random_{r:g}": fill_score(pairs, partials[r], none, 1000.0, 0.0,
-                                                                              blur, n) for r in KINDS},
-             "weights": [1000.0, 0.0, 1.0], "best_random_0.5": None, "best_weights": None}]
+    rows = [{"net": "colour only (no net)", **{f"own_random_{r:g}": fill_score(
+                pairs, partials[r], none, TUNED_EDGE_WEIGHT, 0.0, TUNED_BLUR, n) for r in KINDS},
+             "weights": [TUNED_EDGE_WEIGHT, 0.0, 1.0], "best_random_0.5": None, "best_weights": None}]
     for path in nets:
         ck = load_checkpoint(path)
         boundaries = boundaries_from_checkpoint(ck, source=str(path))
         if boundaries is None:
             raise ValueError(f"{path}: no boundary net in this checkpoint")
         cfg = ck["config"]
-        blur = float(cfg.get("geodesic_blur", blur))
+        blur = float(cfg.get("geodesic_blur", TUNED_BLUR))
         own = (float(cfg["geodesic_edge_weight"]), float(cfg["geodesic_boundary_weight"]),
                float(cfg.get("geodesic_boundary_power", 1.0)))
         maps = [boundaries(img) for img, _ in pairs]
         row = {"net": str(path), "weights": list(own),
                **{f"own_random_{r:g}": fill_score(pairs, partials[r], maps, *own[:2], blur, n, own[2]) for r in KINDS}}
-        grid = {(*e, 1.0)[:3]: fill_score(pairs, partials[0.5], maps, e[0], e[1], blur, n, (*e, 1.0)[2])
-                for e in DEFAULT_WEIGHT_GRID}
+        grid = score_weight_grid(pairs, partials[0.5], maps, DEFAULT_WEIGHT_GRID, blur, n)
         best = max(grid, key=grid.get)
         rows.append({**row, "best_random_0.5": grid[best], "best_weights": list(best)})
         log(f"  {path}: own {own} random 0.5 {row['own_random_0.5']:.2f}, best {best} {grid[best]:.2f}")

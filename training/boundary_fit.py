@@ -88,6 +88,26 @@ def fill_score(pairs: list, partials: list, maps: list, colour_weight: float, bo
     return float(meter.summary()["pa_miou"])
 
 
+def tuning_holes(labels: list, seed: int, ratio: float = 0.5, background_index: int | None = None) -> list:
+    """The partial labels the step cost is tuned on: ``ratio`` of each label in random 32-px
+    holes, the ``i``-th seeded ``[seed, i]``."""
+    return [degrade(lab, ratio, "random", np.random.default_rng([seed, i]), patch=32,
+                    background_index=background_index) for i, lab in enumerate(labels)]
+
+
+def score_weight_grid(pairs: list, partials: list, maps: list, weight_grid, blur: float, num_classes: int,
+                      log=None) -> dict[tuple[float, float, float], float]:
+    """The fill's PA-mIoU for each (colour weight, boundary weight[, power]) of ``weight_grid``,
+    keyed by the full triple (power 1 where an entry leaves it out)."""
+    scores = {}
+    for entry in weight_grid:
+        cw, bw, power = (*entry, 1.0)[:3]
+        scores[(cw, bw, power)] = fill_score(pairs, partials, maps, cw, bw, blur, num_classes, power)
+        if log:
+            log(f"  colour weight {cw:g}, boundary weight {bw:g}, power {power:g}: PA-mIoU {scores[(cw, bw, power)]:.2f}")
+    return scores
+
+
 def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | None = None, split: str = "train",
                    minutes: float = 40.0, max_steps: int = 0, width: int = 16, crop: int = 256, batch_size: int = 4,
                    lr: float = 3e-3, tune_images: int = 80, weight_grid=DEFAULT_WEIGHT_GRID, seed: int = 0,
@@ -175,8 +195,7 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
     net.eval()
     boundaries = TorchBoundaries(net, spec)
     tune = [pairs[i] for i in tune_on][:tune_images] if tune_on else pairs[:tune_images]
-    partials = [degrade(lab, 0.5, "random", np.random.default_rng([seed, i]), patch=32,
-                        background_index=ck.get("background_index")) for i, (_, lab) in enumerate(tune)]
+    partials = tuning_holes([lab for _, lab in tune], seed, background_index=ck.get("background_index"))
     t1 = time.perf_counter()
     maps = [boundaries(img) for img, _ in tune]
     map_s = (time.perf_counter() - t1) / max(len(tune), 1)
@@ -184,11 +203,7 @@ def fit_boundaries(ckpt_path: str | Path, data: str | Path, out: str | Path | No
     colour_only = fill_score(tune, partials, [None] * len(tune), float(cfg.get("geodesic_edge_weight", 100.0)), 0.0,
                              blur, n)
     log(f"{split} ({len(tune)} images, random 0.5) geodesic fill, colour only: PA-mIoU {colour_only:.2f}")
-    scores = {}
-    for entry in weight_grid:
-        cw, bw, power = (*entry, 1.0)[:3]
-        scores[(cw, bw, power)] = fill_score(tune, partials, maps, cw, bw, blur, n, power)
-        log(f"  colour weight {cw:g}, boundary weight {bw:g}, power {power:g}: PA-mIoU {scores[(cw, bw, power)]:.2f}")
+    scores = score_weight_grid(tune, partials, maps, weight_grid, blur, n, log)
     cw, bw, power = max(scores, key=scores.get)
     fit = {"split": split, "steps": step, "train_seconds": round(train_s, 1), "crop": crop, "batch_size": batch_size,
            "final_loss": loss_avg, "seed": seed, "tune_images": len(tune), "fill_colour_only": colour_only,
