@@ -133,3 +133,40 @@ def test_boundary_nets_names_a_checkpoint_without_a_net(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and f"{plain}: no boundary net" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_fit_gaps_compares_fits_with_the_references_and_their_spread(tmp_path):
+    def scores(name, values, extra=None):
+        rows = [{"protocol": k, "completer": v, "nearest": 0.0} for k, v in values.items()]
+        rows += [{"protocol": k, "completer": v} for k, v in (extra or {}).items()]
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"benchmark": "hole_kinds", "results": rows}))
+        return str(path)
+
+    refs = [scores("c1", {"random 0.3": 78.0, "objects 0.5": 30.0}),
+            scores("c2", {"random 0.3": 76.0, "objects 0.5": 29.0}, {"background 0.5": 45.0})]
+    fits = [scores("r1", {"random 0.3": 75.5, "objects 0.5": 29.0}),
+            scores("r2", {"random 0.3": 76.5, "objects 0.5": 28.0})]
+    out = tmp_path / "gaps.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "fit_gaps.py"), "--reference", *refs,
+                           "--fits", *fits, "--within", "1.0", "--out", str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    rows = {r["protocol"]: r for r in data["results"]}
+    assert set(rows) == {"random 0.3", "objects 0.5", "mean of the kinds"}  # only the kinds every file scored
+    assert rows["random 0.3"]["reference_mean"] == 77.0 and rows["random 0.3"]["fits_mean"] == 76.0
+    assert rows["random 0.3"]["gap"] == -1.0 and rows["random 0.3"]["within"] is True
+    assert rows["objects 0.5"]["gap"] == -1.0 and rows["mean of the kinds"]["gap"] == -1.0
+    assert data["fits"]["r1"]["kinds_within"] == ["objects 0.5"] and data["fits"]["r1"]["worst_gap"] == -1.5
+    assert data["fits"]["r2"]["kinds_within"] == ["random 0.3"]
+    assert data["refitting"]["c2"] == {"kinds_within": ["objects 0.5"], "of": 2, "worst_kind": "random 0.3",
+                                       "worst_gap": -2.0}
+    assert "c1: within 1 of the other references' mean on 2 of 2 kinds" in proc.stdout
+
+    not_hole_kinds = tmp_path / "other.json"
+    not_hole_kinds.write_text(json.dumps({"benchmark": "throughput", "results": []}))
+    bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "fit_gaps.py"), "--reference", refs[0],
+                          "--fits", str(not_hole_kinds)], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and f"{not_hole_kinds}: not the JSON of benchmarks/hole_kinds.py" in bad.stderr
+    assert "Traceback" not in bad.stderr

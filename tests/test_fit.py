@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -131,6 +132,25 @@ def test_the_bundle_completes_with_its_card_line(fitted):
         after, _ = read_label(root / "completed" / lab.name)
         known = before != 255
         assert (after[known] == before[known]).all() and (after != 255).all()
+
+
+def test_a_stage_whose_artifact_is_gone_runs_again_with_the_stages_that_read_it(fitted, tmp_path):
+    """A finished fit's work folder whose bundle was deleted: the rerun exports, verifies and
+    scores again (the stages that read the export), trains nothing, and says so."""
+    work = tmp_path / "work"
+    shutil.copytree(fitted["work"], work)
+    shutil.rmtree(work / "bundle")
+    cmd = [str(work) if c == str(fitted["work"]) else str(tmp_path / "out") if c == str(fitted["out"]) else c
+           for c in fitted["cmd"]]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert "Traceback" not in again.stderr, again.stderr
+    passed = json.loads((tmp_path / "out" / "card.json").read_text())["gate"]["passed"]
+    assert again.returncode == (0 if passed else 1), again.stdout + again.stderr
+    assert f"{work / 'bundle'} is missing: export, verify and card run again" in again.stdout
+    assert "[export] done" in again.stdout and "[card] done" in again.stdout
+    assert "[model]" not in again.stdout and "[fusion]" not in again.stdout
+    record = json.loads((work / "fit.json").read_text())
+    assert all(entry["done"] for entry in record["stages"].values())
 
 
 def test_a_changed_option_is_refused_unless_restarted(fitted):

@@ -120,6 +120,32 @@ def test_work_folder_refuses_other_options_or_data_unless_restarted(tmp_path):
     assert "threads" not in opts and "device" not in opts
 
 
+def test_a_finished_stage_whose_artifact_is_gone_is_reopened_with_the_stages_that_read_it(tmp_path):
+    from lmae_sdk.recipe.definition import RECIPE
+
+    work = WorkFolder(tmp_path / "w")
+    work.open(FitOptions("data", budget_min=30).recorded(), "sha-a", {"stages": []}, restart=False)
+    for d in RECIPE:
+        path = work.artifact(d.name)
+        if d.name == "export":
+            path.mkdir()
+        else:
+            path.write_text("x")
+        (work.path / f"{d.name}.result.json").write_text("{}")
+        work.add_time(d.name, 1.5)
+        work.finish(d.name, {"kept": True})
+    assert work.reopen_missing() == ([], [])  # everything there: nothing runs again
+
+    (work.path / "calibrated.pt").unlink()
+    missing, reopened = work.reopen_missing()
+    assert missing == [work.path / "calibrated.pt"]
+    assert reopened == ["calibrate", "export", "verify", "card"]  # through the export, the card reads it too
+    again = WorkFolder(tmp_path / "w").load()  # saved: the record is what a later run reads
+    assert [d.name for d in RECIPE if again.done(d.name)] == ["model", "boundaries", "finetune", "fusion"]
+    assert again.spent("export") == 0.0 and again.spent("fusion") == 1.5 and again.result("fusion") == {"kept": True}
+    assert not (work.path / "export.result.json").exists() and (work.path / "fusion.result.json").exists()
+
+
 def test_work_folder_never_empties_a_folder_it_did_not_make(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")

@@ -218,12 +218,13 @@ def test_holes_in_a_complete_label_follow_its_own_classes():
     assert np.abs(np.nonzero(hidden)[1] + 0.5 - 240).max() < 50
 
 
-def test_the_fusion_learns_every_other_partial_image_from_its_filled_label():
-    """Pixel fusion of a partial split: even images' holes are made in the label as it is,
-    odd images' in the label filled by its pseudo-labels and made complete (what they leave
-    unknown takes the nearest known class), the kind's share hidden, so that half its inputs
-    are complete labels with holes, as at the runtime."""
-    from lmae_sdk.training.fusion_fit import fusion_input, hidden_share
+def test_the_fusion_learns_a_partial_image_from_its_filled_label():
+    """Pixel fusion of a partial split: holes made in the label filled by its pseudo-labels and
+    made complete (what they leave unknown takes the nearest known class), the kind's share
+    hidden, as complete labels with holes are at the runtime; every image learns so, or every
+    other one where the split's class boundaries are mostly unknown (the others' holes made in
+    the label as it is)."""
+    from lmae_sdk.training.fusion_fit import fusion_input, hidden_share, learns_from_context
 
     rng = np.random.default_rng(0)
     filled = np.zeros((256, 256), np.uint8)
@@ -231,20 +232,22 @@ def test_the_fusion_learns_every_other_partial_image_from_its_filled_label():
     filled[96:160, 40:90] = 2
     label = filled.copy()
     label[rng.random(label.shape) < 0.5] = UNKNOWN  # half its pixels never labelled
-    unknown = [np.mean(fusion_input(label, filled, i, "random", 0.3, np.random.default_rng(i), None) == UNKNOWN)
-               for i in range(2)]
+    assert [learns_from_context(i, every_image=True) for i in range(4)] == [True] * 4
+    assert [learns_from_context(i, every_image=False) for i in range(4)] == [False, True, False, True]
+    unknown = [np.mean(fusion_input(label, context, "random", 0.3, np.random.default_rng(1), None) == UNKNOWN)
+               for context in (None, filled)]
     assert unknown[0] > 0.5  # the label as it is, more of it hidden
     assert abs(unknown[1] - 0.3) < 0.1  # the filled label, holes of the kind's share
-    odd = fusion_input(label, filled, 1, "random", 0.3, np.random.default_rng(1), None)
-    known = odd != UNKNOWN
-    assert (odd[known] == filled[known]).all() and (known & (label == UNKNOWN)).any()
+    from_filled = fusion_input(label, filled, "random", 0.3, np.random.default_rng(1), None)
+    known = from_filled != UNKNOWN
+    assert (from_filled[known] == filled[known]).all() and (known & (label == UNKNOWN)).any()
     sure_only = filled.copy()
     sure_only[:, 120:136] = UNKNOWN  # the pseudo-labels were not sure along the boundary
-    odd = fusion_input(label, sure_only, 1, "random", 0.3, np.random.default_rng(1), None)
-    assert abs(np.mean(odd == UNKNOWN) - 0.3) < 0.1  # made complete first: only the kind's holes
-    known = odd != UNKNOWN  # the strip takes the class of its nearest known pixel, each side its own
-    assert (odd[known] == filled[known]).all() and (known & (sure_only == UNKNOWN)).any()
-    as_is = fusion_input(label, None, 1, "random", 0.3, np.random.default_rng(1), None)  # no pseudo-labels
+    from_filled = fusion_input(label, sure_only, "random", 0.3, np.random.default_rng(1), None)
+    assert abs(np.mean(from_filled == UNKNOWN) - 0.3) < 0.1  # made complete first: only the kind's holes
+    known = from_filled != UNKNOWN  # the strip takes the class of its nearest known pixel, each side its own
+    assert (from_filled[known] == filled[known]).all() and (known & (sure_only == UNKNOWN)).any()
+    as_is = fusion_input(label, None, "random", 0.3, np.random.default_rng(1), None)  # no pseudo-labels
     assert np.mean(as_is == UNKNOWN) > 0.5
     assert hidden_share(filled, 0.3) == 0.3  # a complete label: the share itself
     assert hidden_share(label, 0.3) == pytest.approx(MIN_HIDDEN_SHARE, abs=0.02)  # topped up by the minimum

@@ -56,23 +56,26 @@ class FusionMLP(torch.nn.Module):
                            self.class_bias.detach().numpy(), info, features=self.features)
 
 
-def learns_from_context(index: int) -> bool:
+def learns_from_context(index: int, every_image: bool) -> bool:
     """Whether train image ``index`` of a partial split with pseudo-labels learns from its
-    filled label (:func:`fusion_input`): every other one."""
-    return index % 2 == 1
+    filled label (:func:`fusion_input`): every image, or with ``every_image`` False (a split
+    whose class boundaries are mostly unknown, which the fit learns from its gaps) every other
+    one.  Holes made in a partial label as it is fall among the label's own, and the runtime
+    meets such emptier surroundings less often than complete ones; but the filled labels of a
+    boundary-unknown split place every boundary where the model guessed it, and learning from
+    them alone loses on thin bands along the boundaries (benchmarks/RESULTS.md)."""
+    return every_image or index % 2 == 1
 
 
-def fusion_input(label: np.ndarray, context: np.ndarray | None, index: int, strategy: str, ratio: float,
+def fusion_input(label: np.ndarray, context: np.ndarray | None, strategy: str, ratio: float,
                  rng: np.random.Generator, background_index: int | None) -> np.ndarray:
-    """The partial label the fusion learns from for train image ``index``: its holes of kind
-    ``strategy`` made in the label as it is or, for every other image of a partial split that
-    has pseudo-labels (``context``: the label's unknown pixels filled where the model was
-    sure), in that label made complete, the pixels still unknown given the nearest known
-    pixel's class (:func:`lmae_sdk.degrade.class_extents`), with ``ratio`` of it hidden.  That
-    half meets inputs as complete labels with holes are at the runtime (benchmarks/HISTORY.md,
-    the A/Bs behind the partial-label recipe: two fits on each of two partial CamVid datasets).
-    The true class stays the label's own."""
-    if context is None or context is label or not learns_from_context(index):
+    """The partial label the fusion learns from: holes of kind ``strategy`` made in the label
+    as it is or, given the pseudo-labels of a partial label (``context``: its unknown pixels
+    filled where the model was sure), in that label made complete, the pixels still unknown
+    given the nearest known pixel's class (:func:`lmae_sdk.degrade.class_extents`), with
+    ``ratio`` of it hidden: inputs as complete labels with holes are at the runtime.  The true
+    class stays the label's own."""
+    if context is None or context is label:
         return degrade(label, ratio, strategy, rng, background_index=background_index)
     filled = class_extents(context)  # complete, unless the context knows no pixel at all
     return degrade(filled, hidden_share(filled, ratio), strategy, rng, background_index=background_index)
@@ -80,11 +83,13 @@ def fusion_input(label: np.ndarray, context: np.ndarray | None, index: int, stra
 
 def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: int, per_image: int, seed: int,
                    features: tuple[str, ...] = FUSION_FEATURES, deadline: float | None = None,
-                   log=print, context: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+                   log=print, context: str | Path | None = None,
+                   context_every_image: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
     """(features (P, N, F), true class (P,), images read) of pixels sampled from the holes;
     ``deadline`` (a ``time.time()``): no chunk of images starts after it, the first excepted.
     ``context``: for partial labels, a folder of labels of the same names (the fit's
-    pseudo-labels): see :func:`fusion_input`.  The true class is always the label's own."""
+    pseudo-labels): see :func:`fusion_input`; ``context_every_image``: see
+    :func:`learns_from_context`.  The true class is always the label's own."""
     model = model_from_checkpoint(ckpt)
     cfg = model.cfg
     boundaries = boundaries_from_checkpoint(ckpt)
@@ -105,14 +110,14 @@ def collect_pixels(ckpt: dict, data: str | Path, split: str, settings, images: i
         read += len(chunk)
         contexts: list = [None] * len(chunk)
         if context is not None:  # the pseudo-labels of the images that learn from them
-            use = [k for k in range(len(chunk)) if learns_from_context(start + k)]
+            use = [k for k in range(len(chunk)) if learns_from_context(start + k, context_every_image)]
             for k, filled in zip(use, read_contexts(Path(context), [pairs[start + k] for k in use],
                                                     [chunk[k] for k in use])):
                 contexts[k] = filled
         parts, props, inputs = [], [], []
         for i, ((img, lab), filled) in enumerate(zip(chunk, contexts), start):
             strategy, ratio = settings[i % len(settings)]
-            partial = fusion_input(lab, filled, i, strategy, ratio, np.random.default_rng([seed, i]), bg)
+            partial = fusion_input(lab, filled, strategy, ratio, np.random.default_rng([seed, i]), bg)
             prop = propagate_for(cfg, partial, img, class_costs=True,
                                  boundary=None if boundaries is None else boundaries(img))
             parts.append(partial)
@@ -140,7 +145,7 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
                settings=DEFAULT_FIT_SETTINGS, images: int = 0, per_image: int = 6000, hidden: int = 64,
                steps: int = 4000, class_weight_power: float = 0.25, seed: int = 0, threads: int = 0,
                hole_features: bool | None = None, minutes: float = 0.0, collect_minutes: float = 0.0,
-               log=print, context_labels: str | Path | None = None) -> dict:
+               log=print, context_labels: str | Path | None = None, context_every_image: bool = True) -> dict:
     """Fit pixel fusion on ``split`` and store it in the checkpoint (``out``, default in place).
 
     ``hole_features`` (default: when the checkpoint has a boundary net) adds the features of
@@ -160,7 +165,9 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
     after the call started, its learning rate decaying to 0 by whichever comes first.
     ``collect_minutes`` (0 = no limit): sampling pixels starts no new chunk of 16 images after
     that many minutes, so a loaded machine samples fewer images instead of eating the MLP's time.
-    ``context_labels``: a folder of pseudo-labels for partial train labels (:func:`fusion_input`).
+    ``context_labels``: a folder of pseudo-labels for partial train labels (:func:`fusion_input`),
+    which every image learns from or, with ``context_every_image`` False, every other one
+    (:func:`learns_from_context`).
     """
     started = time.time()
     if threads:
@@ -176,7 +183,8 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
     log(f"collecting hole pixels from {split} ({', '.join(f'{s}:{r:g}' for s, r in settings)}; "
         f"{len(features)} features)")
     x, y, read = collect_pixels(ck, data, split, settings, images, per_image, seed, features,
-                                started + 60 * collect_minutes if collect_minutes else None, log, context_labels)
+                                started + 60 * collect_minutes if collect_minutes else None, log, context_labels,
+                                context_every_image)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     counts = torch.bincount(y, minlength=n).double() + 1
     weight = ((counts.sum() / counts) ** class_weight_power).float()
@@ -215,6 +223,7 @@ def fit_fusion(ckpt_path: str | Path, data: str | Path, out: str | Path | None =
     info = {"split": split, "settings": [f"{s}:{r:g}" for s, r in settings], "images": read, "pixels": int(len(y)),
             "features": list(features), "hidden": hidden, "steps": done,
             "class_weight_power": class_weight_power, "context_labels": bool(context_labels),
+            "context_every_image": bool(context_labels) and context_every_image,
             "seed": seed, "fit_loss": full_loss, "fit_pixel_acc": acc}
     ck["fusion"] = net.to_fusion(info).to_dict()
     for retired in ("near_copy_px", "near_copy_min_prob"):  # the finishing rule fusion replaced

@@ -146,6 +146,11 @@ def run_phase(phase: list[Stage], plan: Plan, work: WorkFolder, echo: Callable[[
             r.count_time()
 
 
+def _names(names: list[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def publish(bundle: Path, out: Path) -> None:
     """Copy the bundle to ``out``: into a temporary sibling first, then renamed into place.
     An existing ``out`` is replaced only when it is a bundle with a model card (an earlier fit's)."""
@@ -218,6 +223,10 @@ def fit(options: FitOptions, out: str | os.PathLike, work: str | os.PathLike | N
         raise FitStateError(str(e)) from None
     plan = Plan.from_dict(work_folder.plan)
     if resumed:
+        missing, reopened = work_folder.reopen_missing()
+        if reopened:
+            echo(f"{', '.join(map(str, missing))} {'is' if len(missing) == 1 else 'are'} missing: "
+                 f"{_names(reopened)} run again")
         done = [s.name for s in plan.stages if work_folder.done(s.name)]
         echo(f"continuing the fit in {work_folder.path}: finished {', '.join(done) or 'nothing yet'}")
     echo(plan.describe())

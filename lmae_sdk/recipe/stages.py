@@ -220,7 +220,8 @@ def _fusion(ctx: StageContext) -> dict[str, Any]:
     context = str(pseudo) if (pseudo / PSEUDO_RECORD).is_file() else None
     info = fit_fusion(tuned, ctx.options.data, fused, images=images, steps=FUSION_MAX_MLP_STEPS,
                       minutes=max(0.95 * ctx.minutes, 1e-3), collect_minutes=max(0.5 * ctx.minutes, 1e-3),
-                      seed=ctx.options.seed, threads=ctx.stage.threads, log=_log, context_labels=context)
+                      seed=ctx.options.seed, threads=ctx.stage.threads, log=_log, context_labels=context,
+                      context_every_image=not _learns_from_gaps(ctx))
     verdict = judge_fusion(info)
     if not verdict.adopted:
         keep_previous(tuned, fused)

@@ -2,8 +2,9 @@
 
 ``fit.json`` holds the options that decide the result, a fingerprint of the dataset (the
 names and sizes of its files), the plan, and every finished stage with its minutes.  A run
-that finds the folder continues after the last finished stage; a training stage inside
-itself continues from its last checkpoint.  Another dataset or other options are refused
+that finds the folder continues after the last finished stage (a finished stage whose
+artifact is gone runs again, with every stage that reads it); a training stage inside itself
+continues from its last checkpoint.  Another dataset or other options are refused
 (the message says what differs) unless the run restarts, which empties the folder first.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lmae_sdk.labels import atomic_write_bytes
-from lmae_sdk.recipe.definition import definition
+from lmae_sdk.recipe.definition import RECIPE, definition
 
 RECORD = "fit.json"
 FORMAT = "lmae-fit"
@@ -122,3 +123,23 @@ class WorkFolder:
 
     def result(self, stage: str) -> dict[str, Any]:
         return self.record["stages"].get(stage, {}).get("result", {})
+
+    def reopen_missing(self) -> tuple[list[Path], list[str]]:
+        """Finished stages whose artifact is gone from the folder, and every stage that reads one
+        of them (directly or through another stage): marked unfinished, their minutes and results
+        cleared, so that this run does them again.  Returns (the missing artifacts, the stages
+        reopened, in the recipe's order)."""
+        missing, reopened = [], []
+        for d in RECIPE:
+            if not self.done(d.name):
+                continue
+            reads_reopened = any(i in reopened for i in d.inputs)
+            if reads_reopened or not self.artifact(d.name).exists():
+                missing += [] if reads_reopened else [self.artifact(d.name)]
+                reopened.append(d.name)
+        for name in reopened:
+            self.record["stages"].pop(name, None)
+            (self.path / f"{name}.result.json").unlink(missing_ok=True)  # else run_phase would finish it again
+        if reopened:
+            self._save()
+        return missing, reopened
