@@ -146,6 +146,21 @@ def test_a_finished_stage_whose_artifact_is_gone_is_reopened_with_the_stages_tha
     assert not (work.path / "export.result.json").exists() and (work.path / "fusion.result.json").exists()
 
 
+def test_a_result_file_finishes_a_stage_only_beside_its_artifact(tmp_path):
+    from lmae_sdk.recipe.runner import publish
+
+    work = WorkFolder(tmp_path / "w")
+    work.open(FitOptions("data", budget_min=30).recorded(), "sha-a", {"stages": []}, restart=False)
+    (work.path / "export.result.json").write_text('{"onnx": 6}')
+    assert not work.finish_from_result_file("export") and not work.done("export")  # no bundle: stale, runs again
+    (work.path / "bundle").mkdir()
+    assert work.finish_from_result_file("export") and work.result("export") == {"onnx": 6}
+    assert not work.finish_from_result_file("export")  # recorded already
+    with pytest.raises(FitStateError, match="bundle is missing.*--restart"):  # a message, not a traceback
+        publish(tmp_path / "nowhere" / "bundle", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_work_folder_never_empties_a_folder_it_did_not_make(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")

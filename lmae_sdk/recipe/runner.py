@@ -108,10 +108,8 @@ def _remaining(plan: Plan, work: WorkFolder) -> float:
 
 
 def run_phase(phase: list[Stage], plan: Plan, work: WorkFolder, echo: Callable[[str], None]) -> None:
-    for s in phase:  # a stage that wrote its result just before a kill is not run again
-        result_path = work.path / f"{s.name}.result.json"
-        if not work.done(s.name) and result_path.is_file():
-            work.finish(s.name, json.loads(result_path.read_text()))
+    for s in phase:  # a stage that wrote its artifact and its result just before a kill is not run again
+        work.finish_from_result_file(s.name)
     running = [_Running(s, work, plan.device, echo) for s in phase if not work.done(s.name)]
     last_note = time.time()
     try:
@@ -154,6 +152,9 @@ def _names(names: list[str]) -> str:
 def publish(bundle: Path, out: Path) -> None:
     """Copy the bundle to ``out``: into a temporary sibling first, then renamed into place.
     An existing ``out`` is replaced only when it is a bundle with a model card (an earlier fit's)."""
+    if not bundle.is_dir():
+        raise FitStateError(f"{bundle}: the work folder's bundle is missing, though its fit.json says it was "
+                            f"exported; run lmae fit again with --restart, or with another --work folder")
     if out.exists():
         if not out.is_dir() or read_card(out) is None:
             raise FitStateError(f"--out {out}: exists and is not a bundle written by lmae fit; choose another --out")

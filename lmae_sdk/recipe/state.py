@@ -121,6 +121,16 @@ class WorkFolder:
         entry.update(done=True, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), result=result or {})
         self._save()
 
+    def finish_from_result_file(self, stage: str) -> bool:
+        """Record as finished a stage killed after writing its artifact and ``<stage>.result.json``
+        but before the runner recorded it (True).  A result file without the artifact is stale:
+        the stage runs again (False)."""
+        path = self.path / f"{stage}.result.json"
+        if self.done(stage) or not path.is_file() or not self.artifact(stage).exists():
+            return False
+        self.finish(stage, json.loads(path.read_text()))
+        return True
+
     def result(self, stage: str) -> dict[str, Any]:
         return self.record["stages"].get(stage, {}).get("result", {})
 
