@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from statistics import fmean as mean
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -44,10 +45,6 @@ def column_names(paths: list[Path]) -> list[str]:
     """Each file's stem, or its path where two stems are the same."""
     stems = [p.stem for p in paths]
     return [s if stems.count(s) == 1 else str(p) for s, p in zip(stems, paths)]
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
 
 
 def within(scores: dict[str, float], target: dict[str, float], kinds: list[str], margin: float) -> dict:

@@ -143,9 +143,10 @@ class WorkFolder:
         for d in RECIPE:
             if not self.done(d.name):
                 continue
-            reads_reopened = any(i in reopened for i in d.inputs)
-            if reads_reopened or not self.artifact(d.name).exists():
-                missing += [] if reads_reopened else [self.artifact(d.name)]
+            if any(i in reopened for i in d.inputs):
+                reopened.append(d.name)
+            elif not self.artifact(d.name).exists():
+                missing.append(self.artifact(d.name))
                 reopened.append(d.name)
         for name in reopened:
             self.record["stages"].pop(name, None)
