@@ -226,7 +226,7 @@ def fit(options: FitOptions, out: str | os.PathLike, work: str | os.PathLike | N
     if resumed:
         missing, reopened = work_folder.reopen_missing()
         if reopened:
-            echo(f"{', '.join(map(str, missing))} {'is' if len(missing) == 1 else 'are'} missing: "
+            echo(f"{_names([str(m) for m in missing])} {'is' if len(missing) == 1 else 'are'} missing: "
                  f"{_names(reopened)} run again")
         done = [s.name for s in plan.stages if work_folder.done(s.name)]
         echo(f"continuing the fit in {work_folder.path}: finished {', '.join(done) or 'nothing yet'}")

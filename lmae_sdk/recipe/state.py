@@ -143,10 +143,11 @@ class WorkFolder:
         for d in RECIPE:
             if not self.done(d.name):
                 continue
+            artifact = self.artifact(d.name)
             if any(i in reopened for i in d.inputs):
                 reopened.append(d.name)
-            elif not self.artifact(d.name).exists():
-                missing.append(self.artifact(d.name))
+            elif not artifact.exists():
+                missing.append(artifact)
                 reopened.append(d.name)
         for name in reopened:
             self.record["stages"].pop(name, None)
