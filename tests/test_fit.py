@@ -137,6 +137,8 @@ def test_the_bundle_completes_with_its_card_line(fitted):
 def test_a_stage_whose_artifact_is_gone_runs_again_with_the_stages_that_read_it(fitted, tmp_path):
     """A finished fit's work folder whose bundle was deleted: the rerun exports, verifies and
     scores again (the stages that read the export), trains nothing, and says so."""
+    second = fitted["second"]  # the fit this test starts from: finished, with its bundle
+    assert (fitted["work"] / "bundle").is_dir(), f"exit {second.returncode}\n{second.stdout}{second.stderr}"
     work = tmp_path / "work"
     shutil.copytree(fitted["work"], work)
     shutil.rmtree(work / "bundle")
@@ -144,11 +146,13 @@ def test_a_stage_whose_artifact_is_gone_runs_again_with_the_stages_that_read_it(
            for c in fitted["cmd"]]
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert "Traceback" not in again.stderr, again.stderr
-    passed = json.loads((tmp_path / "out" / "card.json").read_text())["gate"]["passed"]
+    card = tmp_path / "out" / "card.json"
+    assert card.is_file(), f"exit {again.returncode}\n{again.stdout}{again.stderr}"
+    passed = json.loads(card.read_text())["gate"]["passed"]
     assert again.returncode == (0 if passed else 1), again.stdout + again.stderr
-    assert f"{work / 'bundle'} is missing: export, verify and card run again" in again.stdout
-    assert "[export] done" in again.stdout and "[card] done" in again.stdout
-    assert "[model]" not in again.stdout and "[fusion]" not in again.stdout
+    assert f"{work / 'bundle'} is missing: export, verify and card run again" in again.stdout, again.stdout
+    assert "[export] done" in again.stdout and "[card] done" in again.stdout, again.stdout
+    assert "[model]" not in again.stdout and "[fusion]" not in again.stdout, again.stdout
     record = json.loads((work / "fit.json").read_text())
     assert all(entry["done"] for entry in record["stages"].values())
 
