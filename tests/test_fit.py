@@ -30,6 +30,11 @@ def _lmae(*args: str) -> list[str]:
     return [sys.executable, "-m", "lmae_sdk.cli", *args]
 
 
+def _output(proc: subprocess.CompletedProcess) -> str:
+    """A finished command's exit status and output, for a failed assertion's message."""
+    return f"exit {proc.returncode}\n{proc.stdout}{proc.stderr}"
+
+
 def _processes_mentioning(text: str) -> list[str]:
     out = []
     for proc in Path("/proc").iterdir():
@@ -137,8 +142,7 @@ def test_the_bundle_completes_with_its_card_line(fitted):
 def test_a_stage_whose_artifact_is_gone_runs_again_with_the_stages_that_read_it(fitted, tmp_path):
     """A finished fit's work folder whose bundle was deleted: the rerun exports, verifies and
     scores again (the stages that read the export), trains nothing, and says so."""
-    second = fitted["second"]  # the fit this test starts from: finished, with its bundle
-    assert (fitted["work"] / "bundle").is_dir(), f"exit {second.returncode}\n{second.stdout}{second.stderr}"
+    assert (fitted["work"] / "bundle").is_dir(), _output(fitted["second"])  # the finished fit this test starts from
     work = tmp_path / "work"
     shutil.copytree(fitted["work"], work)
     shutil.rmtree(work / "bundle")
@@ -147,7 +151,7 @@ def test_a_stage_whose_artifact_is_gone_runs_again_with_the_stages_that_read_it(
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert "Traceback" not in again.stderr, again.stderr
     card = tmp_path / "out" / "card.json"
-    assert card.is_file(), f"exit {again.returncode}\n{again.stdout}{again.stderr}"
+    assert card.is_file(), _output(again)
     passed = json.loads(card.read_text())["gate"]["passed"]
     assert again.returncode == (0 if passed else 1), again.stdout + again.stderr
     assert f"{work / 'bundle'} is missing: export, verify and card run again" in again.stdout, again.stdout
